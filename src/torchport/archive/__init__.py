@@ -1,0 +1,31 @@
+"""The package format (`.tpa`): write, read, verify. Knows nothing above it."""
+
+from torchport.archive.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    Example,
+    HandlerEntry,
+    Manifest,
+    ModelEntry,
+    ModelKind,
+    RuntimeDefaults,
+    parse_manifest,
+)
+from torchport.archive.reader import Package, read_package, unpack_package
+from torchport.archive.writer import write_package
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "Example",
+    "HandlerEntry",
+    "Manifest",
+    "ModelEntry",
+    "ModelKind",
+    "Package",
+    "RuntimeDefaults",
+    "parse_manifest",
+    "read_package",
+    "unpack_package",
+    "write_package",
+]

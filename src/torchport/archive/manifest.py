@@ -1,0 +1,140 @@
+"""`MANIFEST.json`: what a package holds and how to run it."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from torchport.errors import PackageError
+from torchport.types import Signature
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "MANIFEST.json"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelKind(enum.StrEnum):
+    """How the model is stored in the package."""
+
+    CODE = "code"  # model.py with a factory, plus safetensors weights
+    EXPORTED = "exported"  # torch.export program (.pt2)
+    TORCHSCRIPT = "torchscript"  # TorchScript archive (.pt)
+    ONNX = "onnx"
+    AOTI = "aoti"  # AOTInductor package (.pt2)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(_Strict):
+    kind: ModelKind
+    file: str
+    """The model file inside the package (model.py, model.pt2, ...)."""
+    factory: str | None = None
+    """For `code`: the function or class in `file` that builds the module (no arguments)."""
+    weights: str | None = None
+    """For `code`: the safetensors file loaded into the module with `strict=True`."""
+
+
+class HandlerEntry(_Strict):
+    file: str
+    object: str = "Handler"
+
+
+class RuntimeDefaults(_Strict):
+    """Default serving settings; a server may override them per version."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=4096)
+    max_batch_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    workers: int = Field(default=1, ge=1, le=64)
+
+
+class Example(_Strict):
+    """An input (JSON-like nested lists) and the output the packaged model gave for it."""
+
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+class Manifest(_Strict):
+    format_version: int
+    name: str = Field(pattern=NAME_PATTERN)
+    created_at: datetime
+    torchport_version: str
+    torch_version: str
+    description: str = ""
+    model: ModelEntry
+    handler: HandlerEntry | None = None
+    signature: Signature
+    runtime: RuntimeDefaults = Field(default_factory=RuntimeDefaults)
+    files: dict[str, str]
+    """sha256 (hex) of every file in the package other than this manifest."""
+    examples: list[Example] = Field(default_factory=list)
+
+    @field_validator("files")
+    @classmethod
+    def _hex_digests(cls, files: dict[str, str]) -> dict[str, str]:
+        for name, digest in files.items():
+            if not _SHA256.match(digest):
+                raise ValueError(f"file '{name}' has no sha256 hex digest")
+        return files
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=True)
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and validate `MANIFEST.json`, raising `PackageError` with a one-line reason."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PackageError(f"{MANIFEST_NAME} must be a JSON object")
+    version = data.get("format_version")
+    # Checked first, so a newer package is refused for its version, not for its new keys.
+    if version != FORMAT_VERSION:
+        raise PackageError(
+            f"{MANIFEST_NAME}: format_version {version!r} is not supported "
+            f"(this torchport reads format_version {FORMAT_VERSION})",
+            field="format_version",
+        )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise PackageError(f"{MANIFEST_NAME}: {describe_validation_error(exc)}") from None
+    for ref in referenced_files(manifest):
+        if ref not in manifest.files:
+            raise PackageError(f"{MANIFEST_NAME}: '{ref}' is referenced but not in files")
+    return manifest
+
+
+def referenced_files(manifest: Manifest) -> list[str]:
+    refs = [manifest.model.file]
+    if manifest.model.weights:
+        refs.append(manifest.model.weights)
+    if manifest.handler:
+        refs.append(manifest.handler.file)
+    return refs
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first bad field: `unknown key 'x'` or `field 'a.b': problem`."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    if err["type"] == "missing":
+        return f"missing key '{where}'"
+    return f"field '{where}': {err['msg']}"

@@ -1,0 +1,142 @@
+"""Reading a package: every size limit, name and hash is checked before anything is used."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from torchport.archive.manifest import MANIFEST_NAME, Manifest, parse_manifest
+from torchport.archive.paths import check_member_name
+from torchport.errors import IntegrityError, NotFound, PackageError, TooLarge, UnsafeContent
+from torchport.settings import Limits
+
+_MANIFEST_MAX = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Package:
+    """A verified package on disk: its manifest and, after `unpack`, its files."""
+
+    path: Path
+    manifest: Manifest
+
+
+def read_package(path: Path, limits: Limits | None = None) -> Package:
+    """Open and fully verify the package at `path` (sizes, names, manifest, every hash)."""
+    with _open(path, limits or Limits()) as (zf, manifest):
+        for name, want in manifest.files.items():
+            with zf.open(name) as member:
+                _verify(name, _hash_copy(name, member, None), want)
+    return Package(path=path, manifest=manifest)
+
+
+def unpack_package(path: Path, dest: Path, limits: Limits | None = None) -> Package:
+    """Verify the package at `path` and write its files under `dest` (created, must be empty).
+
+    Hashes are checked as the files are written, in one pass; on any failure `dest` is
+    left with no verified content and the error says which file failed.
+    """
+    with _open(path, limits or Limits()) as (zf, manifest):
+        dest.mkdir(parents=True, exist_ok=True)
+        if any(dest.iterdir()):
+            raise PackageError(f"cannot unpack into {dest}: directory is not empty")
+        for name, want in manifest.files.items():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as member, target.open("wb") as out:
+                got = _hash_copy(name, member, out)
+            if got != want:
+                target.unlink()
+                _verify(name, got, want)
+    return Package(path=path, manifest=manifest)
+
+
+@contextmanager
+def _open(path: Path, limits: Limits) -> Iterator[tuple[zipfile.ZipFile, Manifest]]:
+    """A zip whose size, member list and manifest passed every check."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise NotFound(f"package {path} does not exist", field="package") from None
+    except OSError as exc:
+        raise PackageError(f"cannot read package {path}: {exc.strerror}") from None
+    if not path.is_file():
+        raise PackageError(f"package {path} is not a file")
+    if size > limits.max_package_bytes:
+        raise TooLarge(
+            f"package {path.name} is {size} bytes, over the limit of "
+            f"{limits.max_package_bytes} bytes (max_package_bytes)"
+        )
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise PackageError(
+            f"{path.name} is not a torchport package: not a zip file, or truncated ({exc})"
+        ) from None
+    with zf:
+        yield zf, _check(zf, path, limits)
+
+
+def _check(zf: zipfile.ZipFile, path: Path, limits: Limits) -> Manifest:
+    infos = zf.infolist()
+    if len(infos) > limits.max_package_files + 1:
+        raise TooLarge(f"package {path.name} holds {len(infos)} files, over the limit")
+    seen: set[str] = set()
+    total = 0
+    for info in infos:
+        check_member_name(info.filename)
+        mode = info.external_attr >> 16
+        if info.is_dir() or stat.S_ISLNK(mode):
+            raise UnsafeContent(f"package member '{info.filename}' is a directory or a link")
+        if info.filename in seen:
+            raise UnsafeContent(f"package member '{info.filename}' appears twice")
+        seen.add(info.filename)
+        total += info.file_size
+    if total > limits.max_unpacked_bytes:
+        raise TooLarge(
+            f"package {path.name} unpacks to {total} bytes, over the limit of "
+            f"{limits.max_unpacked_bytes} bytes (max_unpacked_bytes)"
+        )
+    if MANIFEST_NAME not in seen:
+        raise PackageError(f"{path.name} is not a torchport package: no {MANIFEST_NAME}")
+    if zf.getinfo(MANIFEST_NAME).file_size > _MANIFEST_MAX:
+        raise TooLarge(f"{MANIFEST_NAME} is over {_MANIFEST_MAX} bytes")
+    try:
+        manifest = parse_manifest(zf.read(MANIFEST_NAME))
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise PackageError(f"{path.name}: {MANIFEST_NAME} is unreadable ({exc})") from None
+    members = seen - {MANIFEST_NAME}
+    listed = set(manifest.files)
+    for name in sorted(listed - members):
+        raise IntegrityError(f"file '{name}' is in the manifest but missing from the package")
+    for name in sorted(members - listed):
+        raise IntegrityError(f"file '{name}' is in the package but not in its manifest")
+    return manifest
+
+
+def _hash_copy(name: str, member: IO[bytes], out: IO[bytes] | None) -> str:
+    digest = hashlib.sha256()
+    try:
+        while chunk := member.read(1 << 20):
+            digest.update(chunk)
+            if out is not None:
+                out.write(chunk)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        # zipfile checks each member's CRC and length: a changed or cut file fails here.
+        raise IntegrityError(f"file '{name}' is corrupt or truncated ({exc})") from None
+    return digest.hexdigest()
+
+
+def _verify(name: str, got: str, want: str) -> None:
+    if got != want:
+        raise IntegrityError(
+            f"file '{name}' was changed after packaging: sha256 {got[:12]}… does not match "
+            f"the manifest's {want[:12]}…",
+            field=name,
+        )

@@ -1,0 +1,1 @@
+"""The `torchport` command."""

@@ -1,0 +1,59 @@
+"""`torchport examples …`: build the example models and register them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from torchport.cli.output import err, human_size, out
+
+app = typer.Typer(help="Build the example models (mlp, digits, minilm) with no downloads.")
+
+
+@app.command("build")
+def build_cmd(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Which examples (default: all).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o")] = Path("build/examples"),
+) -> None:
+    """Build example packages into OUT/NAME.tpa."""
+    from torchport.examples import NAMES, build_examples
+
+    with err.status("building examples") as spinner:
+        built = build_examples(out_dir, tuple(names or NAMES), progress=lambda m: spinner.update(m))
+    for b in built:
+        out.print(f"{b.path}  {human_size(b.path.stat().st_size)}  {b.note}")
+
+
+@app.command("register")
+def register_cmd(
+    store: Annotated[
+        Path | None, typer.Option("--store", envvar="TORCHPORT_STORE", help="Store directory.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o")] = Path("build/examples"),
+) -> None:
+    """Build (once) and register every example the store does not hold yet."""
+    from torchport.examples import NAMES, build_examples
+    from torchport.service import Management
+    from torchport.settings import default_store_dir
+    from torchport.store import SQLiteStore
+
+    repo = SQLiteStore(store or default_store_dir())
+    held = {m.name for m in repo.list_models()}
+    management = Management(repo)
+    for name in NAMES:
+        if name in held:
+            out.print(f"{name}: already in {repo.root}")
+            continue
+        path = out_dir / f"{name}.tpa"
+        if not path.exists():
+            with err.status(f"building {name}"):
+                build_examples(out_dir, (name,))
+        with err.status(f"verifying and registering {name}"):
+            report = management.upload(path)
+        out.print(
+            f"{name}: registered v{report.version.version} ({human_size(path.stat().st_size)})"
+        )

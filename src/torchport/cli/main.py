@@ -1,0 +1,59 @@
+"""The `torchport` command: parses flags, calls the library, prints one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from torchport.cli import examples, store
+from torchport.cli.output import err
+from torchport.cli.packages import inspect_cmd, package_cmd, predict_cmd
+from torchport.errors import TorchportError
+from torchport.version import __version__
+
+app = typer.Typer(
+    name="torchport",
+    help="Take PyTorch models to production: package, embed, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("package")(package_cmd)
+app.command("inspect")(inspect_cmd)
+app.command("predict")(predict_cmd)
+app.add_typer(store.app, name="store")
+app.add_typer(examples.app, name="examples")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        print(f"torchport {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    """Entry point: every failure is one line on stderr and a non-zero exit."""
+    try:
+        app()
+    except TorchportError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TORCHPORT_DEBUG"):
+            raise
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {exc} "
+            "(set TORCHPORT_DEBUG=1 for a traceback)",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(1)

@@ -1,0 +1,103 @@
+"""The one error tree.
+
+Every failure torchport reports is a `TorchportError` with a neutral `code`; each transport
+(CLI, HTTP, gRPC) maps the codes once to its own status values. Messages are one line and
+name the field and the problem.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TorchportError(Exception):
+    """Base of every error torchport raises on purpose."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON body every transport sends: `{"error": ..., "code": ...[, "field": ...]}`."""
+        body = {"error": self.message, "code": self.code}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidInput(TorchportError):
+    """A request or an argument does not match what was declared (signature, option)."""
+
+    code = "invalid_input"
+
+
+class PackageError(TorchportError):
+    """A model package cannot be read, written or trusted."""
+
+    code = "invalid_package"
+
+
+class IntegrityError(PackageError):
+    """A file in a package does not hash to what its manifest says."""
+
+    code = "integrity_error"
+
+
+class UnsafeContent(PackageError):
+    """Content refused for safety: path traversal, links, pickles, zip bombs."""
+
+    code = "unsafe_content"
+
+
+class TooLarge(TorchportError):
+    """A package or a request exceeds a configured size limit."""
+
+    code = "too_large"
+
+
+class ModelLoadError(TorchportError):
+    """A package is well formed but its model or handler fails to load or run."""
+
+    code = "model_load_failed"
+
+
+class NotFound(TorchportError):
+    """A model, version or file that does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(TorchportError):
+    """An operation the current state refuses (e.g. deleting the default version)."""
+
+    code = "conflict"
+
+
+class StoreError(TorchportError):
+    """The model store is unreadable, locked for too long, or inconsistent."""
+
+    code = "store_error"
+
+
+class Unauthorized(TorchportError):
+    """A missing or wrong management token."""
+
+    code = "unauthorized"
+
+
+class Overloaded(TorchportError):
+    """A queue is full; the caller should retry later."""
+
+    code = "overloaded"
+
+
+class DeadlineExceeded(TorchportError):
+    """A request's deadline passed before it could be served."""
+
+    code = "deadline_exceeded"

@@ -1,0 +1,23 @@
+"""Loading packages into runnable models, and the `Runner` interface every path shares."""
+
+from torchport.runtime.handler import Handler, HandlerContext, name_outputs
+from torchport.runtime.runner import (
+    LocalRunner,
+    Runner,
+    UnpackedPackage,
+    check_examples,
+    example_inputs,
+    open_runner,
+)
+
+__all__ = [
+    "Handler",
+    "HandlerContext",
+    "LocalRunner",
+    "Runner",
+    "UnpackedPackage",
+    "check_examples",
+    "example_inputs",
+    "name_outputs",
+    "open_runner",
+]

@@ -1,0 +1,121 @@
+"""Building a runnable model and its handler from an unpacked package's files."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from torchport.archive import HandlerEntry, Manifest, ModelEntry, ModelKind
+from torchport.errors import ModelLoadError, UnsafeContent
+from torchport.runtime.handler import Handler, HandlerContext
+
+
+def load_model(entry: ModelEntry, files: Path) -> Any:
+    """The callable model described by `entry`, on CPU, in eval mode.
+
+    Nothing is unpickled: weights are safetensors, programs are read by torch's own
+    exported-program and TorchScript loaders.
+    """
+    path = files / entry.file
+    try:
+        if entry.kind is ModelKind.CODE:
+            return _load_code(entry, files)
+        if entry.kind is ModelKind.EXPORTED:
+            return torch.export.load(str(path)).module()
+        if entry.kind is ModelKind.TORCHSCRIPT:
+            return torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
+    except (ModelLoadError, UnsafeContent):
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load the {entry.kind.value} model {entry.file}: {_one_line(exc)}"
+        ) from exc
+    raise ModelLoadError(f"model kind '{entry.kind.value}' cannot run in this torchport build")
+
+
+def _load_code(entry: ModelEntry, files: Path) -> torch.nn.Module:
+    if not entry.factory:
+        raise ModelLoadError("a code model needs a factory (FILE.py:FACTORY)")
+    module = import_file(files / entry.file)
+    factory = getattr(module, entry.factory, None)
+    if not callable(factory):
+        raise ModelLoadError(f"{entry.file} has no callable '{entry.factory}'")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(
+            f"{entry.file}:{entry.factory}() returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    if entry.weights:
+        model.load_state_dict(read_safetensors(files / entry.weights), strict=True)
+    return model.eval()
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file; anything else (a pickle included) is refused."""
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UnsafeContent(
+            f"weights {path.name} are not a valid safetensors file ({_one_line(exc)}); "
+            "only safetensors weights are loaded"
+        ) from None
+
+
+def load_handler(entry: HandlerEntry | None, model: Any, context: HandlerContext) -> Handler:
+    if entry is None:
+        return Handler(model, context)
+    module = import_file(context.files / entry.file)
+    cls = getattr(module, entry.object, None)
+    if not (isinstance(cls, type) and issubclass(cls, Handler)):
+        raise ModelLoadError(
+            f"{entry.file}:{entry.object} must be a subclass of torchport.runtime.Handler"
+        )
+    try:
+        return cls(model, context)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{entry.file}:{entry.object} failed to start: {_one_line(exc)}"
+        ) from exc
+
+
+def import_file(path: Path) -> ModuleType:
+    """Import a package's Python file under a name unique to its location and content."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path.name} is missing")
+    tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    name = f"torchport_package_{tag}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import {path.name}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling-free torch tooling look here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ModelLoadError(f"importing {path.name} failed: {_one_line(exc)}") from exc
+    return module
+
+
+def handler_context(manifest: Manifest, files: Path) -> HandlerContext:
+    return HandlerContext(
+        name=manifest.name,
+        files=files,
+        input_names=[s.name for s in manifest.signature.inputs],
+        output_names=[s.name for s in manifest.signature.outputs],
+        signature=manifest.signature,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -1,0 +1,137 @@
+"""`Runner`: the one interface every execution path shares, and the in-process runner.
+
+`predict(batch) -> batch` takes and returns named numpy arrays whose axis 0 is the batch.
+Batching, worker pools and remote backends wrap or implement this same interface.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from torchport.archive import Manifest, Package, unpack_package
+from torchport.errors import InvalidInput, TorchportError
+from torchport.runtime.handler import Handler
+from torchport.runtime.loader import handler_context, load_handler, load_model
+from torchport.settings import Limits
+from torchport.types import Signature, Tensors, json_to_arrays, to_array
+
+
+@runtime_checkable
+class Runner(Protocol):
+    @property
+    def signature(self) -> Signature: ...
+
+    def predict(self, batch: Tensors) -> Tensors:
+        """Outputs for a batch of inputs that already passed `signature.check_inputs`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """A package's model and handler running in this process."""
+
+    def __init__(
+        self, manifest: Manifest, handler: Handler, unpacked: UnpackedPackage | None = None
+    ) -> None:
+        self.manifest = manifest
+        self.handler = handler
+        self._unpacked = unpacked  # the directory the model's files live in, owned here
+
+    @property
+    def signature(self) -> Signature:
+        return self.manifest.signature
+
+    def predict(self, batch: Tensors) -> Tensors:
+        with torch.inference_mode():
+            outputs = self.handler(batch)
+        try:
+            self.signature.check_outputs(outputs)
+        except InvalidInput as exc:
+            # The request was fine; the package broke its own promise.
+            raise TorchportError(f"model '{self.manifest.name}' output error: {exc}") from None
+        return outputs
+
+    def close(self) -> None:
+        if self._unpacked is not None:
+            self._unpacked.close()
+
+
+class UnpackedPackage:
+    """A package verified and unpacked into a private directory, removed on `close`."""
+
+    def __init__(self, path: Path, limits: Limits | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="torchport-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
+        try:
+            self.package: Package = unpack_package(path, self.dir / "files", limits)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    @property
+    def files(self) -> Path:
+        return self.dir / "files"
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def open_runner(path: Path, limits: Limits | None = None, *, warm_up: bool = True) -> LocalRunner:
+    """Verify, unpack and load the package at `path` into a `LocalRunner`.
+
+    With `warm_up`, the package's first example runs once, so the first real request
+    does not pay for lazy initialisation.
+    """
+    unpacked = UnpackedPackage(path, limits)
+    try:
+        manifest = unpacked.package.manifest
+        model = load_model(manifest.model, unpacked.files)
+        handler = load_handler(manifest.handler, model, handler_context(manifest, unpacked.files))
+        runner = LocalRunner(manifest, handler, unpacked)
+        if warm_up and manifest.examples:
+            runner.predict(example_inputs(manifest, 0))
+        return runner
+    except BaseException:
+        unpacked.close()
+        raise
+
+
+def example_inputs(manifest: Manifest, index: int) -> Tensors:
+    return json_to_arrays(manifest.examples[index].inputs, manifest.signature)
+
+
+def check_examples(runner: LocalRunner, *, rtol: float = 1e-4, atol: float = 1e-5) -> list[str]:
+    """Run every example of the package and compare with its recorded outputs.
+
+    Returns one line per mismatch (empty when all agree).
+    """
+    problems: list[str] = []
+    manifest = runner.manifest
+    for i, example in enumerate(manifest.examples):
+        got = runner.predict(example_inputs(manifest, i))
+        for spec in manifest.signature.outputs:
+            want = to_array(example.outputs[spec.name], spec.datatype, name=spec.name)
+            have = got[spec.name]
+            if want.shape != have.shape:
+                problems.append(
+                    f"example {i}, output '{spec.name}': shape {list(have.shape)}, "
+                    f"expected {list(want.shape)}"
+                )
+            elif want.dtype == object or want.dtype.kind in "biu":
+                if not np.array_equal(want, have):
+                    problems.append(f"example {i}, output '{spec.name}': values differ")
+            elif not np.allclose(have, want, rtol=rtol, atol=atol):
+                err = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64))))
+                problems.append(
+                    f"example {i}, output '{spec.name}': max abs error {err:.3g} "
+                    f"over tolerance (rtol={rtol}, atol={atol})"
+                )
+    return problems

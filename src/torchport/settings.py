@@ -1,0 +1,90 @@
+"""Typed settings: flags over `TORCHPORT_*` environment variables over a TOML file.
+
+Unknown keys are an error, and every default is the secure choice (loopback only, size
+limits on).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from torchport.errors import InvalidInput
+
+GiB = 1024**3
+
+
+def default_store_dir() -> Path:
+    """`$XDG_DATA_HOME/torchport/store`, i.e. `~/.local/share/torchport/store` by default."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "torchport" / "store"
+
+
+class Limits(BaseSettings):
+    """Size limits applied to every package read, whoever reads it."""
+
+    model_config = SettingsConfigDict(env_prefix="TORCHPORT_", extra="forbid")
+
+    max_package_bytes: int = Field(default=2 * GiB, gt=0)
+    """Largest package file accepted (compressed)."""
+    max_unpacked_bytes: int = Field(default=8 * GiB, gt=0)
+    """Largest total size of a package's files once unpacked (zip-bomb guard)."""
+    max_package_files: int = Field(default=10_000, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a torchport process can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="TORCHPORT_", extra="forbid")
+
+    store: Path = Field(default_factory=default_store_dir)
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int = Field(default=8081, ge=0, le=65535)
+    management_port: int = Field(default=8082, ge=0, le=65535)
+    limits: Limits = Field(default_factory=Limits)
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Build `Settings` from a TOML file, the environment and flags (highest precedence).
+
+    Flags given as `None` are treated as not given. Raises `InvalidInput` naming the key.
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"config file {config_file}: {exc}", field="config") from None
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        # Init values beat the environment in pydantic-settings, so merge file < env < flags here.
+        return Settings(**{**file_values, **_env_overrides(), **given})
+    except ValidationError as exc:
+        raise InvalidInput(_first_error(exc), field=_first_field(exc)) from None
+
+
+def _env_overrides() -> dict[str, Any]:
+    # Explicit values from the environment, so that they override the TOML file.
+    prefix = "TORCHPORT_"
+    fields = Settings.model_fields
+    out: dict[str, Any] = {}
+    for key, value in os.environ.items():
+        if key.startswith(prefix) and key[len(prefix) :].lower() in fields:
+            out[key[len(prefix) :].lower()] = value
+    return out
+
+
+def _first_field(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"])
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"setting '{_first_field(exc)}': {err['msg']}"

@@ -1,0 +1,13 @@
+"""The model repository: versions, aliases, audit log. Knows nothing of runtime or transports."""
+
+from torchport.store.base import AuditEntry, ModelInfo, ModelStore, VersionInfo
+from torchport.store.sqlite import SQLiteStore, check_model_name
+
+__all__ = [
+    "AuditEntry",
+    "ModelInfo",
+    "ModelStore",
+    "SQLiteStore",
+    "VersionInfo",
+    "check_model_name",
+]

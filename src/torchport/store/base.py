@@ -1,0 +1,111 @@
+"""The model repository interface, and the plain records it returns.
+
+The embedded default is `SQLiteStore` (SQLite in WAL mode plus content-addressed blobs on
+local disk); an object-store backend implements the same `ModelStore` interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    version: int
+    digest: str
+    """sha256 of the package file: the blob's address."""
+    size: int
+    created_at: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What the registrar recorded (e.g. the manifest's signature); opaque to the store."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Per-version serving overrides (workers, batching)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    default: int | None
+    previous: int | None
+    versions: list[VersionInfo]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: str
+    actor: str
+    action: str
+    model: str
+    version: int | None
+    detail: dict[str, Any]
+
+
+class ModelStore(abc.ABC):
+    """Models, their numbered versions, the `default` and `previous` aliases, an audit log.
+
+    Every change is atomic: a version is either fully registered (blob durable on disk,
+    row committed) or absent. Methods raise `NotFound`, `Conflict` or `StoreError`.
+    """
+
+    @abc.abstractmethod
+    def add_version(
+        self,
+        name: str,
+        package: Path,
+        *,
+        metadata: dict[str, Any] | None = None,
+        actor: str = "local",
+        promote: bool = False,
+    ) -> VersionInfo:
+        """Register the file `package` as the next version of `name` (1, 2, 3 …).
+
+        A model's first version becomes its default; later ones only with `promote`.
+        """
+
+    @abc.abstractmethod
+    def list_models(self) -> list[ModelInfo]: ...
+
+    @abc.abstractmethod
+    def get_model(self, name: str) -> ModelInfo: ...
+
+    @abc.abstractmethod
+    def get_version(self, name: str, version: int | None = None) -> VersionInfo:
+        """A version, or the model's `default` when `version` is None."""
+
+    @abc.abstractmethod
+    def package_path(self, info: VersionInfo) -> Path:
+        """A local path to the version's package file (read-only; do not modify)."""
+
+    @abc.abstractmethod
+    def promote(self, name: str, version: int, *, actor: str = "local") -> ModelInfo:
+        """Point `default` at `version`; the old default becomes `previous`."""
+
+    @abc.abstractmethod
+    def rollback(self, name: str, *, actor: str = "local") -> ModelInfo:
+        """Swap `default` and `previous`; `Conflict` when there is no previous version."""
+
+    @abc.abstractmethod
+    def delete_version(self, name: str, version: int, *, actor: str = "local") -> None:
+        """Remove a version; `Conflict` while it is the default."""
+
+    @abc.abstractmethod
+    def set_config(
+        self, name: str, version: int, config: dict[str, Any], *, actor: str = "local"
+    ) -> VersionInfo: ...
+
+    @abc.abstractmethod
+    def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The most recent changes first."""
+
+    @abc.abstractmethod
+    def verify(self) -> list[str]:
+        """Check every registered blob exists and hashes right; one line per problem."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,85 @@
+"""Content-addressed files on local disk: `blobs/sha256/ab/abcdef…`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from torchport.errors import StoreError
+
+
+class LocalBlobs:
+    """Immutable files named by their sha256, written durably (fsync file, rename, fsync dir)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / "sha256" / digest[:2] / digest
+
+    def stage(self, source: Path) -> tuple[Path, str, int]:
+        """Copy `source` into a private temporary file, fsynced; returns it with sha256 and size.
+
+        Slow work (copy, hash) happens here, outside any lock; `publish` is then cheap.
+        """
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            Path(name).unlink(missing_ok=True)
+            raise StoreError(f"cannot write to the store at {self.root}: {exc.strerror}") from None
+        return Path(name), digest.hexdigest(), size
+
+    def publish(self, staged: Path, digest: str) -> Path:
+        """Move a staged file to its address (atomic rename), or drop it if already there."""
+        final = self.path(digest)
+        if final.exists():
+            staged.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged, 0o444)
+        staged.replace(final)
+        _fsync_dir(final.parent)
+        return final
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def digests(self) -> set[str]:
+        base = self.root / "sha256"
+        return {p.name for p in base.glob("*/*")} if base.exists() else set()
+
+    def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Remove staged files left by writers that died (old enough not to be in use)."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for part in self.tmp.glob("*.part"):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,387 @@
+"""The embedded default store: SQLite (WAL) for records, `LocalBlobs` for package files.
+
+Layout of a store directory::
+
+    store.db          models, versions, aliases, audit log
+    blobs/sha256/…    package files, named by their sha256
+    blobs/tmp/        files being written
+
+Writers take SQLite's write lock (`BEGIN IMMEDIATE`) around every change, and blobs are
+published or removed only while holding it, so two processes writing at once are
+serialized and a crash at any point leaves either the old state or the new one: a blob
+with no row (swept by `gc`), never a row with no blob.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from torchport.archive.hashing import sha256_file
+from torchport.errors import Conflict, InvalidInput, NotFound, StoreError
+from torchport.store.base import AuditEntry, ModelInfo, ModelStore, VersionInfo
+from torchport.store.blobs import LocalBlobs
+
+SCHEMA_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    default_version INTEGER,
+    previous_version INTEGER,
+    next_version INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS versions (
+    model TEXT NOT NULL REFERENCES models(name),
+    version INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    config TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (model, version)
+);
+CREATE INDEX IF NOT EXISTS versions_digest ON versions(digest);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def check_model_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidInput(
+            f"model name {name!r} is invalid: use letters, digits, '.', '_' and '-' "
+            "(up to 128, starting with a letter or digit)",
+            field="name",
+        )
+    return name
+
+
+class SQLiteStore(ModelStore):
+    """A store in one local directory; safe for many threads and processes at once."""
+
+    def __init__(self, root: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.blobs = LocalBlobs(self.root / "blobs")
+            self._db = sqlite3.connect(
+                self.root / "store.db",
+                timeout=busy_timeout_s,
+                isolation_level=None,  # explicit BEGIN/COMMIT only
+                check_same_thread=False,
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._lock = threading.RLock()
+            with self._write():
+                found = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if found not in (0, SCHEMA_VERSION):
+                    raise StoreError(
+                        f"store {self.root} has schema version {found}; "
+                        f"this torchport reads version {SCHEMA_VERSION}"
+                    )
+                # executescript would commit early; run the statements inside this transaction.
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store at {self.root}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open the store at {self.root}: {exc.strerror}") from None
+        self.blobs.sweep_tmp()
+
+    # -- transactions ------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding SQLite's write lock (all processes)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"store {self.root} is busy: {exc}") from None
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    # -- writes --------------------------------------------------------------------------
+
+    def add_version(
+        self,
+        name: str,
+        package: Path,
+        *,
+        metadata: dict[str, Any] | None = None,
+        actor: str = "local",
+        promote: bool = False,
+    ) -> VersionInfo:
+        check_model_name(name)
+        staged, digest, size = self.blobs.stage(package)
+        try:
+            with self._write() as db:
+                now = _now()
+                db.execute(
+                    "INSERT OR IGNORE INTO models(name, created_at) VALUES (?, ?)", (name, now)
+                )
+                row = db.execute(
+                    "SELECT next_version, default_version FROM models WHERE name=?", (name,)
+                ).fetchone()
+                version = int(row["next_version"])
+                # The blob is durable before the row that names it is committed.
+                self.blobs.publish(staged, digest)
+                db.execute(
+                    "INSERT INTO versions(model, version, digest, size, created_at, metadata)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, version, digest, size, now, json.dumps(metadata or {})),
+                )
+                db.execute("UPDATE models SET next_version=? WHERE name=?", (version + 1, name))
+                self._audit(db, actor, "upload", name, version, {"digest": digest, "size": size})
+                if row["default_version"] is None:
+                    db.execute("UPDATE models SET default_version=? WHERE name=?", (version, name))
+                elif promote:
+                    self._set_default(db, name, version, actor)
+        finally:
+            staged.unlink(missing_ok=True)
+        return self.get_version(name, version)
+
+    def promote(self, name: str, version: int, *, actor: str = "local") -> ModelInfo:
+        with self._write() as db:
+            self._version_row(db, name, version)
+            self._set_default(db, name, version, actor)
+        return self.get_model(name)
+
+    def rollback(self, name: str, *, actor: str = "local") -> ModelInfo:
+        with self._write() as db:
+            model = self._model_row(db, name)
+            previous, current = model["previous_version"], model["default_version"]
+            if previous is None:
+                raise Conflict(f"model '{name}' has no previous version to roll back to")
+            db.execute(
+                "UPDATE models SET default_version=?, previous_version=? WHERE name=?",
+                (previous, current, name),
+            )
+            self._audit(db, actor, "rollback", name, previous, {"from": current})
+        return self.get_model(name)
+
+    def delete_version(self, name: str, version: int, *, actor: str = "local") -> None:
+        with self._write() as db:
+            model = self._model_row(db, name)
+            row = self._version_row(db, name, version)
+            if model["default_version"] == version:
+                raise Conflict(
+                    f"version {version} is the default of model '{name}'; "
+                    "promote another version first",
+                    field="version",
+                )
+            db.execute("DELETE FROM versions WHERE model=? AND version=?", (name, version))
+            if model["previous_version"] == version:
+                db.execute("UPDATE models SET previous_version=NULL WHERE name=?", (name,))
+            self._audit(db, actor, "delete", name, version, {"digest": row["digest"]})
+        # The row is gone for good; its blob goes in a second step, under the lock again,
+        # only if no other version still names it.
+        self._remove_if_unreferenced(row["digest"])
+
+    def set_config(
+        self, name: str, version: int, config: dict[str, Any], *, actor: str = "local"
+    ) -> VersionInfo:
+        with self._write() as db:
+            self._version_row(db, name, version)
+            db.execute(
+                "UPDATE versions SET config=? WHERE model=? AND version=?",
+                (json.dumps(config), name, version),
+            )
+            self._audit(db, actor, "config", name, version, config)
+        return self.get_version(name, version)
+
+    def gc(self) -> int:
+        """Remove blobs no version names (left by a crash) and stale staged files."""
+        removed = self.blobs.sweep_tmp()
+        for digest in self.blobs.digests():
+            removed += self._remove_if_unreferenced(digest)
+        return removed
+
+    def _remove_if_unreferenced(self, digest: str) -> int:
+        with self._write() as db:
+            used = db.execute("SELECT 1 FROM versions WHERE digest=? LIMIT 1", (digest,)).fetchone()
+            if used is None:
+                self.blobs.remove(digest)
+                return 1
+        return 0
+
+    def _set_default(self, db: sqlite3.Connection, name: str, version: int, actor: str) -> None:
+        current = self._model_row(db, name)["default_version"]
+        if current == version:
+            return
+        db.execute(
+            "UPDATE models SET default_version=?, previous_version=? WHERE name=?",
+            (version, current, name),
+        )
+        self._audit(db, actor, "promote", name, version, {"from": current})
+
+    @staticmethod
+    def _audit(
+        db: sqlite3.Connection,
+        actor: str,
+        action: str,
+        model: str,
+        version: int | None,
+        detail: dict[str, Any],
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit(at, actor, action, model, version, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (_now(), actor, action, model, version, json.dumps(detail)),
+        )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelInfo]:
+        with self._read() as db:
+            names = [r["name"] for r in db.execute("SELECT name FROM models ORDER BY name")]
+            return [self._model_info(db, n) for n in names]
+
+    def get_model(self, name: str) -> ModelInfo:
+        with self._read() as db:
+            return self._model_info(db, name)
+
+    def get_version(self, name: str, version: int | None = None) -> VersionInfo:
+        with self._read() as db:
+            if version is None:
+                version = self._model_row(db, name)["default_version"]
+                if version is None:
+                    raise NotFound(f"model '{name}' has no default version", field="version")
+            return _version_info(self._version_row(db, name, version))
+
+    def package_path(self, info: VersionInfo) -> Path:
+        path = self.blobs.path(info.digest)
+        if not path.exists():
+            raise StoreError(
+                f"the package of {info.model} v{info.version} is missing from the store"
+            )
+        return path
+
+    def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        query = "SELECT * FROM audit"
+        args: tuple[Any, ...] = ()
+        if name is not None:
+            query += " WHERE model=?"
+            args = (name,)
+        query += " ORDER BY id DESC LIMIT ?"
+        with self._read() as db:
+            rows = db.execute(query, (*args, limit)).fetchall()
+        return [
+            AuditEntry(
+                id=r["id"],
+                at=r["at"],
+                actor=r["actor"],
+                action=r["action"],
+                model=r["model"],
+                version=r["version"],
+                detail=json.loads(r["detail"]),
+            )
+            for r in rows
+        ]
+
+    def verify(self) -> list[str]:
+        problems: list[str] = []
+        with self._read() as db:
+            rows = db.execute("SELECT model, version, digest FROM versions").fetchall()
+            aliases = db.execute(
+                "SELECT name, default_version, previous_version FROM models"
+            ).fetchall()
+            known = {(r["model"], r["version"]) for r in rows}
+        for r in rows:
+            path = self.blobs.path(r["digest"])
+            where = f"{r['model']} v{r['version']}"
+            if not path.exists():
+                problems.append(f"{where}: package blob {r['digest'][:12]}… is missing")
+            elif sha256_file(path) != r["digest"]:
+                problems.append(f"{where}: package blob {r['digest'][:12]}… is corrupt")
+        for a in aliases:
+            for alias in ("default_version", "previous_version"):
+                v = a[alias]
+                if v is not None and (a["name"], v) not in known:
+                    problems.append(f"{a['name']}: {alias} points at missing version {v}")
+        return problems
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _model_row(self, db: sqlite3.Connection, name: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM models WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"model '{name}' not found", field="model")
+        return row  # type: ignore[no-any-return]
+
+    def _version_row(self, db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row:
+        self._model_row(db, name)
+        row = db.execute(
+            "SELECT * FROM versions WHERE model=? AND version=?", (name, version)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"model '{name}' has no version {version}", field="version")
+        return row  # type: ignore[no-any-return]
+
+    def _model_info(self, db: sqlite3.Connection, name: str) -> ModelInfo:
+        model = self._model_row(db, name)
+        rows = db.execute(
+            "SELECT * FROM versions WHERE model=? ORDER BY version", (name,)
+        ).fetchall()
+        return ModelInfo(
+            name=name,
+            default=model["default_version"],
+            previous=model["previous_version"],
+            versions=[_version_info(r) for r in rows],
+            created_at=model["created_at"],
+        )
+
+
+def _version_info(row: sqlite3.Row) -> VersionInfo:
+    return VersionInfo(
+        model=row["model"],
+        version=row["version"],
+        digest=row["digest"],
+        size=row["size"],
+        created_at=row["created_at"],
+        metadata=json.loads(row["metadata"]),
+        config=json.loads(row["config"]),
+    )

@@ -1,0 +1,215 @@
+"""The embedded store: numbered versions, aliases, audit, durability and concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from torchport.errors import Conflict, InvalidInput, NotFound
+from torchport.store import SQLiteStore
+
+
+def blob(tmp_path: Path, content: bytes) -> Path:
+    path = tmp_path / f"pkg-{os.urandom(6).hex()}.tpa"
+    path.write_bytes(content)
+    return path
+
+
+@pytest.fixture
+def store(store_dir: Path) -> SQLiteStore:
+    return SQLiteStore(store_dir)
+
+
+def test_versions_are_numbered_1_2_3_and_the_first_is_default(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    versions = [store.add_version("m", blob(tmp_path, f"v{i}".encode())).version for i in range(3)]
+    assert versions == [1, 2, 3]
+    model = store.get_model("m")
+    assert model.default == 1
+    assert model.previous is None
+    assert store.get_version("m").version == 1
+    assert store.package_path(store.get_version("m", 2)).read_bytes() == b"v1"
+
+
+def test_promote_and_rollback_move_default_and_previous(store: SQLiteStore, tmp_path: Path) -> None:
+    for i in range(3):
+        store.add_version("m", blob(tmp_path, f"v{i}".encode()))
+    model = store.promote("m", 3)
+    assert (model.default, model.previous) == (3, 1)
+    model = store.rollback("m")
+    assert (model.default, model.previous) == (1, 3)
+    model = store.rollback("m")  # a second rollback undoes the first
+    assert (model.default, model.previous) == (3, 1)
+    assert store.add_version("m", blob(tmp_path, b"v3"), promote=True).version == 4
+    assert store.get_model("m").default == 4
+
+
+def test_rollback_without_a_previous_version_is_a_conflict(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    store.add_version("m", blob(tmp_path, b"a"))
+    with pytest.raises(Conflict, match="no previous version"):
+        store.rollback("m")
+
+
+def test_the_default_version_cannot_be_deleted(store: SQLiteStore, tmp_path: Path) -> None:
+    store.add_version("m", blob(tmp_path, b"a"))
+    store.add_version("m", blob(tmp_path, b"b"))
+    with pytest.raises(Conflict, match="is the default"):
+        store.delete_version("m", 1)
+    store.delete_version("m", 2)
+    assert [v.version for v in store.get_model("m").versions] == [1]
+    # Numbers are never reused.
+    assert store.add_version("m", blob(tmp_path, b"c")).version == 3
+
+
+def test_deleting_a_version_removes_its_blob_unless_shared(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    store.add_version("m", blob(tmp_path, b"base"))
+    shared = store.add_version("m", blob(tmp_path, b"same"))
+    again = store.add_version("m", blob(tmp_path, b"same"))
+    assert shared.digest == again.digest
+    store.delete_version("m", shared.version)
+    assert store.package_path(again).exists()
+    store.delete_version("m", again.version)
+    assert not store.blobs.path(again.digest).exists()
+
+
+def test_unknown_models_and_versions_are_not_found(store: SQLiteStore, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="model 'nope' not found"):
+        store.get_version("nope")
+    store.add_version("m", blob(tmp_path, b"a"))
+    with pytest.raises(NotFound, match="no version 7"):
+        store.promote("m", 7)
+
+
+def test_bad_model_names_are_refused(store: SQLiteStore, tmp_path: Path) -> None:
+    for name in ("", "../x", "a b", "-x", "x" * 200):
+        with pytest.raises(InvalidInput, match="model name"):
+            store.add_version(name, blob(tmp_path, b"a"))
+    assert store.list_models() == []
+
+
+def test_every_change_is_in_the_audit_log(store: SQLiteStore, tmp_path: Path) -> None:
+    store.add_version("m", blob(tmp_path, b"a"), actor="alice")
+    store.add_version("m", blob(tmp_path, b"b"), actor="alice")
+    store.promote("m", 2, actor="bob")
+    store.rollback("m", actor="bob")
+    store.set_config("m", 2, {"workers": 2}, actor="carol")
+    store.delete_version("m", 2, actor="carol")
+    actions = [(e.action, e.version, e.actor) for e in reversed(store.audit("m"))]
+    assert actions == [
+        ("upload", 1, "alice"),
+        ("upload", 2, "alice"),
+        ("promote", 2, "bob"),
+        ("rollback", 1, "bob"),
+        ("config", 2, "carol"),
+        ("delete", 2, "carol"),
+    ]
+
+
+def test_everything_survives_closing_and_reopening(store_dir: Path, tmp_path: Path) -> None:
+    first = SQLiteStore(store_dir)
+    first.add_version("m", blob(tmp_path, b"a"), metadata={"k": "v"})
+    first.add_version("m", blob(tmp_path, b"b"), promote=True)
+    first.set_config("m", 1, {"max_batch_size": 4})
+    first.close()
+    again = SQLiteStore(store_dir)
+    model = again.get_model("m")
+    assert (model.default, model.previous) == (2, 1)
+    assert model.versions[0].metadata == {"k": "v"}
+    assert model.versions[0].config == {"max_batch_size": 4}
+    assert len(again.audit()) == 4
+    assert again.verify() == []
+
+
+def test_verify_finds_a_corrupted_or_missing_blob(store: SQLiteStore, tmp_path: Path) -> None:
+    a = store.add_version("m", blob(tmp_path, b"a"))
+    b = store.add_version("m", blob(tmp_path, b"b"))
+    path = store.package_path(a)
+    path.chmod(0o644)
+    path.write_bytes(b"rotten")
+    store.blobs.path(b.digest).unlink()
+    problems = store.verify()
+    assert any("m v1" in p and "corrupt" in p for p in problems)
+    assert any("m v2" in p and "missing" in p for p in problems)
+
+
+def _writer(root: str, tag: str, count: int) -> None:
+    repo = SQLiteStore(Path(root))
+    tmp = Path(root).parent
+    for i in range(count):
+        path = tmp / f"{tag}-{i}.tpa"
+        path.write_bytes(f"{tag}-{i}".encode())
+        repo.add_version("shared", path, actor=tag)
+        if i % 3 == 0:
+            repo.promote("shared", repo.get_model("shared").versions[-1].version, actor=tag)
+    repo.close()
+
+
+def test_two_processes_writing_at_once_do_not_corrupt_the_store(store_dir: Path) -> None:
+    SQLiteStore(store_dir).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(store_dir), t, 15)) for t in ("p1", "p2")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    repo = SQLiteStore(store_dir)
+    model = repo.get_model("shared")
+    assert [v.version for v in model.versions] == list(range(1, 31))
+    contents = {repo.package_path(v).read_bytes() for v in model.versions}
+    assert contents == {f"{t}-{i}".encode() for t in ("p1", "p2") for i in range(15)}
+    assert sum(e.action == "upload" for e in repo.audit(limit=1000)) == 30
+    assert repo.verify() == []
+
+
+CRASHER = """
+import sys
+from pathlib import Path
+from torchport.store import SQLiteStore
+repo = SQLiteStore(Path(sys.argv[1]))
+tmp = Path(sys.argv[2])
+i = 0
+while True:
+    p = tmp / f"c{i}.tpa"
+    p.write_bytes(bytes([i % 251]) * (256 * 1024 + i))
+    repo.add_version("crashy", p)
+    i += 1
+"""
+
+
+def test_a_writer_killed_mid_write_never_leaves_a_half_registered_version(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    for _round in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(store_dir), str(tmp_path)])
+        time.sleep(rng.uniform(0.8, 1.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        repo = SQLiteStore(store_dir)
+        assert repo.verify() == [], "a row names a missing or partial blob"
+        versions = [v.version for v in repo.get_model("crashy").versions]
+        assert versions == list(range(1, len(versions) + 1))
+        for v in repo.get_model("crashy").versions:
+            data = repo.package_path(v).read_bytes()
+            assert len(data) == v.size
+        repo.close()
+    # Whatever a kill left behind is only unreferenced: gc removes it and all stays intact.
+    repo = SQLiteStore(store_dir)
+    repo.gc()
+    assert repo.verify() == []
+    referenced = {v.digest for v in repo.get_model("crashy").versions}
+    assert repo.blobs.digests() == referenced
