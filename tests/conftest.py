@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +50,5 @@ def mlp_input() -> np.ndarray:
 
 
 @pytest.fixture
-def store_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "store"
-    yield path
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
