@@ -153,8 +153,9 @@ def _stage_copy(src: Path, stage: Path, files: dict[str, Path], member: str) -> 
     if member in files:
         raise InvalidInput(f"two files would both be named '{member}' in the package")
     dest = stage / member
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
+    if src.resolve() != dest.resolve():  # exports are written straight into the stage
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
     files[member] = dest
     return dest
 
@@ -189,10 +190,7 @@ def _stage_model(
         _stage_copy(Path(exported), stage, files, "model.pt2")
         return ModelEntry(kind=ModelKind.EXPORTED, file="model.pt2")
     if torchscript is not None:
-        if Path(torchscript) != stage / "model.pt":
-            _stage_copy(Path(torchscript), stage, files, "model.pt")
-        else:
-            files["model.pt"] = Path(torchscript)
+        _stage_copy(Path(torchscript), stage, files, "model.pt")
         return ModelEntry(kind=ModelKind.TORCHSCRIPT, file="model.pt")
     assert code is not None
     path, factory = _split_ref(code, None)

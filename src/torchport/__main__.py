@@ -1,0 +1,5 @@
+"""`python -m torchport` runs the `torchport` command."""
+
+from torchport.cli.main import main
+
+main()
