@@ -16,7 +16,6 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/pip install --quiet $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	$(BIN)/pip install --quiet -e '.[dev,examples]' 2>&1 | grep -v "^WARNING: Location" || true
@@ -28,8 +27,8 @@ serve: install
 	$(BIN)/torchport store list $(STORE_FLAG)
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
 
 typecheck: install
