@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # pip takes this CPU wheel from the local wheel directory; installing it first keeps the
 # project's loose torch range from ever pulling a multi-GB CUDA build.
-TORCH_PIN ?= torch==2.13.0
+TORCH_PIN ?= torch==2.13.0 numpy
 STAMP := $(VENV)/.installed
 STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)

@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from torchport.errors import ModelLoadError
 from torchport.packaging import package
@@ -58,18 +56,15 @@ def build_mlp(out: Path) -> Built:
     torch.manual_seed(SEED)
     module = build()
     example = np.random.default_rng(SEED).standard_normal((2, 32)).astype(np.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "mlp.safetensors"
-        save_file(module.state_dict(), str(weights))
-        package(
-            name="mlp",
-            out=out,
-            code=f"{HERE / 'mlp' / 'model.py'}:build",
-            weights=weights,
-            example={"input": example},
-            description="Seeded MLP 32 -> 128 -> 128 -> 8.",
-            runtime={"max_batch_size": 32},
-        )
+    package(
+        module,
+        name="mlp",
+        out=out,
+        code=f"{HERE / 'mlp' / 'model.py'}:build",
+        example={"input": example},
+        description="Seeded MLP 32 -> 128 -> 128 -> 8.",
+        runtime={"max_batch_size": 32},
+    )
     return Built("mlp", out, "seeded MLP 32→128→128→8")
 
 
@@ -113,19 +108,16 @@ def build_digits(out: Path) -> Built:
     from sklearn.datasets import load_digits
 
     images = (load_digits().images[:2] / 16.0).astype(np.float32)[:, None, :, :]
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "digits.safetensors"
-        save_file(model.state_dict(), str(weights))
-        package(
-            name="digits",
-            out=out,
-            code=f"{HERE / 'digits' / 'model.py'}:build",
-            weights=weights,
-            handler=HERE / "digits" / "handler.py",
-            example={"input": images},
-            description=f"CNN on scikit-learn digits; test accuracy {accuracy:.4f}.",
-            runtime={"max_batch_size": 64},
-        )
+    package(
+        model,
+        name="digits",
+        out=out,
+        code=f"{HERE / 'digits' / 'model.py'}:build",
+        handler=HERE / "digits" / "handler.py",
+        example={"input": images},
+        description=f"CNN on scikit-learn digits; test accuracy {accuracy:.4f}.",
+        runtime={"max_batch_size": 64},
+    )
     return Built("digits", out, f"test accuracy {accuracy:.2%}")
 
 
@@ -141,32 +133,29 @@ def minilm_source() -> Path:
 
 
 def build_minilm(out: Path) -> Built:
+    from torchport.examples.minilm.model import build
+
     source = minilm_source()
     state = read_safetensors(source / "model.safetensors")
     # The pooler and the position-id buffer are not part of the sentence encoder.
-    state = {
-        k: v
-        for k, v in state.items()
-        if not k.startswith("pooler.") and k != "embeddings.position_ids"
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "minilm.safetensors"
-        save_file(state, str(weights))
-        package(
-            name="minilm",
-            out=out,
-            code=f"{HERE / 'minilm' / 'model.py'}:build",
-            weights=weights,
-            handler=HERE / "minilm" / "handler.py",
-            extra_files=[source / "tokenizer.json"],
-            example={
-                "text": ["torchport serves PyTorch models.", "A second, longer sentence here."]
-            },
-            signature={
-                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
-            },
-            description="all-MiniLM-L6-v2 sentence embeddings (384 floats, L2-normalised).",
-            runtime={"max_batch_size": 32},
-        )
+    unused = ("pooler.", "embeddings.position_ids")
+    module = build()
+    module.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith(unused)}, strict=True
+    )
+    package(
+        module,
+        name="minilm",
+        out=out,
+        code=f"{HERE / 'minilm' / 'model.py'}:build",
+        handler=HERE / "minilm" / "handler.py",
+        extra_files=[source / "tokenizer.json"],
+        example={"text": ["torchport serves PyTorch models.", "A second, longer sentence here."]},
+        signature={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+        },
+        description="all-MiniLM-L6-v2 sentence embeddings (384 floats, L2-normalised).",
+        runtime={"max_batch_size": 32},
+    )
     return Built("minilm", out, "all-MiniLM-L6-v2, 384-d embeddings")
