@@ -91,6 +91,12 @@ class Unauthorized(TorchportError):
     code = "unauthorized"
 
 
+class Unavailable(TorchportError):
+    """A model or version exists but is not loaded (unloaded, or failed to load)."""
+
+    code = "unavailable"
+
+
 class Overloaded(TorchportError):
     """A queue is full; the caller should retry later."""
 

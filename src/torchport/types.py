@@ -200,10 +200,13 @@ def to_array(value: Any, datatype: Datatype, *, name: str) -> Array:
         raise InvalidInput(
             f"tensor '{name}': data is ragged (rows of different lengths)", field=name
         ) from None
+    want = datatype.numpy
+    if want.kind in "iu" and raw.dtype.kind in "fO":
+        # Integers past int64 (UINT64's upper half) parse as float or object: keep them exact.
+        raw = _python_ints(value, raw, name)
     if raw.dtype == object:
         raise InvalidInput(f"tensor '{name}': data is ragged or mixes types", field=name)
     kind = raw.dtype.kind
-    want = datatype.numpy
     ok = (
         (datatype is Datatype.BOOL and kind == "b")
         or (want.kind in "iu" and kind in "iu")
@@ -223,6 +226,19 @@ def to_array(value: Any, datatype: Datatype, *, name: str) -> Array:
                 f"tensor '{name}': values out of range for {datatype.value}", field=name
             )
     return raw.astype(want, copy=False)
+
+
+def _python_ints(value: Any, raw: Array, name: str) -> Array:
+    try:
+        items = np.array(value, dtype=object)
+    except ValueError:
+        return raw
+    flat = items.reshape(-1)
+    if flat.size == 0 or not all(type(x) is int for x in flat):
+        return raw
+    if min(flat) < 0 or max(flat) > np.iinfo(np.uint64).max:
+        raise InvalidInput(f"tensor '{name}': values out of range", field=name)
+    return items.astype(np.uint64)
 
 
 def _describe_kind(kind: str) -> str:

@@ -1,0 +1,321 @@
+"""Inference: find the model and version, run it, keep track of what is loaded.
+
+Transport-neutral: requests and responses are named numpy arrays. Every protocol (OIP v2
+REST and gRPC, KServe v1, the TorchServe-compatible routes) calls `infer` here.
+
+Versions are loaded once and shared. A request takes a reference to the version it
+resolved (the model's `default` unless it names one) for its whole life, so promote and
+rollback switch new requests at once while requests in flight finish where they started;
+an unloaded version is closed only when its last request is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from torchport.errors import InvalidInput, NotFound, TorchportError, Unavailable
+from torchport.runtime import LocalRunner, open_runner
+from torchport.settings import Limits
+from torchport.store import ModelStore
+from torchport.types import Signature, Tensors
+
+log = logging.getLogger("torchport.inference")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    inputs: Tensors
+    version: int | None = None
+    outputs: list[str] | None = None
+    """Names of the outputs wanted, in order; all of them when None."""
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model: str
+    version: int
+    outputs: Tensors
+    id: str | None = None
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    model: str
+    version: int
+    runner: LocalRunner
+    load_seconds: float
+    inflight: int = 0
+    retired: bool = False
+
+    @property
+    def signature(self) -> Signature:
+        return self.runner.signature
+
+
+@dataclass(frozen=True)
+class VersionState:
+    model: str
+    version: int
+    state: str  # READY, UNAVAILABLE, UNLOADED
+    reason: str = ""
+
+
+Loader = Callable[[Path, Limits], LocalRunner]
+
+
+def _open(path: Path, limits: Limits) -> LocalRunner:
+    return open_runner(path, limits, warm_up=True)
+
+
+class InferenceService:
+    """The loaded versions of every model in a store, and the requests they serve."""
+
+    def __init__(
+        self, store: ModelStore, limits: Limits | None = None, loader: Loader = _open
+    ) -> None:
+        self.store = store
+        self.limits = limits or Limits()
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[str, int], LoadedVersion] = {}
+        self._defaults: dict[str, int] = {}
+        self._errors: dict[tuple[str, int], str] = {}
+        self._unloaded: set[str] = set()
+        self._load_locks: dict[tuple[str, int], threading.Lock] = {}
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Load the default (and previous, for instant rollback) version of every model.
+
+        A version that fails to load is reported (state UNAVAILABLE) and the rest start.
+        """
+        for info in self.store.list_models():
+            for version in (info.default, info.previous):
+                if version is None:
+                    continue
+                try:
+                    loaded = self._ensure_loaded(info.name, version)
+                    if progress:
+                        progress(f"loaded {info.name} v{version} in {loaded.load_seconds:.2f} s")
+                except TorchportError as exc:
+                    log.error("cannot load %s v%s: %s", info.name, version, exc)
+            if info.default is not None:
+                with self._lock:
+                    self._defaults[info.name] = info.default
+        self.started = True
+
+    def close(self) -> None:
+        with self._lock:
+            loaded = list(self._loaded.values())
+            self._loaded.clear()
+        for version in loaded:
+            version.runner.close()
+
+    def refresh(self) -> None:
+        """Re-read the aliases from the store (it may be changed by another process)."""
+        for info in self.store.list_models():
+            if info.default is None:
+                continue
+            with self._lock:
+                known = self._defaults.get(info.name)
+            if known != info.default:
+                try:
+                    self.switch_default(info.name, info.default)
+                except TorchportError as exc:
+                    log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _ensure_loaded(self, model: str, version: int) -> LoadedVersion:
+        key = (model, version)
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:  # one load per version, however many requests wait for it
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            info = self.store.get_version(model, version)
+            started = time.perf_counter()
+            try:
+                runner = self._loader(self.store.package_path(info), self.limits)
+            except TorchportError as exc:
+                with self._lock:
+                    self._errors[key] = str(exc)
+                raise Unavailable(
+                    f"model '{model}' version {version} failed to load: {exc}"
+                ) from exc
+            loaded = LoadedVersion(model, version, runner, time.perf_counter() - started)
+            with self._lock:
+                self._loaded[key] = loaded
+                self._errors.pop(key, None)
+            log.info("loaded %s v%s in %.2f s", model, version, loaded.load_seconds)
+            return loaded
+
+    def switch_default(self, model: str, version: int) -> None:
+        """Route new requests for `model` to `version` (loaded first, so none fail)."""
+        self._ensure_loaded(model, version)
+        with self._lock:
+            self._defaults[model] = version
+            self._unloaded.discard(model)
+
+    def load_model(self, model: str) -> None:
+        """OIP repository `load`: (re)load the model's default version and serve it."""
+        info = self.store.get_model(model)
+        if info.default is None:
+            raise NotFound(f"model '{model}' has no default version", field="model")
+        self.switch_default(model, info.default)
+
+    def unload(self, model: str, version: int | None = None) -> None:
+        """Stop serving `model` (every version, or one); in-flight requests finish first."""
+        with self._lock:
+            keys = [k for k in self._loaded if k[0] == model and version in (None, k[1])]
+            if version is None:
+                self._unloaded.add(model)
+                self._defaults.pop(model, None)
+            retired = [self._loaded.pop(k) for k in keys]
+            for item in retired:
+                item.retired = True
+            to_close = [item for item in retired if item.inflight == 0]
+        for item in to_close:
+            item.runner.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def resolve(self, model: str, version: int | None) -> int:
+        """The version a request for `model` (and `version`, if given) is served by."""
+        with self._lock:
+            if model in self._unloaded:
+                raise Unavailable(
+                    f"model '{model}' is unloaded; load it with POST /v2/repository/models/"
+                    f"{model}/load",
+                    field="model",
+                )
+            if version is None and model in self._defaults:
+                return self._defaults[model]
+        if version is None:
+            # Unknown here: perhaps registered by another process since the last refresh.
+            info = self.store.get_model(model)
+            if info.default is None:
+                raise NotFound(f"model '{model}' has no default version", field="model")
+            return info.default
+        self.store.get_version(model, version)  # NotFound names the model or the version
+        return version
+
+    def acquire(self, model: str, version: int | None = None) -> LoadedVersion:
+        """The loaded version that serves a request, loading it if needed (blocking).
+
+        Hold it for the whole request and `release` it after.
+        """
+        loaded = self._acquire_loaded(model, version)
+        while loaded is None:
+            self._ensure_loaded(model, self.resolve(model, version))
+            loaded = self._acquire_loaded(model, version)
+        return loaded
+
+    def _acquire_loaded(self, model: str, version: int | None) -> LoadedVersion | None:
+        resolved = self.resolve(model, version)
+        with self._lock:
+            loaded = self._loaded.get((model, resolved))
+            if loaded is not None:
+                loaded.inflight += 1
+            return loaded
+
+    def release(self, loaded: LoadedVersion) -> None:
+        with self._lock:
+            loaded.inflight -= 1
+            close = loaded.retired and loaded.inflight == 0
+        if close:
+            loaded.runner.close()
+
+    @contextmanager
+    def hold(self, model: str, version: int | None = None) -> Iterator[LoadedVersion]:
+        loaded = self.acquire(model, version)
+        try:
+            yield loaded
+        finally:
+            self.release(loaded)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Check the inputs against the signature, run the model, select the outputs."""
+        loaded = self._acquire_loaded(request.model, request.version)
+        if loaded is None:  # the first request for a version loads it, off the event loop
+            loaded = await anyio.to_thread.run_sync(self.acquire, request.model, request.version)
+        try:
+            signature = loaded.signature
+            signature.check_inputs(request.inputs)
+            wanted = self._wanted_outputs(signature, request.outputs)
+            outputs = await anyio.to_thread.run_sync(loaded.runner.predict, request.inputs)
+        finally:
+            self.release(loaded)
+        return InferResponse(
+            model=request.model,
+            version=loaded.version,
+            outputs={name: outputs[name] for name in wanted},
+            id=request.id,
+        )
+
+    @staticmethod
+    def _wanted_outputs(signature: Signature, requested: list[str] | None) -> list[str]:
+        names = [s.name for s in signature.outputs]
+        if requested is None:
+            return names
+        for name in requested:
+            if name not in names:
+                raise InvalidInput(
+                    f"unknown output '{name}' (outputs: {', '.join(names)})", field=name
+                )
+        return list(dict.fromkeys(requested))
+
+    # -- state ---------------------------------------------------------------------------
+
+    def signature(self, model: str, version: int | None = None) -> tuple[int, Signature]:
+        """The signature of a version, from the store's record (no load needed)."""
+        resolved = self.resolve(model, version)
+        info = self.store.get_version(model, resolved)
+        return resolved, Signature.model_validate(info.metadata["signature"])
+
+    def is_ready(self, model: str, version: int | None = None) -> bool:
+        try:
+            resolved = self.resolve(model, version)
+        except Unavailable:
+            return False
+        with self._lock:
+            return (model, resolved) in self._loaded
+
+    def server_ready(self) -> bool:
+        with self._lock:
+            return self.started and all(
+                (model, version) in self._loaded for model, version in self._defaults.items()
+            )
+
+    def states(self) -> list[VersionState]:
+        out = []
+        for info in self.store.list_models():
+            for v in info.versions:
+                key = (info.name, v.version)
+                with self._lock:
+                    if key in self._loaded:
+                        out.append(VersionState(info.name, v.version, "READY"))
+                    elif key in self._errors:
+                        out.append(
+                            VersionState(info.name, v.version, "UNAVAILABLE", self._errors[key])
+                        )
+                    else:
+                        out.append(VersionState(info.name, v.version, "UNLOADED"))
+        return out
