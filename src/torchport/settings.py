@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=8081, ge=0, le=65535)
     management_port: int = Field(default=8082, ge=0, le=65535)
+    token: str | None = Field(default=None, min_length=16)
+    """The management token; by default generated once into `<store>/token`."""
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest inference request body accepted (413 past it)."""
+    log_level: str = "info"
     limits: Limits = Field(default_factory=Limits)
 
 

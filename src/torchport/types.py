@@ -342,3 +342,75 @@ def _guess_datatype(value: Any, name: str) -> Datatype:
     if isinstance(level, str | bytes):
         return Datatype.BYTES
     raise InvalidInput(f"tensor '{name}': cannot tell the datatype of {value!r:.40}", field=name)
+
+
+def to_raw(array: Array) -> bytes:
+    """The Open Inference Protocol's raw bytes of a tensor: little-endian, row-major;
+    BYTES elements each as a 4-byte little-endian length and the bytes."""
+    if array.dtype == object:
+        parts = []
+        for item in array.reshape(-1):
+            data = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(len(data).to_bytes(4, "little"))
+            parts.append(data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def from_raw(
+    data: bytes | memoryview, datatype: Datatype, shape: Sequence[int], *, name: str
+) -> Array:
+    """Parse `to_raw`'s bytes back into an array of `shape`, naming `name` on error."""
+    count = element_count(shape, name=name)
+    if datatype is Datatype.BYTES:
+        view = memoryview(data)
+        items: list[bytes] = []
+        offset = 0
+        while offset < len(view):
+            if offset + 4 > len(view):
+                raise InvalidInput(
+                    f"tensor '{name}': BYTES data ends inside a length prefix", field=name
+                )
+            size = int.from_bytes(view[offset : offset + 4], "little")
+            offset += 4
+            if offset + size > len(view):
+                raise InvalidInput(f"tensor '{name}': BYTES element runs past the data", field=name)
+            items.append(bytes(view[offset : offset + size]))
+            offset += size
+        if len(items) != count:
+            raise InvalidInput(
+                f"tensor '{name}': shape {list(shape)} needs {count} elements, "
+                f"the data holds {len(items)}",
+                field=name,
+            )
+        out = np.empty(count, dtype=object)
+        out[:] = items
+        return out.reshape(tuple(shape))
+    dtype = datatype.numpy.newbyteorder("<")
+    if len(data) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"tensor '{name}': shape {list(shape)} of {datatype.value} needs "
+            f"{count * dtype.itemsize} bytes, got {len(data)}",
+            field=name,
+        )
+    array = np.frombuffer(data, dtype=dtype).reshape(tuple(shape))
+    return array.astype(datatype.numpy, copy=False)
+
+
+MAX_ELEMENTS = 1 << 31
+
+
+def element_count(shape: Sequence[int], *, name: str) -> int:
+    """The number of elements of a concrete `shape` (no -1), refusing absurd sizes."""
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise InvalidInput(
+                f"tensor '{name}': shape {list(shape)} must hold non-negative integers", field=name
+            )
+        count *= dim
+    if count > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"tensor '{name}': shape {list(shape)} has too many elements", field=name
+        )
+    return count

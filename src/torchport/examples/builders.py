@@ -18,6 +18,7 @@ import torch
 from torchport.errors import ModelLoadError
 from torchport.packaging import package
 from torchport.runtime.loader import read_safetensors
+from torchport.service import Management
 
 HERE = Path(__file__).parent
 NAMES = ("mlp", "digits", "minilm")
@@ -159,3 +160,27 @@ def build_minilm(out: Path) -> Built:
         runtime={"max_batch_size": 32},
     )
     return Built("minilm", out, "all-MiniLM-L6-v2, 384-d embeddings")
+
+
+def register_examples(
+    management: Management, build_dir: Path, progress: Progress | None = None
+) -> list[str]:
+    """Build (into `build_dir`, once) and register every example the store does not hold.
+
+    Returns the names registered now.
+    """
+    say = progress or (lambda _msg: None)
+    held = {m.name for m in management.store.list_models()}
+    registered = []
+    for name in NAMES:
+        if name in held:
+            say(f"{name}: already registered")
+            continue
+        path = build_dir / f"{name}.tpa"
+        if not path.exists():
+            build_examples(build_dir, (name,), progress)
+        say(f"{name}: verifying and registering")
+        report = management.upload(path, actor="examples")
+        say(f"{name}: registered v{report.version.version}")
+        registered.append(name)
+    return registered

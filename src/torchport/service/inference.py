@@ -105,7 +105,7 @@ class InferenceService:
         """
         for info in self.store.list_models():
             for version in (info.default, info.previous):
-                if version is None:
+                if version is None or (info.name, version) in self._loaded:
                     continue
                 try:
                     loaded = self._ensure_loaded(info.name, version)
@@ -166,6 +166,25 @@ class InferenceService:
                 self._errors.pop(key, None)
             log.info("loaded %s v%s in %.2f s", model, version, loaded.load_seconds)
             return loaded
+
+    def preload(self, model: str, version: int) -> None:
+        """Load a version now (e.g. before it is promoted), so no request waits for it."""
+        self._ensure_loaded(model, version)
+
+    def adopt(
+        self, model: str, version: int, runner: LocalRunner, load_seconds: float = 0.0
+    ) -> None:
+        """Serve `version` with an already loaded runner and route new requests to it."""
+        with self._lock:
+            old = self._loaded.get((model, version))
+            self._loaded[(model, version)] = LoadedVersion(model, version, runner, load_seconds)
+            self._defaults[model] = version
+            self._unloaded.discard(model)
+            if old is not None:
+                old.retired = True
+            close_old = old is not None and old.inflight == 0
+        if close_old and old is not None:
+            old.runner.close()
 
     def switch_default(self, model: str, version: int) -> None:
         """Route new requests for `model` to `version` (loaded first, so none fail)."""

@@ -1,8 +1,9 @@
-"""Management: registering packages as versions, promote, rollback, delete.
+"""Management: registering packages as versions, promote, rollback, delete, config.
 
 An upload is verified completely before anything is registered: sizes, names and hashes,
 then the model is loaded and its bundled examples must reproduce their recorded outputs.
-A refused package leaves the store exactly as it was.
+A refused package leaves the store exactly as it was. With an `InferenceService`, changes
+take effect on live traffic: a version is loaded before any request is routed to it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from torchport.archive import Manifest
-from torchport.errors import ModelLoadError, NotFound, TooLarge
-from torchport.runtime import check_examples, open_runner
+from pydantic import ValidationError
+
+from torchport.archive import Manifest, RuntimeDefaults
+from torchport.archive.hashing import sha256_file
+from torchport.archive.manifest import describe_validation_error
+from torchport.errors import InvalidInput, ModelLoadError, NotFound, TooLarge
+from torchport.runtime import LocalRunner, check_examples, open_runner
+from torchport.service.inference import InferenceService
 from torchport.settings import Limits
-from torchport.store import ModelInfo, ModelStore, VersionInfo
+from torchport.store import ModelInfo, ModelStore, VersionInfo, check_model_name
 
 
 @dataclass(frozen=True)
@@ -25,60 +32,131 @@ class UploadReport:
     version: VersionInfo
     manifest: Manifest
     load_seconds: float
+    default: int | None
 
 
 class Management:
     """Changes to the model repository, each verified and audited."""
 
-    def __init__(self, store: ModelStore, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        limits: Limits | None = None,
+        inference: InferenceService | None = None,
+    ) -> None:
         self.store = store
         self.limits = limits or Limits()
+        self.inference = inference
 
-    def upload(self, package: Path, *, promote: bool = False, actor: str = "local") -> UploadReport:
-        """Verify `package` (hashes, load, examples) and register it as the next version."""
+    def upload(
+        self,
+        package: Path,
+        *,
+        name: str | None = None,
+        promote: bool = False,
+        actor: str = "local",
+    ) -> UploadReport:
+        """Verify `package` (hashes, load, examples) and register it as the next version.
+
+        `name` registers it under another name than its manifest's. The model's first
+        version, or any with `promote`, becomes its default (and, on a server, live).
+        """
+        if name is not None:
+            check_model_name(name)
         with tempfile.TemporaryDirectory(prefix="torchport-upload-") as tmp:
             # What is verified is a private copy, and that same copy is what gets stored.
             private = Path(tmp) / "package.tpa"
             _copy_limited(package, private, self.limits.max_package_bytes)
             started = time.perf_counter()
-            runner = open_runner(private, self.limits, warm_up=False)
+            runner: LocalRunner | None = open_runner(private, self.limits, warm_up=False)
             try:
+                assert runner is not None
                 manifest = runner.manifest
                 problems = check_examples(runner)
-            finally:
-                runner.close()
-            if problems:
-                raise ModelLoadError(
-                    f"package '{manifest.name}' does not reproduce its own example: {problems[0]}"
+                if problems:
+                    raise ModelLoadError(
+                        f"package '{manifest.name}' does not reproduce its own example: "
+                        f"{problems[0]}"
+                    )
+                load_seconds = time.perf_counter() - started
+                model = name or manifest.name
+                info = self.store.add_version(
+                    model,
+                    private,
+                    metadata=_metadata(manifest),
+                    actor=actor,
+                    promote=promote,
                 )
-            load_seconds = time.perf_counter() - started
-            info = self._register(private, manifest, promote=promote, actor=actor)
-        return UploadReport(version=info, manifest=manifest, load_seconds=load_seconds)
-
-    def _register(
-        self, package: Path, manifest: Manifest, *, promote: bool, actor: str
-    ) -> VersionInfo:
-        return self.store.add_version(
-            manifest.name,
-            package,
-            metadata={
-                "signature": manifest.signature.model_dump(mode="json"),
-                "model_kind": manifest.model.kind.value,
-                "description": manifest.description,
-                "created_at": manifest.created_at.isoformat(),
-            },
-            actor=actor,
-            promote=promote,
+                default = self.store.get_model(model).default
+                if self.inference is not None and default == info.version:
+                    # The verified runner goes live as it is: no second load.
+                    self.inference.adopt(model, info.version, runner, load_seconds)
+                    runner = None
+            finally:
+                if runner is not None:
+                    runner.close()
+        return UploadReport(
+            version=info, manifest=manifest, load_seconds=load_seconds, default=default
         )
 
+    def upload_if_new(self, package: Path, *, actor: str = "local") -> UploadReport | None:
+        """Register `package` unless its model already has a version with the same bytes."""
+        digest = sha256_file(package)
+        for info in self.store.list_models():
+            if any(v.digest == digest for v in info.versions):
+                return None
+        return self.upload(package, actor=actor)
+
     def promote(self, name: str, version: int, *, actor: str = "local") -> ModelInfo:
-        return self.store.promote(name, version, actor=actor)
+        self.store.get_version(name, version)
+        if self.inference is not None:
+            self.inference.preload(name, version)
+        info = self.store.promote(name, version, actor=actor)
+        self._go_live(info)
+        return info
 
     def rollback(self, name: str, *, actor: str = "local") -> ModelInfo:
-        return self.store.rollback(name, actor=actor)
+        previous = self.store.get_model(name).previous
+        if self.inference is not None and previous is not None:
+            self.inference.preload(name, previous)
+        info = self.store.rollback(name, actor=actor)
+        self._go_live(info)
+        return info
 
     def delete(self, name: str, version: int, *, actor: str = "local") -> None:
         self.store.delete_version(name, version, actor=actor)
+        if self.inference is not None:
+            self.inference.unload(name, version)
+
+    def set_config(
+        self, name: str, version: int, config: dict[str, Any], *, actor: str = "local"
+    ) -> VersionInfo:
+        if not isinstance(config, dict):
+            raise InvalidInput("the config must be a JSON object", field="config")
+        try:
+            checked = RuntimeDefaults.model_validate(config)
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"config: {describe_validation_error(exc)}", field="config"
+            ) from None
+        return self.store.set_config(
+            name, version, checked.model_dump(include=set(config)), actor=actor
+        )
+
+    def _go_live(self, info: ModelInfo) -> None:
+        if self.inference is not None and info.default is not None:
+            self.inference.switch_default(info.name, info.default)
+
+
+def _metadata(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "signature": manifest.signature.model_dump(mode="json"),
+        "model_kind": manifest.model.kind.value,
+        "package_name": manifest.name,
+        "description": manifest.description,
+        "created_at": manifest.created_at.isoformat(),
+        "runtime": manifest.runtime.model_dump(mode="json"),
+    }
 
 
 def _copy_limited(src: Path, dest: Path, limit: int) -> None:

@@ -1,0 +1,79 @@
+"""`torchport serve`: the model server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from torchport.cli.output import err, out
+
+Opt = typer.Option
+
+
+def serve_cmd(
+    packages: Annotated[
+        list[Path] | None, typer.Argument(help="Packages to register at start (skipped if held).")
+    ] = None,
+    store: Annotated[Path | None, Opt(help="Store directory [env TORCHPORT_STORE].")] = None,
+    host: Annotated[str | None, Opt(help="Address to bind (default 127.0.0.1).")] = None,
+    http_port: Annotated[int | None, Opt(help="Inference port (default 8080).")] = None,
+    management_port: Annotated[int | None, Opt(help="Management port (default 8082).")] = None,
+    config: Annotated[Path | None, Opt(help="A TOML settings file.")] = None,
+    examples: Annotated[
+        bool, Opt("--examples", help="Build and register the example models first.")
+    ] = False,
+) -> None:
+    """Run the model server: inference on one port, management (token) on another."""
+    from torchport.server import ServerInfo, serve
+    from torchport.settings import load_settings
+
+    settings = load_settings(
+        config, store=store, host=host, http_port=http_port, management_port=management_port
+    )
+
+    def announce(info: ServerInfo) -> None:
+        out.print(f"torchport ready in {info.seconds_to_ready:.1f} s — store {info.store}")
+        out.print(
+            f"  inference   {info.inference_url}   "
+            "(OIP v2 /v2, KServe v1 /v1, TorchServe /predictions)"
+        )
+        out.print(f"  management  {info.management_url}   (bearer token: {info.token_source})")
+        served = ", ".join(f"{name} v{version}" for name, version in info.models) or "none yet"
+        out.print(f"  models      {served}")
+        for line in try_lines(info):
+            out.print(f"  try: {line}", markup=False)
+        out.print("  Ctrl-C stops it.")
+
+    serve(
+        settings,
+        packages or [],
+        examples=examples,
+        announce=announce,
+        progress=lambda message: err.print(f"  {message}", markup=False),
+    )
+
+
+def try_lines(info: object) -> list[str]:
+    from torchport.server import ServerInfo
+
+    assert isinstance(info, ServerInfo)
+    url = info.inference_url
+    names = {name for name, _ in info.models}
+    lines = [f"curl {url}/v2/health/ready"]
+    if "mlp" in names:
+        row = "[" + ",".join(["0.1"] * 32) + "]"
+        lines += [
+            f'curl {url}/v2/models/mlp/infer -d \'{{"inputs":[{{"name":"input","shape":[1,32],'
+            f'"datatype":"FP32","data":{row}}}]}}\'',
+            f"curl {url}/v1/models/mlp:predict -d '{{\"instances\":[{row}]}}'",
+        ]
+    if "minilm" in names:
+        lines.append(
+            f"curl {url}/predictions/minilm -H 'Content-Type: text/plain' -d 'hello world'"
+        )
+    lines.append(
+        f'curl -H "Authorization: Bearer $(cat {info.token_source})" {info.management_url}/models'
+    )
+    return lines

@@ -1,0 +1,102 @@
+"""`ManagementClient`: the management API from Python (what `torchport models` uses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from torchport import errors
+from torchport.errors import TorchportError
+
+_BY_CODE: dict[str, type[TorchportError]] = {
+    cls.code: cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, TorchportError)
+}
+
+
+class ManagementClient:
+    """Calls a torchport server's management port with a bearer token.
+
+    Errors come back as the same `torchport.errors` classes the server raised.
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 300.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ManagementClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise TorchportError(
+                f"cannot reach the management API at {self.url} ({exc}); "
+                "is `torchport serve` running?"
+            ) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:200] or f"HTTP {response.status_code}"}
+        if response.is_error:
+            code = body.get("code", "internal") if isinstance(body, dict) else "internal"
+            message = body.get("error", str(body)) if isinstance(body, dict) else str(body)
+            raise _BY_CODE.get(code, TorchportError)(message, field=body.get("field"))
+        return body
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/models")["models"])
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/models/{name}"))
+
+    def upload(
+        self, package: Path, *, name: str | None = None, promote: bool = False
+    ) -> dict[str, Any]:
+        """Upload a package file; it is registered under `name` (default: its own name)."""
+        if name is None:
+            from torchport.archive import read_package
+
+            name = read_package(package).manifest.name
+        with package.open("rb") as f:
+            return dict(
+                self._call(
+                    "POST",
+                    f"/models/{name}",
+                    content=f,
+                    params={"promote": "true"} if promote else None,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            )
+
+    def promote(self, name: str, version: int) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/models/{name}/default", json={"version": version}))
+
+    def rollback(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/models/{name}/rollback"))
+
+    def delete(self, name: str, version: int) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/models/{name}/versions/{version}"))
+
+    def set_config(self, name: str, version: int, **config: Any) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/models/{name}/versions/{version}/config", json=config))
+
+    def audit(self, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if model:
+            params["model"] = model
+        return list(self._call("GET", "/audit", params=params)["audit"])

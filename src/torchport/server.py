@@ -1,0 +1,173 @@
+"""The model server: the one place that wires store, services and transports together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import uvicorn
+
+from torchport.errors import TorchportError
+from torchport.examples import register_examples
+from torchport.service import Management
+from torchport.service.auth import TOKEN_FILE, resolve_token
+from torchport.service.inference import InferenceService
+from torchport.settings import Settings
+from torchport.store import SQLiteStore
+from torchport.transports.http import build_inference_app, build_management_app
+
+log = logging.getLogger("torchport.server")
+
+REFRESH_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    inference_url: str
+    management_url: str
+    store: Path
+    token_source: str
+    models: list[tuple[str, int | None]]
+    seconds_to_ready: float
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to `serve`, which runs several."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn(app: object) -> _Server:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        http="httptools",
+        loop="none",
+        timeout_graceful_shutdown=10,
+    )
+    return _Server(config)
+
+
+def serve(
+    settings: Settings,
+    packages: list[Path] | None = None,
+    *,
+    examples: bool = False,
+    announce: Callable[[ServerInfo], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Run the model server until SIGINT or SIGTERM. Blocks."""
+    started = time.perf_counter()
+    say = progress or (lambda _m: None)
+    # Ports first: a port in use fails at once, before minutes of model loading.
+    http_socket = bind(settings.host, settings.http_port)
+    mgmt_socket = bind(settings.host, settings.management_port)
+    store = SQLiteStore(settings.store)
+    token = resolve_token(settings.token, store.root)
+    inference = InferenceService(store, settings.limits)
+    management = Management(store, settings.limits, inference)
+    if examples:
+        with tempfile.TemporaryDirectory(prefix="torchport-examples-") as tmp:
+            register_examples(management, Path(tmp), say)
+    for package in packages or []:
+        report = management.upload_if_new(package, actor="serve")
+        done = f"registered v{report.version.version}" if report else "already registered"
+        say(f"{package.name}: {done}")
+    inference.start(say)
+
+    http = _uvicorn(build_inference_app(inference, max_body=settings.max_request_bytes))
+    mgmt = _uvicorn(build_management_app(management, token))
+    info = ServerInfo(
+        inference_url=_url(settings.host, http_socket),
+        management_url=_url(settings.host, mgmt_socket),
+        store=store.root,
+        token_source="TORCHPORT_TOKEN" if settings.token else str(store.root / TOKEN_FILE),
+        models=[(m.name, m.default) for m in store.list_models()],
+        seconds_to_ready=0.0,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        servers = [http, mgmt]
+
+        def stop() -> None:
+            for server in servers:
+                server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        tasks = [
+            asyncio.create_task(http.serve(sockets=[http_socket])),
+            asyncio.create_task(mgmt.serve(sockets=[mgmt_socket])),
+        ]
+        while not all(server.started for server in servers) and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.005)
+        if announce and all(server.started for server in servers):
+            announce(replace(info, seconds_to_ready=time.perf_counter() - started))
+        refresher = asyncio.create_task(_refresh(inference, servers))
+        await asyncio.gather(*tasks)
+        refresher.cancel()
+
+    try:
+        _run(main())
+    finally:
+        inference.close()
+        store.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host:port` (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise TorchportError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _url(host: str, sock: socket.socket) -> str:
+    port = sock.getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}"
+
+
+async def _refresh(inference: InferenceService, servers: list[_Server]) -> None:
+    # Another process (`torchport store promote`, a second server) may change the store.
+    while not any(s.should_exit for s in servers):
+        await asyncio.sleep(REFRESH_SECONDS)
+        try:
+            await asyncio.to_thread(inference.refresh)
+        except Exception:
+            log.exception("refreshing aliases from the store failed")
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)  # type: ignore[arg-type]
+
+
+__all__ = ["ServerInfo", "bind", "serve"]

@@ -1,0 +1,1 @@
+"""Transports: protocol shells over the services. Each knows nothing of the others."""

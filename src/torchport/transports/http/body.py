@@ -1,0 +1,48 @@
+"""Reading request bodies within a size limit, to memory or to a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+
+from torchport.errors import InvalidInput, TooLarge
+
+
+def _check_declared(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number", field="Content-Length") from None
+        if size > limit:
+            raise TooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes."""
+    _check_declared(request, limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def save_body(request: Request, dest: Path, limit: int) -> int:
+    """Stream the body to `dest`, refused with 413 past `limit` bytes; returns its size."""
+    _check_declared(request, limit)
+    size = 0
+    with dest.open("wb") as out:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"upload is over the limit of {limit} bytes (max_package_bytes)")
+            out.write(chunk)
+    if size == 0:
+        raise InvalidInput("the request body is empty: send the package file", field="body")
+    return size

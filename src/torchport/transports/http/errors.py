@@ -1,0 +1,78 @@
+"""The one place HTTP maps torchport's error codes to status codes."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from torchport.errors import TorchportError
+
+log = logging.getLogger("torchport.http")
+
+STATUS = {
+    "invalid_input": 400,
+    "invalid_package": 400,
+    "integrity_error": 400,
+    "unsafe_content": 400,
+    "model_load_failed": 400,
+    "too_large": 413,
+    "unauthorized": 401,
+    "not_found": 404,
+    "conflict": 409,
+    "unavailable": 503,
+    "overloaded": 503,
+    "store_error": 503,
+    "deadline_exceeded": 504,
+    "internal": 500,
+}
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(exc: TorchportError) -> Response:
+    status = STATUS.get(exc.code, 500)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "1"}
+    return json_response(exc.to_dict(), status, headers)
+
+
+async def on_torchport_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TorchportError)
+    return error_response(exc)
+
+
+async def on_http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, exc.detail)
+    return json_response(
+        {"error": f"{message}", "code": "not_found" if exc.status_code == 404 else "invalid_input"},
+        exc.status_code,
+    )
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return json_response(
+        {"error": f"internal error: {type(exc).__name__}", "code": "internal"}, 500
+    )
+
+
+HANDLERS = {
+    TorchportError: on_torchport_error,
+    HTTPException: on_http_error,
+    Exception: on_unexpected,
+}

@@ -1,0 +1,82 @@
+"""KServe v1: `{"instances": [...]}` → `{"predictions": [...]}`.
+
+Each instance is one row: for a single-input model, the row itself; for several inputs, an
+object from input name to row. Predictions are rows of the single output, or objects from
+output name to row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from torchport.errors import InvalidInput
+from torchport.service.inference import InferenceService, InferRequest
+from torchport.transports.http.body import read_body
+from torchport.transports.http.errors import json_response
+from torchport.transports.http.params import model_and_version
+from torchport.types import Signature, Tensors, to_array, to_jsonable
+
+
+def instances_to_inputs(instances: Any, signature: Signature) -> Tensors:
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list", field="instances")
+    names = [s.name for s in signature.inputs]
+    if len(names) == 1:
+        columns = {names[0]: instances}
+    else:
+        for i, row in enumerate(instances):
+            if not isinstance(row, dict):
+                raise InvalidInput(
+                    f"instances[{i}] must be an object with the inputs {', '.join(names)}",
+                    field=f"instances[{i}]",
+                )
+        columns = {n: [row.get(n) for row in instances] for n in {k for r in instances for k in r}}
+    return {
+        name: to_array(rows, signature.input(name).datatype, name=name)
+        for name, rows in columns.items()
+    }
+
+
+def outputs_to_predictions(outputs: Tensors) -> list[Any]:
+    if len(outputs) == 1:
+        return list(to_jsonable(next(iter(outputs.values()))))
+    columns = {name: to_jsonable(array) for name, array in outputs.items()}
+    rows = len(next(iter(columns.values())))
+    return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
+
+
+def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
+    async def predict(request: Request) -> Response:
+        model, version = model_and_version(request)
+        body = await read_body(request, max_body)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+        if not isinstance(doc, dict) or "instances" not in doc:
+            raise InvalidInput('the request must be {"instances": [...]}', field="instances")
+        _, signature = service.signature(model, version)
+        inputs = instances_to_inputs(doc["instances"], signature)
+        response = await service.infer(InferRequest(model=model, version=version, inputs=inputs))
+        return json_response({"predictions": outputs_to_predictions(response.outputs)})
+
+    async def model_status(request: Request) -> Response:
+        model, version = model_and_version(request)
+        service.resolve(model, version)
+        return json_response({"name": model, "ready": service.is_ready(model, version)})
+
+    async def list_models(_request: Request) -> Response:
+        return json_response({"models": [m.name for m in service.store.list_models()]})
+
+    return [
+        Route("/v1/models", list_models),
+        Route("/v1/models/{model}", model_status),
+        Route("/v1/models/{model}:predict", predict, methods=["POST"]),
+        Route("/v1/models/{model}/versions/{version}", model_status),
+        Route("/v1/models/{model}/versions/{version}:predict", predict, methods=["POST"]),
+    ]

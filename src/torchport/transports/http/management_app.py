@@ -1,0 +1,206 @@
+"""The management port: models, versions, promote/rollback, config, the OIP repository
+extension. Every route needs `Authorization: Bearer <token>`."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from torchport.errors import InvalidInput, TorchportError
+from torchport.service.auth import check_bearer
+from torchport.service.management import Management
+from torchport.store import ModelInfo
+from torchport.transports.http.body import read_body, save_body
+from torchport.transports.http.errors import HANDLERS, error_response, json_response
+from torchport.transports.http.params import model_and_version
+
+
+class BearerAuth:
+    """Refuses every request without the right bearer token, before any route runs."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            try:
+                check_bearer(auth, self.token)
+            except TorchportError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def model_json(info: ModelInfo, states: dict[tuple[str, int], str] | None = None) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "default": info.default,
+        "previous": info.previous,
+        "created_at": info.created_at,
+        "versions": [
+            {
+                "version": v.version,
+                "digest": v.digest,
+                "size": v.size,
+                "created_at": v.created_at,
+                "config": v.config,
+                "state": (states or {}).get((info.name, v.version), "UNLOADED"),
+                **{k: v.metadata.get(k) for k in ("signature", "model_kind", "description")},
+            }
+            for v in info.versions
+        ],
+    }
+
+
+def _actor(request: Request) -> str:
+    client = request.client
+    return f"api@{client.host}" if client else "api"
+
+
+async def _json_body(request: Request) -> Any:
+    body = await read_body(request, 1024 * 1024)
+    try:
+        return orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+
+
+def build_management_app(management: Management, token: str) -> Starlette:
+    store = management.store
+    inference = management.inference
+
+    def states(model: str | None = None) -> dict[tuple[str, int], str]:
+        if inference is None:
+            return {}
+        return {
+            (s.model, s.version): s.state for s in inference.states() if model in (None, s.model)
+        }
+
+    async def list_models(_request: Request) -> Response:
+        models = await run_in_threadpool(store.list_models)
+        known = await run_in_threadpool(states)
+        return json_response({"models": [model_json(m, known) for m in models]})
+
+    async def show_model(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        info = await run_in_threadpool(store.get_model, model)
+        audit = await run_in_threadpool(store.audit, model, 20)
+        body = model_json(info, states(model))
+        body["audit"] = [asdict(e) for e in audit]
+        return json_response(body)
+
+    async def upload(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        promote = request.query_params.get("promote", "false").lower() in ("1", "true", "yes")
+        with tempfile.TemporaryDirectory(prefix="torchport-upload-") as tmp:
+            path = Path(tmp) / "upload.tpa"
+            await save_body(request, path, management.limits.max_package_bytes)
+            report = await run_in_threadpool(
+                lambda: management.upload(path, name=model, promote=promote, actor=_actor(request))
+            )
+        return json_response(
+            {
+                "name": report.version.model,
+                "version": report.version.version,
+                "default": report.default,
+                "digest": report.version.digest,
+            },
+            201,
+        )
+
+    async def promote(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        doc = await _json_body(request)
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise InvalidInput('send {"version": N} with an integer N', field="version")
+        info = await run_in_threadpool(
+            lambda: management.promote(model, version, actor=_actor(request))
+        )
+        return json_response(model_json(info, states(model)))
+
+    async def rollback(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        info = await run_in_threadpool(lambda: management.rollback(model, actor=_actor(request)))
+        return json_response(model_json(info, states(model)))
+
+    async def delete_version(request: Request) -> Response:
+        model, version = model_and_version(request)
+        assert version is not None
+        await run_in_threadpool(lambda: management.delete(model, version, actor=_actor(request)))
+        return json_response({"name": model, "version": version, "deleted": True})
+
+    async def set_config(request: Request) -> Response:
+        model, version = model_and_version(request)
+        assert version is not None
+        doc = await _json_body(request)
+        info = await run_in_threadpool(
+            lambda: management.set_config(model, version, doc, actor=_actor(request))
+        )
+        return json_response({"name": model, "version": version, "config": info.config})
+
+    async def audit(request: Request) -> Response:
+        model = request.query_params.get("model")
+        try:
+            limit = int(request.query_params.get("limit", "100"))
+        except ValueError:
+            raise InvalidInput("limit must be an integer", field="limit") from None
+        entries = await run_in_threadpool(store.audit, model, max(1, min(limit, 10_000)))
+        return json_response({"audit": [asdict(e) for e in entries]})
+
+    async def repository_index(_request: Request) -> Response:
+        if inference is None:
+            return json_response([])
+        items = await run_in_threadpool(inference.states)
+        return json_response(
+            [
+                {"name": s.model, "version": str(s.version), "state": s.state, "reason": s.reason}
+                for s in items
+            ]
+        )
+
+    async def repository_load(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        if inference is not None:
+            await run_in_threadpool(inference.load_model, model)
+        return json_response({})
+
+    async def repository_unload(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        await run_in_threadpool(store.get_model, model)
+        if inference is not None:
+            inference.unload(model)
+        return json_response({})
+
+    routes = [
+        Route("/models", list_models),
+        Route("/models/{model}", show_model),
+        Route("/models/{model}", upload, methods=["POST"]),
+        Route("/models/{model}/default", promote, methods=["PUT"]),
+        Route("/models/{model}/rollback", rollback, methods=["POST"]),
+        Route("/models/{model}/versions/{version}", delete_version, methods=["DELETE"]),
+        Route("/models/{model}/versions/{version}/config", set_config, methods=["PUT"]),
+        Route("/audit", audit),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BearerAuth, token=token)],
+        exception_handlers=dict(HANDLERS),
+    )

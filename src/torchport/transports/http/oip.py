@@ -1,0 +1,77 @@
+"""Open Inference Protocol v2 REST routes (health, metadata, infer)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from torchport.service.inference import InferenceService
+from torchport.transports.http.body import read_body
+from torchport.transports.http.errors import json_response
+from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
+from torchport.transports.http.params import model_and_version
+from torchport.version import __version__
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+
+def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
+    async def server_metadata(_request: Request) -> Response:
+        return json_response(
+            {"name": "torchport", "version": __version__, "extensions": EXTENSIONS}
+        )
+
+    async def live(_request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(_request: Request) -> Response:
+        ok = service.server_ready()
+        return json_response({"ready": ok}, 200 if ok else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        model, version = model_and_version(request)
+        resolved, signature = service.signature(model, version)
+        versions = (
+            [str(version)]
+            if version is not None
+            else [str(v.version) for v in service.store.get_model(model).versions]
+        )
+        return json_response(
+            {
+                "name": model,
+                "versions": versions,
+                "platform": "pytorch_torchport",
+                "inputs": [s.model_dump(mode="json") for s in signature.inputs],
+                "outputs": [s.model_dump(mode="json") for s in signature.outputs],
+                **({"parameters": {"default_version": str(resolved)}} if version is None else {}),
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        model, version = model_and_version(request)
+        ok = service.is_ready(model, version)
+        return json_response({"name": model, "ready": ok}, 200 if ok else 503)
+
+    async def infer(request: Request) -> Response:
+        model, version = model_and_version(request)
+        service.resolve(model, version)  # an unknown model is a 404 before its body is read
+        body = await read_body(request, max_body)
+        infer_request, fmt = decode_request(
+            body, request.headers.get(HEADER_LENGTH), model, version
+        )
+        response = await service.infer(infer_request)
+        content, headers = encode_response(response, fmt)
+        return Response(content, headers=headers)
+
+    return [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2/models/{model}", model_metadata),
+        Route("/v2/models/{model}/ready", model_ready),
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}", model_metadata),
+        Route("/v2/models/{model}/versions/{version}/ready", model_ready),
+        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+    ]

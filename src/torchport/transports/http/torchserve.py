@@ -1,0 +1,75 @@
+"""TorchServe-compatible routes, so TorchServe clients switch without changes.
+
+`POST /predictions/{m}[/{v}]` takes, as TorchServe does, one sample per request:
+- a JSON object from input name to a batch (the `torchport predict` format) → the outputs
+  as an object of batches;
+- for a single-input model, a JSON value (one row, no batch axis) → that row's output;
+- for a single BYTES input (text, an image file), the raw body → that row's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from torchport.errors import InvalidInput
+from torchport.service.inference import InferenceService, InferRequest
+from torchport.transports.http.body import read_body
+from torchport.transports.http.errors import json_response
+from torchport.transports.http.params import model_and_version
+from torchport.types import Datatype, Signature, Tensors, to_array, to_jsonable
+
+
+def body_to_inputs(body: bytes, content_type: str, signature: Signature) -> tuple[Tensors, bool]:
+    """Inputs for the model, and whether the request was a single sample (no batch axis)."""
+    names = [s.name for s in signature.inputs]
+    single = signature.inputs[0] if len(names) == 1 else None
+    is_json = "json" in content_type
+    doc: Any = None
+    if body and (is_json or single is None or single.datatype is not Datatype.BYTES):
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+    if isinstance(doc, dict) and set(doc) <= set(names) and doc:
+        return {k: to_array(v, signature.input(k).datatype, name=k) for k, v in doc.items()}, False
+    if single is None:
+        raise InvalidInput(
+            f"this model has several inputs: send a JSON object with {', '.join(names)}",
+            field="body",
+        )
+    if doc is None:
+        if not body:
+            raise InvalidInput("the request body is empty", field="body")
+        sample = np.empty(1, dtype=object)
+        sample[0] = body
+        return {single.name: sample}, True
+    return {single.name: to_array([doc], single.datatype, name=single.name)}, True
+
+
+def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
+    async def predictions(request: Request) -> Response:
+        model, version = model_and_version(request)
+        body = await read_body(request, max_body)
+        _, signature = service.signature(model, version)
+        inputs, single = body_to_inputs(body, request.headers.get("content-type", ""), signature)
+        response = await service.infer(InferRequest(model=model, version=version, inputs=inputs))
+        if not single:
+            return json_response({k: to_jsonable(v) for k, v in response.outputs.items()})
+        rows = {k: to_jsonable(v)[0] for k, v in response.outputs.items()}
+        return json_response(next(iter(rows.values())) if len(rows) == 1 else rows)
+
+    async def ping(_request: Request) -> Response:
+        ok = service.server_ready()
+        return json_response({"status": "Healthy" if ok else "Unhealthy"}, 200 if ok else 503)
+
+    return [
+        Route("/ping", ping),
+        Route("/predictions/{model}", predictions, methods=["POST", "PUT"]),
+        Route("/predictions/{model}/{version}", predictions, methods=["POST", "PUT"]),
+    ]
