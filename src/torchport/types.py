@@ -158,17 +158,17 @@ class Signature(BaseModel):
 
 
 def _check_names(kind: str, declared: list[str], tensors: Mapping[str, Array]) -> None:
-    missing = [n for n in declared if n not in tensors]
-    if missing:
-        raise InvalidInput(
-            f"missing {kind} '{missing[0]}' (expected {kind}s: {', '.join(declared)})",
-            field=missing[0],
-        )
     extra = [n for n in tensors if n not in declared]
     if extra:
         raise InvalidInput(
             f"unexpected {kind} '{extra[0]}' (expected {kind}s: {', '.join(declared)})",
             field=extra[0],
+        )
+    missing = [n for n in declared if n not in tensors]
+    if missing:
+        raise InvalidInput(
+            f"missing {kind} '{missing[0]}' (expected {kind}s: {', '.join(declared)})",
+            field=missing[0],
         )
 
 

@@ -1,0 +1,84 @@
+"""A real `torchport serve` process on free loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, store: Path, packages: list[Path] | None = None, **env: str) -> None:
+        self.store = store
+        self.packages = packages or []
+        self.env = env
+        self.http_port = free_port()
+        self.management_port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = store.parent / f"server-{self.http_port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        env = {**os.environ, "TORCHPORT_TOKEN": TOKEN, **self.env}
+        command = [
+            sys.executable, "-m", "torchport", "serve",
+            "--store", str(self.store),
+            "--http-port", str(self.http_port),
+            "--management-port", str(self.management_port),
+            *map(str, self.packages),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def output(self) -> str:
+        return self.log.read_text()

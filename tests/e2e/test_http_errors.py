@@ -1,0 +1,166 @@
+"""Bad requests get a 4xx JSON error naming the field and the problem; never a 500 or a hang."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.e2e.server import ServerProcess
+
+ROW = [0.0] * 32
+
+
+def infer_body(**tensor: object) -> dict[str, object]:
+    base = {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ROW}
+    return {"inputs": [{**base, **tensor}]}
+
+
+CASES = [
+    ("POST", "/v2/models/nope/infer", {"json": infer_body()}, 404, "model 'nope' not found"),
+    ("POST", "/v2/models/mlp/versions/9/infer", {"json": infer_body()}, 404, "no version 9"),
+    ("POST", "/v2/models/mlp/versions/x/infer", {"json": infer_body()}, 400, "version 'x'"),
+    ("GET", "/v2/models/nope", {}, 404, "model 'nope' not found"),
+    ("POST", "/v2/models/mlp/infer", {"content": b"{not json"}, 400, "not valid JSON"),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": {"inputs": []}},
+        400,
+        "'inputs' must be a non-empty list",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(datatype="FP99")},
+        400,
+        "'FP99' is not an OIP datatype",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(datatype="INT64", data=[0] * 32)},
+        400,
+        "expected datatype FP32, got INT64",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(shape=[1, 31], data=[0.0] * 31)},
+        400,
+        "expected shape [-1, 32], got [1, 31]",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(data=[0.0] * 31)},
+        400,
+        "needs 32 elements, 'data' holds 31",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(shape=[1, -32])},
+        400,
+        "non-negative integers",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(shape=[1 << 20, 1 << 20])},
+        400,
+        "too many elements",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(data=["a"] * 32)},
+        400,
+        "expected FP32 data, got strings",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(name="inptu")},
+        400,
+        "unexpected input 'inptu'",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": {**infer_body(), "outputs": [{"name": "nope"}]}},
+        400,
+        "unknown output 'nope'",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(parameters={"binary_data_size": 128})},
+        400,
+        "binary_data_size 128 does not fit",
+    ),
+    ("POST", "/v1/models/mlp:predict", {"json": {"rows": []}}, 400, '{"instances": [...]}'),
+    ("POST", "/predictions/nope", {"json": ROW}, 404, "model 'nope' not found"),
+    ("GET", "/v2/nothing/here", {}, 404, "no such route"),
+    ("DELETE", "/v2/models/mlp/infer", {}, 405, "method not allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "message"), CASES)
+def test_bad_requests_get_a_json_4xx_naming_the_problem(
+    server: ServerProcess,
+    method: str,
+    path: str,
+    kwargs: dict[str, object],
+    status: int,
+    message: str,
+) -> None:
+    response = httpx.request(method, f"{server.url}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert message in body["error"], body
+
+
+def test_the_binary_header_length_is_checked(server: ServerProcess) -> None:
+    header = json.dumps(infer_body(parameters={"binary_data_size": 128}, data=None)).encode()
+    for value, message in (
+        ("abc", "not a number"),
+        ("999999", "outside the body"),
+        ("0", "outside the body"),
+    ):
+        response = httpx.post(
+            f"{server.url}/v2/models/mlp/infer",
+            content=header + b"\0" * 128,
+            headers={"Inference-Header-Content-Length": value},
+        )
+        assert response.status_code == 400, response.text
+        assert message in response.json()["error"]
+    trailing = httpx.post(
+        f"{server.url}/v2/models/mlp/infer",
+        content=header + b"\0" * 130,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert trailing.status_code == 400
+    assert (
+        "does not fit" in trailing.json()["error"]
+        or "after the last tensor" in trailing.json()["error"]
+    )
+
+
+def test_an_oversized_body_is_refused_with_413(server: ServerProcess) -> None:
+    big = b"[" + b"0.0," * (2 * 1024 * 1024) + b"0.0]"
+    response = httpx.post(f"{server.url}/v2/models/mlp/infer", content=big, timeout=60)
+    assert response.status_code == 413
+    assert "over the limit" in response.json()["error"]
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_text_that_is_not_utf8_is_refused(server: ServerProcess) -> None:
+    response = httpx.post(
+        f"{server.url}/predictions/minilm",
+        content=b"\xff\xfe\xfd",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert response.status_code == 400
+    assert "not UTF-8" in response.json()["error"]
