@@ -23,8 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: install
-	$(BIN)/torchport examples register $(STORE_FLAG)
-	$(BIN)/torchport store list $(STORE_FLAG)
+	$(BIN)/torchport serve --examples $(STORE_FLAG)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -41,6 +40,7 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python benchmarks/load_latency.py
+	$(BIN)/python benchmarks/serve_ready.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

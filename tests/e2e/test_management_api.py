@@ -237,7 +237,8 @@ def test_torchport_models_cli_drives_the_api(mserver: ServerProcess, mlp_package
     assert "default v2" in cli("promote", "cli-model", "2").stdout
     assert "default v1" in cli("rollback", "cli-model").stdout
     shown = cli("show", "cli-model")
-    assert "promote" in shown.stdout and "input" in shown.stdout
+    assert "promote" in shown.stdout
+    assert "input" in shown.stdout
     refused = cli("delete", "cli-model", "1")
     assert refused.returncode == 1
     assert refused.stderr.strip().startswith("error: version 1 is the default")

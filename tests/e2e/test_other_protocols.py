@@ -38,7 +38,7 @@ def test_torchserve_ping_and_raw_text(server: ServerProcess, minilm_package: Pat
     assert httpx.get(f"{server.url}/ping").json() == {"status": "Healthy"}
     response = httpx.post(
         f"{server.url}/predictions/minilm",
-        content="hello world".encode(),
+        content=b"hello world",
         headers={"Content-Type": "text/plain"},
     )
     assert response.status_code == 200, response.text
