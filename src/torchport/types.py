@@ -174,6 +174,11 @@ def _check_names(kind: str, declared: list[str], tensors: Mapping[str, Array]) -
 
 def _check_batch(kind: str, tensors: Mapping[str, Array]) -> None:
     sizes = {name: a.shape[0] for name, a in tensors.items() if a.ndim > 0}
+    empty = [name for name, size in sizes.items() if size == 0]
+    if empty:
+        raise InvalidInput(
+            f"{kind} '{empty[0]}' is an empty batch (axis 0 has size 0)", field=empty[0]
+        )
     if len(set(sizes.values())) > 1:
         detail = ", ".join(f"'{n}': {s}" for n, s in sizes.items())
         raise InvalidInput(f"{kind}s disagree on the batch size (axis 0): {detail}")

@@ -171,3 +171,16 @@ def test_examples_register_fills_an_empty_store_once(
         for m in json.loads(run("store", "list", "--store", store, "--json").stdout)
     }
     assert listed == {"mlp": [1], "digits": [1], "minilm": [1]}
+
+
+def test_serve_on_a_port_in_use_fails_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run(
+            "serve", "--store", tmp_path / "s", "--http-port", port, "--management-port", "0"
+        )
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")

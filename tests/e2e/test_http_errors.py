@@ -164,3 +164,10 @@ def test_text_that_is_not_utf8_is_refused(server: ServerProcess) -> None:
     )
     assert response.status_code == 400
     assert "not UTF-8" in response.json()["error"]
+
+
+def test_an_empty_batch_is_refused(server: ServerProcess) -> None:
+    body = {"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES", "data": []}]}
+    response = httpx.post(f"{server.url}/v2/models/minilm/infer", json=body)
+    assert response.status_code == 400
+    assert "empty batch" in response.json()["error"]
