@@ -225,8 +225,11 @@ class InferenceService:
                     f"{model}/load",
                     field="model",
                 )
+            # The hot path answers from memory; only the unknown goes to the store.
             if version is None and model in self._defaults:
                 return self._defaults[model]
+            if version is not None and (model, version) in self._loaded:
+                return version
         if version is None:
             # Unknown here: perhaps registered by another process since the last refresh.
             info = self.store.get_model(model)
@@ -306,6 +309,10 @@ class InferenceService:
     def signature(self, model: str, version: int | None = None) -> tuple[int, Signature]:
         """The signature of a version, from the store's record (no load needed)."""
         resolved = self.resolve(model, version)
+        with self._lock:
+            loaded = self._loaded.get((model, resolved))
+        if loaded is not None:
+            return resolved, loaded.signature
         info = self.store.get_version(model, resolved)
         return resolved, Signature.model_validate(info.metadata["signature"])
 
