@@ -52,3 +52,42 @@ def mlp_input() -> np.ndarray:
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+SLOW_MODEL = """
+import time
+
+import torch
+
+
+class Slow(torch.nn.Module):
+    # Doubles its input after a pause: a stand-in for a heavy model, to fill queues.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.2)
+        return x * 2
+
+
+def build() -> torch.nn.Module:
+    return Slow()
+"""
+
+
+@pytest.fixture(scope="session")
+def slow_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torchport
+
+    work = tmp_path_factory.mktemp("slow")
+    (work / "model.py").write_text(SLOW_MODEL)
+    out = work / "slow.tpa"
+    torchport.package(
+        name="slow",
+        code=f"{work / 'model.py'}:build",
+        example={"x": np.ones((1, 4), np.float32)},
+        signature={
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, -1]}],
+        },
+        runtime={"max_batch_size": 64, "max_queue": 4, "max_batch_delay_ms": 1},
+        out=out,
+    )
+    return out

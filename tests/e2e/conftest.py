@@ -74,9 +74,10 @@ def server(
     digits_package: Path,
     minilm_package: Path,
     echo_package: Path,
+    slow_package: Path,
 ) -> Iterator[ServerProcess]:
     store = tmp_path_factory.mktemp("served") / "store"
-    packages = [mlp_package, digits_package, minilm_package, echo_package]
+    packages = [mlp_package, digits_package, minilm_package, echo_package, slow_package]
     proc = ServerProcess(store, packages, TORCHPORT_MAX_REQUEST_BYTES=str(4 * 1024 * 1024)).start()
     yield proc
     proc.stop()

@@ -54,6 +54,7 @@ class RuntimeDefaults(_Strict):
     max_batch_size: int = Field(default=8, ge=1, le=4096)
     max_batch_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     workers: int = Field(default=1, ge=1, le=64)
+    max_queue: int = Field(default=256, ge=1, le=100_000)
 
 
 class Example(_Strict):

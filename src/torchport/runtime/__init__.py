@@ -1,5 +1,6 @@
 """Loading packages into runnable models, and the `Runner` interface every path shares."""
 
+from torchport.runtime.batching import BatchingRunner, BatchPolicy
 from torchport.runtime.handler import Handler, HandlerContext, name_outputs
 from torchport.runtime.runner import (
     LocalRunner,
@@ -11,6 +12,8 @@ from torchport.runtime.runner import (
 )
 
 __all__ = [
+    "BatchPolicy",
+    "BatchingRunner",
     "Handler",
     "HandlerContext",
     "LocalRunner",

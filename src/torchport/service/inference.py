@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import anyio.to_thread
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unavailable
-from torchport.runtime import LocalRunner, open_runner
+from torchport.runtime import BatchingRunner, BatchPolicy, LocalRunner, open_runner
 from torchport.settings import Limits
 from torchport.store import ModelStore
 from torchport.types import Signature, Tensors
@@ -40,6 +40,8 @@ class InferRequest:
     """Names of the outputs wanted, in order; all of them when None."""
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,19 @@ class LoadedVersion:
     version: int
     runner: LocalRunner
     load_seconds: float
+    batcher: BatchingRunner = field(init=False)
     inflight: int = 0
     retired: bool = False
+
+    def __post_init__(self) -> None:
+        self.batcher = BatchingRunner(self.runner, BatchPolicy())
 
     @property
     def signature(self) -> Signature:
         return self.runner.signature
+
+    def close(self) -> None:
+        self.batcher.close()
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ class InferenceService:
             loaded = list(self._loaded.values())
             self._loaded.clear()
         for version in loaded:
-            version.runner.close()
+            version.close()
 
     def refresh(self) -> None:
         """Re-read the aliases from the store (it may be changed by another process)."""
@@ -160,12 +169,38 @@ class InferenceService:
                 raise Unavailable(
                     f"model '{model}' version {version} failed to load: {exc}"
                 ) from exc
-            loaded = LoadedVersion(model, version, runner, time.perf_counter() - started)
+            loaded = self._new_loaded(model, version, runner, time.perf_counter() - started)
             with self._lock:
                 self._loaded[key] = loaded
                 self._errors.pop(key, None)
             log.info("loaded %s v%s in %.2f s", model, version, loaded.load_seconds)
             return loaded
+
+    def _new_loaded(
+        self, model: str, version: int, runner: LocalRunner, load_seconds: float
+    ) -> LoadedVersion:
+        loaded = LoadedVersion(model, version, runner, load_seconds)
+        loaded.batcher.set_policy(self._policy(model, version, runner))
+        return loaded
+
+    def _policy(self, model: str, version: int, runner: LocalRunner) -> BatchPolicy:
+        """The package's runtime defaults, overridden by the version's config in the store."""
+        settings = runner.manifest.runtime.model_dump()
+        with suppress(NotFound):
+            settings.update(self.store.get_version(model, version).config)
+        return BatchPolicy(
+            max_batch_size=settings["max_batch_size"],
+            max_batch_delay_ms=settings["max_batch_delay_ms"],
+            max_queue=settings["max_queue"],
+            workers=settings["workers"],
+        )
+
+    def apply_config(self, model: str, version: int) -> None:
+        """Apply a version's changed config to live traffic (if it is loaded)."""
+        with self._lock:
+            loaded = self._loaded.get((model, version))
+        if loaded is not None:
+            loaded.batcher.set_policy(self._policy(model, version, loaded.runner))
 
     def preload(self, model: str, version: int) -> None:
         """Load a version now (e.g. before it is promoted), so no request waits for it."""
@@ -177,14 +212,14 @@ class InferenceService:
         """Serve `version` with an already loaded runner and route new requests to it."""
         with self._lock:
             old = self._loaded.get((model, version))
-            self._loaded[(model, version)] = LoadedVersion(model, version, runner, load_seconds)
+            self._loaded[(model, version)] = self._new_loaded(model, version, runner, load_seconds)
             self._defaults[model] = version
             self._unloaded.discard(model)
             if old is not None:
                 old.retired = True
             close_old = old is not None and old.inflight == 0
         if close_old and old is not None:
-            old.runner.close()
+            old.close()
 
     def switch_default(self, model: str, version: int) -> None:
         """Route new requests for `model` to `version` (loaded first, so none fail)."""
@@ -212,7 +247,7 @@ class InferenceService:
                 item.retired = True
             to_close = [item for item in retired if item.inflight == 0]
         for item in to_close:
-            item.runner.close()
+            item.close()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -263,7 +298,7 @@ class InferenceService:
             loaded.inflight -= 1
             close = loaded.retired and loaded.inflight == 0
         if close:
-            loaded.runner.close()
+            loaded.close()
 
     @contextmanager
     def hold(self, model: str, version: int | None = None) -> Iterator[LoadedVersion]:
@@ -282,7 +317,8 @@ class InferenceService:
             signature = loaded.signature
             signature.check_inputs(request.inputs)
             wanted = self._wanted_outputs(signature, request.outputs)
-            outputs = await anyio.to_thread.run_sync(loaded.runner.predict, request.inputs)
+            deadline = None if request.timeout_s is None else time.monotonic() + request.timeout_s
+            outputs = await loaded.batcher.predict(request.inputs, deadline=deadline)
         finally:
             self.release(loaded)
         return InferResponse(

@@ -139,9 +139,12 @@ class Management:
             raise InvalidInput(
                 f"config: {describe_validation_error(exc)}", field="config"
             ) from None
-        return self.store.set_config(
+        info = self.store.set_config(
             name, version, checked.model_dump(include=set(config)), actor=actor
         )
+        if self.inference is not None:
+            self.inference.apply_config(name, version)
+        return info
 
     def _go_live(self, info: ModelInfo) -> None:
         if self.inference is not None and info.default is not None:

@@ -18,7 +18,7 @@ from torchport.errors import InvalidInput
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.transports.http.body import read_body
 from torchport.transports.http.errors import json_response
-from torchport.transports.http.params import model_and_version
+from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.types import Signature, Tensors, to_array, to_jsonable
 
 
@@ -62,7 +62,11 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
             raise InvalidInput('the request must be {"instances": [...]}', field="instances")
         _, signature = service.signature(model, version)
         inputs = instances_to_inputs(doc["instances"], signature)
-        response = await service.infer(InferRequest(model=model, version=version, inputs=inputs))
+        response = await service.infer(
+            InferRequest(
+                model=model, version=version, inputs=inputs, timeout_s=timeout_seconds(request)
+            )
+        )
         return json_response({"predictions": outputs_to_predictions(response.outputs)})
 
     async def model_status(request: Request) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -10,7 +12,7 @@ from torchport.service.inference import InferenceService
 from torchport.transports.http.body import read_body
 from torchport.transports.http.errors import json_response
 from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
-from torchport.transports.http.params import model_and_version
+from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.version import __version__
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
@@ -60,6 +62,9 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
         infer_request, fmt = decode_request(
             body, request.headers.get(HEADER_LENGTH), model, version
         )
+        timeout = timeout_seconds(request, infer_request.parameters)
+        if timeout is not None:
+            infer_request = replace(infer_request, timeout_s=timeout)
         response = await service.infer(infer_request)
         content, headers = encode_response(response, fmt)
         return Response(content, headers=headers)

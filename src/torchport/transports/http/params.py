@@ -21,3 +21,25 @@ def model_and_version(request: Request) -> tuple[str, int | None]:
             f"version {version} is not a version number (1, 2, 3 …)", field="version"
         )
     return model, version
+
+
+TIMEOUT_HEADER = "x-timeout-ms"
+
+
+def timeout_seconds(request: Request, parameters: dict[str, object] | None = None) -> float | None:
+    """A request's deadline: the `X-Timeout-Ms` header, or OIP's `timeout` parameter (µs)."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is not None:
+        try:
+            ms = float(raw)
+        except ValueError:
+            raise InvalidInput("X-Timeout-Ms is not a number", field="X-Timeout-Ms") from None
+        if not ms > 0:
+            raise InvalidInput("X-Timeout-Ms must be positive", field="X-Timeout-Ms")
+        return ms / 1000
+    micros = (parameters or {}).get("timeout")
+    if micros is None:
+        return None
+    if not isinstance(micros, int | float) or isinstance(micros, bool) or micros <= 0:
+        raise InvalidInput("parameter 'timeout' must be a positive number of µs", field="timeout")
+    return float(micros) / 1_000_000

@@ -21,7 +21,7 @@ from torchport.errors import InvalidInput
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.transports.http.body import read_body
 from torchport.transports.http.errors import json_response
-from torchport.transports.http.params import model_and_version
+from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.types import Datatype, Signature, Tensors, to_array, to_jsonable
 
 
@@ -58,7 +58,11 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
         body = await read_body(request, max_body)
         _, signature = service.signature(model, version)
         inputs, single = body_to_inputs(body, request.headers.get("content-type", ""), signature)
-        response = await service.infer(InferRequest(model=model, version=version, inputs=inputs))
+        response = await service.infer(
+            InferRequest(
+                model=model, version=version, inputs=inputs, timeout_s=timeout_seconds(request)
+            )
+        )
         if not single:
             return json_response({k: to_jsonable(v) for k, v in response.outputs.items()})
         rows = {k: to_jsonable(v)[0] for k, v in response.outputs.items()}
