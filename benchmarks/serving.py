@@ -1,0 +1,371 @@
+"""Serving throughput and latency: torchport against the in-process call and plain services.
+
+    make bench    # or: .venv/bin/python benchmarks/serving.py [--repeat 3] [--duration 5]
+
+Targets, each started fresh per repetition (repetitions interleave the targets):
+- `torchport`: `torchport serve` with the package (dynamic batching on, package defaults);
+- `fastapi`: a plain FastAPI service on uvicorn, same model, no batching (peers/fastapi_app.py);
+- `flask`: a plain Flask service on gunicorn with 2 sync workers (peers/flask_app.py);
+- `in-process`: `runner.predict` in a loop, batch 1 and the best batch size (the limit).
+Workloads: `mlp` (one 32-float row as JSON per request) and `minilm` (one short sentence
+per request), closed loop with `wrk` (one thread, counted in the 2-core budget) at 1, 8 and
+32 connections, 127.0.0.1 only, bounded by `--duration`. Reported: medians over
+`--repeat` of req/s, p50 and p99 latency, server RSS and start-to-ready time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LUA = ROOT / "benchmarks" / "wrk_post.lua"
+SENTENCE = "torchport serves PyTorch models."
+CONCURRENCY = (1, 8, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Started:
+    proc: subprocess.Popen[bytes]
+    url: str
+    content_type: str
+    body: Path
+    ready_s: float
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, started: float, timeout: float = 180
+) -> float:
+    while time.perf_counter() - started < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"a benchmark target exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise SystemExit(f"a benchmark target was not ready in {timeout} s")
+
+
+def start_torchport(model: str, package: Path, work: Path) -> Started:
+    http, mgmt = free_port(), free_port()
+    store = Path(tempfile.mkdtemp(dir=work)) / "store"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(BIN / "torchport"), "serve", "--store", str(store), "--http-port", str(http),
+         "--management-port", str(mgmt), str(package)],
+        env={**os.environ, "TORCHPORT_TOKEN": "benchmark-token-0123456789"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ready = wait_ready(proc, f"http://127.0.0.1:{http}/v2/health/ready", started)
+    if model == "mlp":
+        body = work / "mlp-oip.json"
+        body.write_text(
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
+                    ]
+                }
+            )
+        )
+        return Started(
+            proc, f"http://127.0.0.1:{http}/v2/models/mlp/infer", "application/json", body, ready
+        )
+    body = work / "sentence.txt"
+    body.write_text(SENTENCE)
+    return Started(proc, f"http://127.0.0.1:{http}/predictions/minilm", "text/plain", body, ready)
+
+
+def _plain_body(model: str, work: Path) -> tuple[Path, str]:
+    if model == "mlp":
+        body = work / "mlp-plain.json"
+        body.write_text(json.dumps({"input": [[0.1] * 32]}))
+        return body, "application/json"
+    body = work / "sentence.txt"
+    body.write_text(SENTENCE)
+    return body, "text/plain"
+
+
+def start_plain(kind: str, model: str, files: Path, work: Path) -> Started:
+    port = free_port()
+    env = {**os.environ, "MODEL_KIND": model, "MODEL_FILES": str(files), "PYTHONPATH": str(ROOT)}
+    if kind == "fastapi":
+        command = [
+            str(BIN / "uvicorn"),
+            "benchmarks.peers.fastapi_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+    else:
+        command = [
+            str(BIN / "gunicorn"),
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "benchmarks.peers.flask_app:app",
+        ]
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ready = wait_ready(proc, f"http://127.0.0.1:{port}/ready", started)
+    body, content_type = _plain_body(model, work)
+    return Started(proc, f"http://127.0.0.1:{port}/predict", content_type, body, ready)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(target: Started, connections: int, duration: float) -> dict[str, float]:
+    env = {**os.environ, "BODY_FILE": str(target.body), "CONTENT_TYPE": target.content_type}
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{int(duration)}s",
+        "--latency",
+        "-s",
+        str(LUA),
+        target.url,
+    ]
+    subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", "-d1s", "-s", str(LUA), target.url],
+        env=env,
+        capture_output=True,
+        check=True,
+    )  # warm-up
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        result[f"p{pct}_ms"] = float(value) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    result["errors"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+def in_process(package: Path, model: str, seconds: float) -> dict[str, float]:
+    """The physical limit: the package's runner called directly, batch 1 and best batch."""
+    import numpy as np
+
+    from torchport.runtime import open_runner
+
+    runner = open_runner(package)
+
+    def batch(n: int) -> dict[str, Any]:
+        if model == "mlp":
+            return {"input": np.full((n, 32), 0.1, np.float32)}
+        return {"text": np.array([SENTENCE.encode()] * n, dtype=object)}
+
+    def rate(n: int) -> tuple[float, list[float]]:
+        inputs = batch(n)
+        times = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            runner.predict(inputs)
+            times.append(time.perf_counter() - t)
+        return n * len(times) / sum(times), times
+
+    rps1, times1 = rate(1)
+    best_rows, best_size = rps1, 1
+    for n in (2, 4, 8, 16, 32, 64):
+        rows, _ = rate(n)
+        if rows > best_rows:
+            best_rows, best_size = rows, n
+    runner.close()
+    times1.sort()
+    return {
+        "rps": rps1,
+        "p50_ms": times1[len(times1) // 2] * 1000,
+        "p99_ms": times1[int(len(times1) * 0.99)] * 1000,
+        "best_batch_rows_per_s": best_rows,
+        "best_batch_size": float(best_size),
+    }
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
+    return {
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "memory_gib": round(int(mem) / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=["mlp", "minilm"])
+    parser.add_argument("--targets", nargs="+", default=["torchport", "fastapi", "flask"])
+    parser.add_argument("--examples", type=Path, default=ROOT / "build" / "examples")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+
+    from torchport.examples import build_examples
+
+    missing = tuple(m for m in args.models if not (args.examples / f"{m}.tpa").exists())
+    if missing:
+        build_examples(args.examples, missing)
+
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "repeat": args.repeat,
+        "duration_s": args.duration,
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="torchport-bench-") as tmp:
+        work = Path(tmp)
+        for model in args.models:
+            package = args.examples / f"{model}.tpa"
+            files = work / f"{model}-files"
+            with zipfile.ZipFile(package) as zf:
+                zf.extractall(files)
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in args.targets}
+            for rep in range(args.repeat):
+                order = (
+                    args.targets[rep % len(args.targets) :]
+                    + args.targets[: rep % len(args.targets)]
+                )
+                for target in order:
+                    started = (
+                        start_torchport(model, package, work)
+                        if target == "torchport"
+                        else start_plain(target, model, files, work)
+                    )
+                    try:
+                        run: dict[str, Any] = {"ready_s": started.ready_s}
+                        for c in CONCURRENCY:
+                            run[f"c{c}"] = wrk(started, c, args.duration)
+                        run["rss_mb"] = rss_bytes(started.proc.pid) / 1024 / 1024
+                    finally:
+                        stop(started.proc)
+                    runs[target].append(run)
+                    print(
+                        f"{model} rep {rep + 1} {target}: "
+                        + ", ".join(f"c{c} {run[f'c{c}']['rps']:.0f}/s" for c in CONCURRENCY),
+                        file=sys.stderr,
+                    )
+            inproc = [in_process(package, model, 2.0) for _ in range(args.repeat)]
+            summary: dict[str, Any] = {}
+            for target, target_runs in runs.items():
+                med: dict[str, Any] = {
+                    "ready_s": statistics.median(r["ready_s"] for r in target_runs),
+                    "rss_mb": statistics.median(r["rss_mb"] for r in target_runs),
+                }
+                for c in CONCURRENCY:
+                    med[f"c{c}"] = {
+                        k: statistics.median(r[f"c{c}"][k] for r in target_runs)
+                        for k in target_runs[0][f"c{c}"]
+                    }
+                summary[target] = med
+            summary["in-process"] = {k: statistics.median(r[k] for r in inproc) for k in inproc[0]}
+            results["models"][model] = {"median": summary, "runs": runs, "in_process_runs": inproc}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    m = results["machine"]
+    print(f"\n{m['cpu']}, {m['memory_gib']} GiB, Python {m['python']}, torch {m['torch']}; "
+          f"medians of {results['repeat']} runs of {results['duration_s']:.0f} s")  # fmt: skip
+    print(
+        "\n| model | target | c=1 req/s | c=1 p50 / p99 ms | c=8 req/s | c=8 p50 / p99 ms | c=32 req/s | c=32 p50 / p99 ms | RSS MiB | ready s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for model, data in results["models"].items():
+        for target, s in data["median"].items():
+            if target == "in-process":
+                print(
+                    f"| {model} | in-process | {s['rps']:.0f} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | best batch {s['best_batch_size']:.0f}: {s['best_batch_rows_per_s']:.0f} rows/s | | | | | |"
+                )
+                continue
+            cells = " | ".join(
+                f"{s[f'c{c}']['rps']:.0f} | {s[f'c{c}']['p50_ms']:.2f} / {s[f'c{c}']['p99_ms']:.2f}"
+                for c in CONCURRENCY
+            )
+            print(f"| {model} | {target} | {cells} | {s['rss_mb']:.0f} | {s['ready_s']:.1f} |")
+    for model, data in results["models"].items():
+        s = data["median"]
+        if "torchport" in s and "fastapi" in s:
+            print(
+                f"\n{model}: torchport / fastapi req/s at c=32: {s['torchport']['c32']['rps'] / s['fastapi']['c32']['rps']:.2f}x; "
+                f"p50 at c=1: {s['torchport']['c1']['p50_ms'] / s['fastapi']['c1']['p50_ms']:.2f}x; "
+                f"torchport c=32 / in-process best batch: {s['torchport']['c32']['rps'] / s['in-process']['best_batch_rows_per_s']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
