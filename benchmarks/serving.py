@@ -339,32 +339,41 @@ def main() -> None:
 
 def print_table(results: dict[str, Any]) -> None:
     m = results["machine"]
-    print(f"\n{m['cpu']}, {m['memory_gib']} GiB, Python {m['python']}, torch {m['torch']}; "
-          f"medians of {results['repeat']} runs of {results['duration_s']:.0f} s")  # fmt: skip
     print(
-        "\n| model | target | c=1 req/s | c=1 p50 / p99 ms | c=8 req/s | c=8 p50 / p99 ms | c=32 req/s | c=32 p50 / p99 ms | RSS MiB | ready s |"
+        f"\n{m['cpu']}, {m['memory_gib']} GiB, Python {m['python']}, torch {m['torch']}; "
+        f"medians of {results['repeat']} runs of {results['duration_s']} s"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    head = ["model", "target"]
+    for c in CONCURRENCY:
+        head += [f"c={c} req/s", f"c={c} p50 / p99 ms"]
+    head += ["RSS MiB", "ready s"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for model, data in results["models"].items():
         for target, s in data["median"].items():
             if target == "in-process":
-                print(
-                    f"| {model} | in-process | {s['rps']:.0f} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | best batch {s['best_batch_size']:.0f}: {s['best_batch_rows_per_s']:.0f} rows/s | | | | | |"
-                )
+                size, rows = s["best_batch_size"], s["best_batch_rows_per_s"]
+                best = f"best batch {size:.0f}: {rows:.0f} rows/s"
+                row = [model, target, f"{s['rps']:.0f}", f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}"]
+                print("| " + " | ".join([*row, best, "", "", "", "", ""]) + " |")
                 continue
-            cells = " | ".join(
-                f"{s[f'c{c}']['rps']:.0f} | {s[f'c{c}']['p50_ms']:.2f} / {s[f'c{c}']['p99_ms']:.2f}"
-                for c in CONCURRENCY
-            )
-            print(f"| {model} | {target} | {cells} | {s['rss_mb']:.0f} | {s['ready_s']:.1f} |")
+            cells = [model, target]
+            for c in CONCURRENCY:
+                r = s[f"c{c}"]
+                cells += [f"{r['rps']:.0f}", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}"]
+            cells += [f"{s['rss_mb']:.0f}", f"{s['ready_s']:.1f}"]
+            print("| " + " | ".join(cells) + " |")
     for model, data in results["models"].items():
         s = data["median"]
-        if "torchport" in s and "fastapi" in s:
-            print(
-                f"\n{model}: torchport / fastapi req/s at c=32: {s['torchport']['c32']['rps'] / s['fastapi']['c32']['rps']:.2f}x; "
-                f"p50 at c=1: {s['torchport']['c1']['p50_ms'] / s['fastapi']['c1']['p50_ms']:.2f}x; "
-                f"torchport c=32 / in-process best batch: {s['torchport']['c32']['rps'] / s['in-process']['best_batch_rows_per_s']:.2f}x"
-            )
+        if "torchport" not in s or "fastapi" not in s:
+            continue
+        tp, fa, best = s["torchport"], s["fastapi"], s["in-process"]["best_batch_rows_per_s"]
+        print(
+            f"\n{model}: torchport/fastapi req/s at c=32 "
+            f"{tp['c32']['rps'] / fa['c32']['rps']:.2f}x; "
+            f"p50 at c=1 {tp['c1']['p50_ms'] / fa['c1']['p50_ms']:.2f}x; "
+            f"torchport at c=32 / in-process best batch {tp['c32']['rps'] / best:.2f}x"
+        )
 
 
 if __name__ == "__main__":

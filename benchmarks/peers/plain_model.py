@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 def _module(files: Path) -> torch.nn.Module:
     spec = importlib.util.spec_from_file_location("plain_model_code", files / "model.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     code = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(code)
     module: torch.nn.Module = code.build()

@@ -72,6 +72,10 @@ def serve(
     """Run the model server until SIGINT or SIGTERM. Blocks."""
     started = time.perf_counter()
     say = progress or (lambda _m: None)
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)  # once, for the process, at start
     # Ports first: a port in use fails at once, before minutes of model loading.
     http_socket = bind(settings.host, settings.http_port)
     mgmt_socket = bind(settings.host, settings.management_port)

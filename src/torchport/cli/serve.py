@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,9 @@ def serve_cmd(
     ] = False,
 ) -> None:
     """Run the model server: inference on one port, management (token) on another."""
+    # Read by OpenMP when torch loads: idle torch threads sleep instead of spinning, so
+    # they do not take the event loop's core between batches. A user's value wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from torchport.server import ServerInfo, serve
     from torchport.settings import load_settings
 

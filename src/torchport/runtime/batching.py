@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import anyio.to_thread
 import numpy as np
 
 from torchport.errors import DeadlineExceeded, Overloaded, TorchportError
@@ -74,6 +74,8 @@ class BatchingRunner:
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_workers = 0
 
     def set_policy(self, policy: BatchPolicy) -> None:
         """Change batching live; the next batch formed follows the new policy."""
@@ -104,6 +106,9 @@ class BatchingRunner:
             )
         loop = asyncio.get_running_loop()
         self._start(loop)
+        if not self._queue and self._running < self.policy.workers and deadline is None:
+            # Idle: run at once, skipping the batching loop (no company to wait for).
+            return await self._run_alone(inputs)
         pending = _Pending(
             inputs=inputs,
             rows=batch_size(inputs),
@@ -134,7 +139,39 @@ class BatchingRunner:
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(Overloaded("this model version was unloaded"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
         self.runner.close()
+
+    async def _run_alone(self, inputs: Tensors) -> Tensors:
+        self._running += 1
+        try:
+            outputs = await self._call(inputs)
+            rows = batch_size(inputs)
+            self.stats.batches += 1
+            self.stats.requests += 1
+            self.stats.rows += rows
+            self.stats.largest_batch = max(self.stats.largest_batch, rows)
+            return outputs
+        finally:
+            self._running -= 1
+            if self._wakeup is not None and self._queue:
+                self._wakeup.set()
+
+    def _call(self, inputs: Tensors) -> asyncio.Future[Tensors]:
+        # A thread per worker, owned by this model version: torch releases the GIL, so
+        # batches of different versions (and the event loop) run side by side.
+        if self._executor is None or self._executor_workers != self.policy.workers:
+            old = self._executor
+            self._executor = ThreadPoolExecutor(
+                self.policy.workers, thread_name_prefix="torchport-worker"
+            )
+            self._executor_workers = self.policy.workers
+            if old is not None:
+                old.shutdown(wait=False)  # its running batch finishes; no new work goes there
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor, self.runner.predict, inputs
+        )
 
     # -- the batching loop ------------------------------------------------------------
 
@@ -204,7 +241,7 @@ class BatchingRunner:
                 inputs = {n: np.concatenate([p.inputs[n] for p in batch]) for n in names}
             total = sum(p.rows for p in batch)
             try:
-                outputs = await anyio.to_thread.run_sync(self.runner.predict, inputs)
+                outputs = await self._call(inputs)
             except BaseException as exc:
                 for p in batch:
                     if not p.future.done():
