@@ -6,6 +6,9 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchport`: `torchport serve` with the package (dynamic batching on, package defaults);
 - `fastapi`: a plain FastAPI service on uvicorn, same model, no batching (peers/fastapi_app.py);
 - `flask`: a plain Flask service on gunicorn with 2 sync workers (peers/flask_app.py);
+- `torchserve`, `torchserve-batch`: TorchServe 0.12.0 (set up in build/torchserve-venv on first
+  use, Java 17), 2 workers, the same model code and weights; batch size 1, and 8 (mlp) / 32
+  (minilm) with a 5 ms delay;
 - `in-process`: `runner.predict` in a loop, batch 1 and the best batch size (the limit).
 Workloads: `mlp` (one 32-float row as JSON per request) and `minilm` (one short sentence
 per request), closed loop with `wrk` (one thread, counted in the 2-core budget) at 1, 8 and
@@ -16,6 +19,7 @@ per request), closed loop with `wrk` (one thread, counted in the 2-core budget) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -144,15 +148,44 @@ def start_plain(kind: str, model: str, files: Path, work: Path) -> Started:
     return Started(proc, f"http://127.0.0.1:{port}/predict", content_type, body, ready)
 
 
+def start_torchserve(model: str, files: Path, work: Path, *, batching: bool) -> Started:
+    from benchmarks.peers import torchserve
+
+    torchserve.ensure_venv()
+    store = work / f"ts-{model}"
+    if not (store / f"{model}.mar").exists():
+        torchserve.archive(model, files, store)
+    ports = (free_port(), free_port(), free_port())
+    batch = (8 if model == "mlp" else 32) if batching else 1
+    started = time.perf_counter()
+    proc = torchserve.start(model, store, ports, batch_size=batch)
+    body, content_type = _plain_body(model, work)
+    url = f"http://127.0.0.1:{ports[0]}/predictions/{model}"
+    deadline = started + 180
+    while True:  # ready when a real prediction succeeds
+        try:
+            request = urllib.request.Request(
+                url, data=body.read_bytes(), headers={"Content-Type": content_type}
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.perf_counter() > deadline or proc.poll() is not None:
+            torchserve.stop(proc)
+            raise SystemExit("TorchServe did not become ready; see its logs in the work dir")
+        time.sleep(0.1)
+    return Started(proc, url, content_type, body, time.perf_counter() - started)
+
+
 def rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its children."""
+    """Resident memory of a process and all its descendants."""
     total = 0
     pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
+    for p in pids:  # grows as children are found
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -164,6 +197,11 @@ def rss_bytes(pid: int) -> int:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.pid == os.getpgid(proc.pid):  # its own session (TorchServe and its JVM)
+        from benchmarks.peers import torchserve
+
+        torchserve.stop(proc)
+        return
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(30)
@@ -266,7 +304,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=["mlp", "minilm"])
-    parser.add_argument("--targets", nargs="+", default=["torchport", "fastapi", "flask"])
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=["torchport", "fastapi", "flask", "torchserve", "torchserve-batch"],
+    )
     parser.add_argument("--examples", type=Path, default=ROOT / "build" / "examples")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
     args = parser.parse_args()
@@ -299,11 +341,14 @@ def main() -> None:
                     + args.targets[: rep % len(args.targets)]
                 )
                 for target in order:
-                    started = (
-                        start_torchport(model, package, work)
-                        if target == "torchport"
-                        else start_plain(target, model, files, work)
-                    )
+                    if target == "torchport":
+                        started = start_torchport(model, package, work)
+                    elif target.startswith("torchserve"):
+                        started = start_torchserve(
+                            model, files, work, batching=target == "torchserve-batch"
+                        )
+                    else:
+                        started = start_plain(target, model, files, work)
                     try:
                         run: dict[str, Any] = {"ready_s": started.ready_s}
                         for c in CONCURRENCY:

@@ -6,7 +6,7 @@ import enum
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -55,6 +55,9 @@ class RuntimeDefaults(_Strict):
     max_batch_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     workers: int = Field(default=1, ge=1, le=64)
     max_queue: int = Field(default=256, ge=1, le=100_000)
+    worker_kind: Literal["thread", "process"] = "thread"
+    """`thread`: batches run on threads of the server (models that release the GIL);
+    `process`: in worker processes, for heavy Python pre/post-processing."""
 
 
 class Example(_Strict):

@@ -46,6 +46,7 @@ def package_cmd(
     max_batch_size: Annotated[int | None, Opt(help="Default max batch size.")] = None,
     max_batch_delay_ms: Annotated[float | None, Opt(help="Default max batch delay.")] = None,
     workers: Annotated[int | None, Opt(help="Default number of workers.")] = None,
+    max_queue: Annotated[int | None, Opt(help="Default queue bound (503 past it).")] = None,
     description: Annotated[str, Opt(help="A line describing the model.")] = "",
 ) -> None:
     """Build a model package from code + weights, an exported program or TorchScript."""
@@ -57,6 +58,7 @@ def package_cmd(
             "max_batch_size": max_batch_size,
             "max_batch_delay_ms": max_batch_delay_ms,
             "workers": workers,
+            "max_queue": max_queue,
         }.items()
         if v is not None
     }

@@ -2,8 +2,10 @@
 
 from torchport.runtime.batching import BatchingRunner, BatchPolicy
 from torchport.runtime.handler import Handler, HandlerContext, name_outputs
+from torchport.runtime.process_pool import ProcessPoolRunner
 from torchport.runtime.runner import (
     LocalRunner,
+    PackageRunner,
     Runner,
     UnpackedPackage,
     check_examples,
@@ -17,6 +19,8 @@ __all__ = [
     "Handler",
     "HandlerContext",
     "LocalRunner",
+    "PackageRunner",
+    "ProcessPoolRunner",
     "Runner",
     "UnpackedPackage",
     "check_examples",

@@ -37,6 +37,8 @@ class BatchPolicy:
     """Most requests waiting; past it, `Overloaded` at once."""
     workers: int = 1
     """Batches run at the same time (threads; torch releases the GIL)."""
+    worker_kind: str = "thread"
+    """Where a batch runs: a thread of this process, or a worker process (the runner's)."""
 
 
 @dataclass(eq=False)

@@ -35,6 +35,13 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class PackageRunner(Runner, Protocol):
+    """A `Runner` of one package, whose manifest it knows."""
+
+    manifest: Manifest
+
+
 class LocalRunner:
     """A package's model and handler running in this process."""
 

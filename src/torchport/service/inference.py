@@ -23,7 +23,14 @@ from typing import Any
 import anyio.to_thread
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unavailable
-from torchport.runtime import BatchingRunner, BatchPolicy, LocalRunner, open_runner
+from torchport.runtime import (
+    BatchingRunner,
+    BatchPolicy,
+    LocalRunner,
+    PackageRunner,
+    ProcessPoolRunner,
+    open_runner,
+)
 from torchport.settings import Limits
 from torchport.store import ModelStore
 from torchport.types import Signature, Tensors
@@ -56,7 +63,7 @@ class InferResponse:
 class LoadedVersion:
     model: str
     version: int
-    runner: LocalRunner
+    runner: PackageRunner
     load_seconds: float
     batcher: BatchingRunner = field(init=False)
     inflight: int = 0
@@ -179,11 +186,18 @@ class InferenceService:
     def _new_loaded(
         self, model: str, version: int, runner: LocalRunner, load_seconds: float
     ) -> LoadedVersion:
-        loaded = LoadedVersion(model, version, runner, load_seconds)
-        loaded.batcher.set_policy(self._policy(model, version, runner))
+        policy = self._policy(model, version, runner)
+        serving: PackageRunner = runner
+        if policy.worker_kind == "process":
+            # The in-process load verified the package; the workers each load their own.
+            path = self.store.package_path(self.store.get_version(model, version))
+            serving = ProcessPoolRunner(path, self.limits, policy.workers)
+            runner.close()
+        loaded = LoadedVersion(model, version, serving, load_seconds)
+        loaded.batcher.set_policy(policy)
         return loaded
 
-    def _policy(self, model: str, version: int, runner: LocalRunner) -> BatchPolicy:
+    def _policy(self, model: str, version: int, runner: PackageRunner) -> BatchPolicy:
         """The package's runtime defaults, overridden by the version's config in the store."""
         settings = runner.manifest.runtime.model_dump()
         with suppress(NotFound):
@@ -193,14 +207,37 @@ class InferenceService:
             max_batch_delay_ms=settings["max_batch_delay_ms"],
             max_queue=settings["max_queue"],
             workers=settings["workers"],
+            worker_kind=settings["worker_kind"],
         )
 
     def apply_config(self, model: str, version: int) -> None:
         """Apply a version's changed config to live traffic (if it is loaded)."""
         with self._lock:
             loaded = self._loaded.get((model, version))
-        if loaded is not None:
-            loaded.batcher.set_policy(self._policy(model, version, loaded.runner))
+        if loaded is None:
+            return
+        policy = self._policy(model, version, loaded.runner)
+        current = loaded.batcher.policy
+        if (policy.worker_kind, policy.workers) == (current.worker_kind, current.workers) or (
+            policy.worker_kind == current.worker_kind == "thread"
+        ):
+            loaded.batcher.set_policy(policy)
+            return
+        # Other workers: load the version anew beside the old, then swap (no request fails).
+        info = self.store.get_version(model, version)
+        started = time.perf_counter()
+        runner = self._loader(self.store.package_path(info), self.limits)
+        self._install(self._new_loaded(model, version, runner, time.perf_counter() - started))
+
+    def workers(self, model: str, version: int) -> dict[str, Any]:
+        """The kind and number of a loaded version's workers, and their process ids."""
+        with self._lock:
+            loaded = self._loaded.get((model, version))
+        if loaded is None:
+            return {}
+        policy = loaded.batcher.policy
+        pids = loaded.runner.pids if isinstance(loaded.runner, ProcessPoolRunner) else []
+        return {"kind": policy.worker_kind, "count": policy.workers, "pids": pids}
 
     def preload(self, model: str, version: int) -> None:
         """Load a version now (e.g. before it is promoted), so no request waits for it."""
@@ -210,11 +247,17 @@ class InferenceService:
         self, model: str, version: int, runner: LocalRunner, load_seconds: float = 0.0
     ) -> None:
         """Serve `version` with an already loaded runner and route new requests to it."""
+        self._install(self._new_loaded(model, version, runner, load_seconds), make_default=True)
+
+    def _install(self, loaded: LoadedVersion, *, make_default: bool = False) -> None:
+        """Put `loaded` in service in place of any older copy, which retires when idle."""
+        key = (loaded.model, loaded.version)
         with self._lock:
-            old = self._loaded.get((model, version))
-            self._loaded[(model, version)] = self._new_loaded(model, version, runner, load_seconds)
-            self._defaults[model] = version
-            self._unloaded.discard(model)
+            old = self._loaded.get(key)
+            self._loaded[key] = loaded
+            if make_default:
+                self._defaults[loaded.model] = loaded.version
+                self._unloaded.discard(loaded.model)
             if old is not None:
                 old.retired = True
             close_old = old is not None and old.inflight == 0

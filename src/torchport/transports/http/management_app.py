@@ -100,6 +100,9 @@ def build_management_app(management: Management, token: str) -> Starlette:
         info = await run_in_threadpool(store.get_model, model)
         audit = await run_in_threadpool(store.audit, model, 20)
         body = model_json(info, states(model))
+        if inference is not None:
+            for v in body["versions"]:
+                v["workers"] = inference.workers(model, v["version"])
         body["audit"] = [asdict(e) for e in audit]
         return json_response(body)
 

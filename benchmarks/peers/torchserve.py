@@ -1,0 +1,115 @@
+"""TorchServe 0.12.0 as a benchmark peer, set up by the benchmark itself.
+
+Its wheels install from PyPI into a separate virtual environment (`build/torchserve-venv`,
+with the same local torch 2.13.0 wheel) and run on this machine's Java 17. The model is
+archived with `torch-model-archiver` from the same `model.py` and weights torchport serves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / "build" / "torchserve-venv"
+HANDLER = Path(__file__).with_name("torchserve_handler.py")
+PACKAGES = [
+    "torch==2.13.0",
+    "numpy",
+    "torchserve==0.12.0",
+    "torch-model-archiver==0.12.0",
+    "safetensors",
+    "tokenizers",
+]
+
+
+def ensure_venv() -> Path:
+    """The TorchServe virtual environment, made on first use (a minute or two)."""
+    stamp = VENV / ".ready"
+    if not stamp.exists():
+        print("setting up TorchServe 0.12.0 in build/torchserve-venv …", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run(
+            [str(VENV / "bin" / "pip"), "install", "--quiet", *PACKAGES],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        stamp.touch()
+    return VENV
+
+
+def archive(model: str, files: Path, store: Path) -> Path:
+    """`MODEL.mar` in `store`, from the model's files (model.py, weights, tokenizer)."""
+    extra = [files / "model.py", files / "weights.safetensors"]
+    if (files / "tokenizer.json").exists():
+        extra.append(files / "tokenizer.json")
+    store.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            str(VENV / "bin" / "torch-model-archiver"),
+            "--model-name", model, "--version", "1.0",
+            "--handler", str(HANDLER),
+            "--extra-files", ",".join(map(str, extra)),
+            "--export-path", str(store), "--force",
+        ],
+        check=True,
+    )  # fmt: skip
+    return store / f"{model}.mar"
+
+
+def start(
+    model: str, store: Path, ports: tuple[int, int, int], *, batch_size: int, workers: int = 2
+) -> subprocess.Popen[bytes]:
+    """TorchServe in the foreground (its own process group), serving `model`."""
+    inference, management, metrics = ports
+    config = store / f"config-{inference}.properties"
+    models = (
+        f'{{"{model}": {{"1.0": {{"defaultVersion": true, "marName": "{model}.mar", '
+        f'"minWorkers": {workers}, "maxWorkers": {workers}, "batchSize": {batch_size}, '
+        f'"maxBatchDelay": 5, "responseTimeout": 120}}}}}}'
+    )
+    config.write_text(
+        "\n".join(
+            [
+                f"inference_address=http://127.0.0.1:{inference}",
+                f"management_address=http://127.0.0.1:{management}",
+                f"metrics_address=http://127.0.0.1:{metrics}",
+                "disable_token_authorization=true",
+                "enable_model_api=true",
+                "install_py_dep_per_model=false",
+                f"model_store={store}",
+                f"load_models={model}.mar",
+                f"models={models}",
+                "disable_system_metrics=true",
+            ]
+        )
+        + "\n"
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+        "LOG_LOCATION": str(store / "logs"),
+    }
+    return subprocess.Popen(
+        [str(VENV / "bin" / "torchserve"), "--start", "--foreground", "--ncs",
+         "--model-store", str(store), "--ts-config", str(config), "--disable-token-auth"],
+        env=env,
+        cwd=store,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.5)

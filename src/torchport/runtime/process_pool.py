@@ -1,0 +1,252 @@
+"""Worker processes: a package's model in separate processes, for heavy pre/post-processing.
+
+Tensors cross the process boundary through shared memory, in the Open Inference Protocol's
+raw layout; the control messages are JSON. Nothing is pickled. A worker that dies fails
+only the batch it held (`Unavailable`, a 503 to the client) and is restarted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any
+
+from torchport.archive import Manifest, read_package
+from torchport.errors import ModelLoadError, TorchportError, Unavailable
+from torchport.settings import Limits
+from torchport.types import Datatype, Signature, Tensors, from_raw, to_raw
+
+log = logging.getLogger("torchport.workers")
+
+_START_TIMEOUT_S = 300.0
+
+
+def _put(tensors: Tensors) -> tuple[list[dict[str, Any]], list[SharedMemory]]:
+    """Copy tensors into new shared-memory blocks; returns their descriptions and blocks."""
+    described, blocks = [], []
+    for name, array in tensors.items():
+        raw = to_raw(array)
+        block = SharedMemory(create=True, size=max(1, len(raw)))
+        assert block.buf is not None
+        block.buf[: len(raw)] = raw
+        blocks.append(block)
+        described.append(
+            {
+                "name": name,
+                "datatype": Datatype.from_numpy(array.dtype).value,
+                "shape": list(array.shape),
+                "block": block.name,
+                "size": len(raw),
+            }
+        )
+    return described, blocks
+
+
+def _take(described: list[dict[str, Any]], *, unlink: bool) -> Tensors:
+    """Read tensors from the blocks `_put` described (copied out, so blocks can go)."""
+    out: Tensors = {}
+    for item in described:
+        block = SharedMemory(name=item["block"])
+        try:
+            if not unlink:
+                # Attached, not owned: the creator unlinks it. (Python < 3.13 registers
+                # attachments with the resource tracker too.)
+                resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
+            assert block.buf is not None
+            data = bytes(block.buf[: item["size"]])
+        finally:
+            block.close()
+            if unlink:
+                block.unlink()
+        out[item["name"]] = from_raw(
+            data, Datatype(item["datatype"]), item["shape"], name=item["name"]
+        ).copy()
+    return out
+
+
+def _send(conn: Connection, message: dict[str, Any]) -> None:
+    conn.send_bytes(json.dumps(message).encode())
+
+
+def _recv(conn: Connection) -> dict[str, Any]:
+    message = json.loads(conn.recv_bytes())
+    assert isinstance(message, dict)
+    return message
+
+
+def _worker_main(package: str, limits: dict[str, Any], conn: Connection) -> None:
+    """The worker process: load the package, then answer predict messages until told to stop."""
+    from torchport.runtime.runner import open_runner
+
+    try:
+        runner = open_runner(Path(package), Limits(**limits))
+    except Exception as exc:
+        _send(conn, {"kind": "error", "message": str(exc)})
+        return
+    _send(conn, {"kind": "ready", "pid": os.getpid()})
+    try:
+        while True:
+            message = _recv(conn)
+            if message["kind"] == "stop":
+                return
+            blocks: list[SharedMemory] = []
+            try:
+                inputs = _take(message["inputs"], unlink=False)
+                outputs = runner.predict(inputs)
+                described, blocks = _put(outputs)
+                _send(conn, {"kind": "ok", "outputs": described})
+            except TorchportError as exc:
+                _send(conn, {"kind": "error", "message": str(exc), "code": exc.code})
+            except Exception as exc:
+                _send(conn, {"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
+            finally:
+                for block in blocks:
+                    # The parent attaches, copies and unlinks; this side only lets go.
+                    resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
+                    block.close()
+    except (EOFError, OSError):
+        return
+    finally:
+        runner.close()
+
+
+class WorkerProcess:
+    """One worker process and the pipe to it; `predict` runs one batch there."""
+
+    def __init__(self, package: Path, limits: Limits) -> None:
+        self.package = package
+        self.limits = limits
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main,
+            args=(str(package), limits.model_dump(), child),
+            daemon=True,
+            name="torchport-worker",
+        )
+        self.process.start()
+        child.close()
+        if not self.conn.poll(_START_TIMEOUT_S):
+            self.kill()
+            raise ModelLoadError("a worker process did not start in time")
+        try:
+            hello = _recv(self.conn)
+        except (EOFError, OSError):
+            self.kill()
+            raise ModelLoadError("a worker process died while loading the model") from None
+        if hello["kind"] != "ready":
+            self.kill()
+            raise ModelLoadError(f"a worker process could not load the model: {hello['message']}")
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid or 0)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def predict(self, batch: Tensors) -> Tensors:
+        described, blocks = _put(batch)
+        try:
+            _send(self.conn, {"kind": "predict", "inputs": described})
+            reply = _recv(self.conn)
+        except (EOFError, OSError, BrokenPipeError):
+            raise Unavailable(
+                f"the worker process (pid {self.pid}) died while running this batch; "
+                "it is being restarted, retry"
+            ) from None
+        finally:
+            for block in blocks:
+                block.close()
+                block.unlink()
+        if reply["kind"] != "ok":
+            raise TorchportError(reply["message"])
+        return _take(reply["outputs"], unlink=True)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            _send(self.conn, {"kind": "stop"})
+        self.process.join(10)
+        self.kill()
+
+
+class ProcessPoolRunner:
+    """A `Runner` over `workers` worker processes of one package, restarted when they die."""
+
+    def __init__(self, package: Path, limits: Limits, workers: int = 1) -> None:
+        self.package = package
+        self.limits = limits
+        self.manifest: Manifest = read_package(package, limits).manifest
+        self._idle: queue.Queue[WorkerProcess] = queue.Queue()
+        self._all: list[WorkerProcess] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(workers):
+            self._add(WorkerProcess(package, limits))
+
+    @property
+    def signature(self) -> Signature:
+        return self.manifest.signature
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._all if w.alive()]
+
+    def _add(self, worker: WorkerProcess) -> None:
+        with self._lock:
+            self._all.append(worker)
+        self._idle.put(worker)
+
+    def predict(self, batch: Tensors) -> Tensors:
+        try:
+            worker = self._idle.get(timeout=_START_TIMEOUT_S)
+        except queue.Empty:
+            raise Unavailable("no worker process is available") from None
+        try:
+            result = worker.predict(batch)
+        except Unavailable:
+            self._replace(worker)
+            raise
+        self._idle.put(worker)
+        return result
+
+    def _replace(self, dead: WorkerProcess) -> None:
+        with self._lock:
+            if dead in self._all:
+                self._all.remove(dead)
+        dead.kill()
+        log.warning("worker process %s died; starting another", dead.pid)
+
+        def restart() -> None:
+            if self._closed:
+                return
+            try:
+                self._add(WorkerProcess(self.package, self.limits))
+            except TorchportError:
+                log.exception("a replacement worker process failed to start")
+
+        threading.Thread(target=restart, daemon=True, name="torchport-restart").start()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            workers = list(self._all)
+            self._all.clear()
+        for worker in workers:
+            worker.stop()
