@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks.peers, when run as a script
 BIN = Path(sys.executable).parent
 LUA = ROOT / "benchmarks" / "wrk_post.lua"
 SENTENCE = "torchport serves PyTorch models."
@@ -174,7 +175,9 @@ def start_torchserve(model: str, files: Path, work: Path, *, batching: bool) -> 
             pass
         if time.perf_counter() > deadline or proc.poll() is not None:
             torchserve.stop(proc)
-            raise SystemExit("TorchServe did not become ready; see its logs in the work dir")
+            log = store / f"torchserve-{ports[0]}.out"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise SystemExit(f"TorchServe did not become ready:\n{tail}")
         time.sleep(0.1)
     return Started(proc, url, content_type, body, time.perf_counter() - started)
 

@@ -99,8 +99,8 @@ def start(
          "--model-store", str(store), "--ts-config", str(config), "--disable-token-auth"],
         env=env,
         cwd=store,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(store / f"torchserve-{inference}.out").open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
 
@@ -109,7 +109,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the JVM and its Python workers, all gone
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
