@@ -186,9 +186,10 @@ def rss_bytes(pid: int) -> int:
     """Resident memory of a process and all its descendants."""
     total = 0
     pids = [pid]
-    for p in pids:  # grows as children are found
-        with contextlib.suppress(OSError):
-            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    for p in pids:  # grows as children are found, whichever thread started them
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids += [int(c) for c in (task / "children").read_text().split()]
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -223,6 +224,8 @@ def wrk(target: Started, connections: int, duration: float) -> dict[str, float]:
         "-t1",
         f"-c{connections}",
         f"-d{int(duration)}s",
+        "--timeout",
+        "30s",
         "--latency",
         "-s",
         str(LUA),
@@ -241,6 +244,8 @@ def wrk(target: Started, connections: int, duration: float) -> dict[str, float]:
         result[f"p{pct}_ms"] = float(value) * _UNITS[unit]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     result["errors"] = float(errors.group(1)) if errors else 0.0
+    timeouts = re.search(r"timeout (\d+)", out)
+    result["timeouts"] = float(timeouts.group(1)) if timeouts else 0.0
     return result
 
 
