@@ -182,6 +182,21 @@ def start_torchserve(model: str, files: Path, work: Path, *, batching: bool) -> 
     return Started(proc, url, content_type, body, time.perf_counter() - started)
 
 
+def start_target(target: str, model: str, package: Path, files: Path, work: Path) -> Started:
+    """Start a target; a start that fails (say, a free port taken meanwhile) is retried."""
+    for attempt in range(3):
+        try:
+            if target == "torchport":
+                return start_torchport(model, package, work)
+            if target.startswith("torchserve"):
+                return start_torchserve(model, files, work, batching=target == "torchserve-batch")
+            return start_plain(target, model, files, work)
+        except SystemExit as exc:
+            print(f"{target} failed to start ({exc}); attempt {attempt + 1} of 3", file=sys.stderr)
+            time.sleep(1)
+    raise SystemExit(f"{target} did not start")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process and all its descendants."""
     total = 0
@@ -349,14 +364,7 @@ def main() -> None:
                     + args.targets[: rep % len(args.targets)]
                 )
                 for target in order:
-                    if target == "torchport":
-                        started = start_torchport(model, package, work)
-                    elif target.startswith("torchserve"):
-                        started = start_torchserve(
-                            model, files, work, batching=target == "torchserve-batch"
-                        )
-                    else:
-                        started = start_plain(target, model, files, work)
+                    started = start_target(target, model, package, files, work)
                     try:
                         run: dict[str, Any] = {"ready_s": started.ready_s}
                         for c in CONCURRENCY:

@@ -104,3 +104,41 @@ def test_a_lone_request_does_not_wait_for_company(mlp_package: Path) -> None:
 
     assert asyncio.run(main()) < 0.4
     batcher.close()
+
+
+def test_a_latency_target_shrinks_batches_that_are_too_slow(mlp_package: Path) -> None:
+    policy = BatchPolicy(max_batch_size=32, target_p99_ms=10)
+    batcher = BatchingRunner(open_runner(mlp_package), policy)
+    assert batcher.stats.batch_cap == 32
+    for _ in range(64):
+        batcher._record(0.050)  # 50 ms: over the target
+    assert batcher.stats.batch_cap == 16
+    for _ in range(64):
+        batcher._record(0.050)
+    assert batcher.stats.batch_cap == 8
+    for _ in range(64):
+        batcher._record(0.001)  # well under it, but nothing waits: no reason to grow
+    assert batcher.stats.batch_cap == 8
+    batcher.set_policy(BatchPolicy(max_batch_size=4, target_p99_ms=10))
+    assert batcher.stats.batch_cap == 4
+    batcher.close()
+
+
+def test_with_a_latency_target_results_stay_exact(mlp_package: Path) -> None:
+    runner = open_runner(mlp_package)
+    rng = np.random.default_rng(1)
+    requests = [
+        rng.standard_normal((int(rng.integers(1, 4)), 32)).astype(np.float32) for _ in range(200)
+    ]
+    want = [runner.predict({"input": x})["output"] for x in requests]
+    batcher = BatchingRunner(runner, BatchPolicy(max_batch_size=16, target_p99_ms=0.001))
+
+    async def main() -> list[np.ndarray]:
+        results = await asyncio.gather(*(batcher.predict({"input": x}) for x in requests))
+        return [r["output"] for r in results]
+
+    for g, w in zip(asyncio.run(main()), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    # An unreachable target drives batches down to single requests.
+    assert batcher.stats.batch_cap < 16
+    batcher.close()

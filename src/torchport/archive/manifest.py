@@ -55,6 +55,8 @@ class RuntimeDefaults(_Strict):
     max_batch_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     workers: int = Field(default=1, ge=1, le=64)
     max_queue: int = Field(default=256, ge=1, le=100_000)
+    target_p99_ms: float | None = Field(default=None, gt=0, le=600_000)
+    """A latency target: batch sizes are chosen to keep p99 under it."""
     worker_kind: Literal["thread", "process"] = "thread"
     """`thread`: batches run on threads of the server (models that release the GIL);
     `process`: in worker processes, for heavy Python pre/post-processing."""

@@ -39,6 +39,9 @@ class BatchPolicy:
     """Batches run at the same time (threads; torch releases the GIL)."""
     worker_kind: str = "thread"
     """Where a batch runs: a thread of this process, or a worker process (the runner's)."""
+    target_p99_ms: float | None = None
+    """A latency target instead of knobs: the batcher sizes batches itself to keep the p99
+    of request latency under it (up to `max_batch_size`), and never waits for company."""
 
 
 @dataclass(eq=False)
@@ -62,6 +65,8 @@ class BatchStats:
     refused: int = 0
     expired: int = 0
     largest_batch: int = 0
+    batch_cap: int = 0
+    """The batch size the latency target allows now (`max_batch_size` without a target)."""
 
 
 class BatchingRunner:
@@ -78,10 +83,16 @@ class BatchingRunner:
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._executor_workers = 0
+        self._latencies: deque[float] = deque(maxlen=_WINDOW)
+        self._cap = self.policy.max_batch_size
+        self.stats.batch_cap = self._cap
 
     def set_policy(self, policy: BatchPolicy) -> None:
         """Change batching live; the next batch formed follows the new policy."""
         self.policy = policy
+        self._cap = policy.max_batch_size
+        self.stats.batch_cap = self._cap
+        self._latencies.clear()
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -147,8 +158,10 @@ class BatchingRunner:
 
     async def _run_alone(self, inputs: Tensors) -> Tensors:
         self._running += 1
+        arrived = time.monotonic()
         try:
             outputs = await self._call(inputs)
+            self._record(time.monotonic() - arrived)
             rows = batch_size(inputs)
             self.stats.batches += 1
             self.stats.requests += 1
@@ -175,6 +188,29 @@ class BatchingRunner:
             self._executor, self.runner.predict, inputs
         )
 
+    def _record(self, seconds: float) -> None:
+        """Feed one request's latency to the latency-target controller.
+
+        Every full window of requests: over the target, halve the batch size; well under
+        it while requests queue up, grow it by a quarter (up to `max_batch_size`).
+        """
+        target = self.policy.target_p99_ms
+        if target is None:
+            return
+        self._latencies.append(seconds * 1000)
+        if len(self._latencies) < _WINDOW:
+            return
+        p99 = _p99(self._latencies)
+        cap = self._cap
+        if p99 > target:
+            cap = max(1, cap // 2)
+        elif p99 < 0.6 * target and self._queue:
+            cap = min(self.policy.max_batch_size, cap + max(1, cap // 4))
+        if cap != self._cap:
+            self._cap = cap
+            self.stats.batch_cap = cap
+            self._latencies.clear()  # measure the new size afresh
+
     # -- the batching loop ------------------------------------------------------------
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -192,8 +228,13 @@ class BatchingRunner:
                 await wakeup.wait()
                 continue
             first = self._queue[0]
-            # Wait for company only when there is load: something already running.
-            if self._running > 0 and self._compatible_rows(first) < self.policy.max_batch_size:
+            # Wait for company only when there is load (something already running) and no
+            # latency target (which gains nothing by waiting).
+            if (
+                self.policy.target_p99_ms is None
+                and self._running > 0
+                and self._compatible_rows(first) < self.policy.max_batch_size
+            ):
                 wait = first.arrived + self.policy.max_batch_delay_ms / 1000 - time.monotonic()
                 if wait > 0:
                     wakeup.clear()
@@ -226,7 +267,7 @@ class BatchingRunner:
         self._queue.popleft()
         while self._queue:
             p = self._queue.popleft()
-            if p.key == first.key and rows + p.rows <= self.policy.max_batch_size:
+            if p.key == first.key and rows + p.rows <= self._cap:
                 batch.append(p)
                 rows += p.rows
             else:
@@ -254,7 +295,9 @@ class BatchingRunner:
             self.stats.rows += total
             self.stats.largest_batch = max(self.stats.largest_batch, total)
             offset = 0
+            done = time.monotonic()
             for p in batch:
+                self._record(done - p.arrived)
                 if not p.future.done():
                     try:
                         p.future.set_result(_rows(outputs, offset, p.rows, total))
@@ -265,6 +308,14 @@ class BatchingRunner:
             self._running -= 1
             if self._wakeup is not None:
                 self._wakeup.set()
+
+
+_WINDOW = 64
+
+
+def _p99(values: deque[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def _rows(outputs: Tensors, start: int, rows: int, total: int) -> Tensors:

@@ -208,6 +208,7 @@ class InferenceService:
             max_queue=settings["max_queue"],
             workers=settings["workers"],
             worker_kind=settings["worker_kind"],
+            target_p99_ms=settings["target_p99_ms"],
         )
 
     def apply_config(self, model: str, version: int) -> None:
