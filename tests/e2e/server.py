@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -82,3 +83,41 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+def oip_body(name: str, x: Any) -> dict[str, Any]:
+    """An OIP v2 JSON request with one FP32 tensor."""
+    data = x.reshape(-1).tolist()
+    return {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": data}]}
+
+
+def check_mlp_under_concurrency(
+    server: ServerProcess, mlp_package: Path, *, seed: int, count: int, max_rows: int, threads: int
+) -> None:
+    """Concurrent `mlp` requests of mixed batch sizes each get the embedded model's answer."""
+    import concurrent.futures
+
+    import numpy as np
+
+    import torchport
+
+    rng = np.random.default_rng(seed)
+    requests = [
+        rng.standard_normal((int(rng.integers(1, max_rows + 1)), 32)).astype(np.float32)
+        for _ in range(count)
+    ]
+    with torchport.load(mlp_package) as m:
+        want = [m.predict({"input": x})["output"] for x in requests]
+
+    def send(x: Any) -> Any:
+        response = httpx.post(
+            f"{server.url}/v2/models/mlp/infer", json=oip_body("input", x), timeout=60
+        )
+        assert response.status_code == 200, response.text
+        out = response.json()["outputs"][0]
+        return np.array(out["data"], np.float32).reshape(out["shape"])
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        got = list(pool.map(send, requests))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

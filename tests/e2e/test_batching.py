@@ -9,44 +9,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-import torchport
-from tests.e2e.server import ServerProcess
-
-
-def oip(name: str, x: np.ndarray) -> dict[str, object]:
-    return {
-        "inputs": [
-            {
-                "name": name,
-                "shape": list(x.shape),
-                "datatype": "FP32",
-                "data": x.reshape(-1).tolist(),
-            }
-        ]
-    }
+from tests.e2e.server import ServerProcess, check_mlp_under_concurrency, oip_body
 
 
 def test_concurrent_mixed_batch_sizes_equal_the_unbatched_model(
     server: ServerProcess, mlp_package: Path
 ) -> None:
-    rng = np.random.default_rng(7)
-    requests = [
-        rng.standard_normal((int(rng.integers(1, 9)), 32)).astype(np.float32) for _ in range(120)
-    ]
-    with torchport.load(mlp_package) as m:
-        want = [m.predict({"input": x})["output"] for x in requests]
-
-    def send(x: np.ndarray) -> np.ndarray:
-        with httpx.Client(timeout=60) as client:
-            response = client.post(f"{server.url}/v2/models/mlp/infer", json=oip("input", x))
-            assert response.status_code == 200, response.text
-            out = response.json()["outputs"][0]
-            return np.array(out["data"], np.float32).reshape(out["shape"])
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        got = list(pool.map(send, requests))
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    check_mlp_under_concurrency(server, mlp_package, seed=7, count=120, max_rows=8, threads=16)
 
 
 def test_a_full_queue_answers_503_with_retry_after_at_once(server: ServerProcess) -> None:
@@ -60,7 +29,9 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(server: ServerProcess
 
     def send(_: int) -> tuple[int, float, httpx.Response]:
         started = time.monotonic()
-        response = httpx.post(f"{server.url}/v2/models/slow/infer", json=oip("x", x), timeout=60)
+        response = httpx.post(
+            f"{server.url}/v2/models/slow/infer", json=oip_body("x", x), timeout=60
+        )
         return response.status_code, time.monotonic() - started, response
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
@@ -85,12 +56,12 @@ def test_a_request_past_its_deadline_gets_504(server: ServerProcess) -> None:
     x = np.ones((1, 4), np.float32)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         busy = pool.submit(
-            httpx.post, f"{server.url}/v2/models/slow/infer", json=oip("x", x), timeout=60
+            httpx.post, f"{server.url}/v2/models/slow/infer", json=oip_body("x", x), timeout=60
         )
         time.sleep(0.05)
         late = httpx.post(
             f"{server.url}/v2/models/slow/infer",
-            json=oip("x", x),
+            json=oip_body("x", x),
             headers={"X-Timeout-Ms": "20"},
             timeout=60,
         )
@@ -98,7 +69,7 @@ def test_a_request_past_its_deadline_gets_504(server: ServerProcess) -> None:
     assert late.status_code == 504
     assert "deadline" in late.json()["error"]
     # The OIP `timeout` parameter (µs), as tritonclient sends it, works the same way.
-    body = {**oip("x", x), "parameters": {"timeout": 1}}
+    body = {**oip_body("x", x), "parameters": {"timeout": 1}}
     assert (
         httpx.post(f"{server.url}/v2/models/slow/infer", json=body, timeout=60).status_code == 504
     )

@@ -14,8 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-import torchport
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, check_mlp_under_concurrency, oip_body
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +40,6 @@ def configure(server: ServerProcess, model: str, **config: Any) -> dict[str, Any
     return workers
 
 
-def oip(name: str, x: np.ndarray) -> dict[str, Any]:
-    data = x.reshape(-1).tolist()
-    return {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": data}]}
-
-
 def test_process_workers_answer_like_the_embedded_model(
     wserver: ServerProcess, mlp_package: Path
 ) -> None:
@@ -53,25 +47,7 @@ def test_process_workers_answer_like_the_embedded_model(
     assert workers["kind"] == "process"
     assert len(workers["pids"]) == 2
     assert os.getpid() not in workers["pids"]
-    rng = np.random.default_rng(3)
-    requests = [
-        rng.standard_normal((int(rng.integers(1, 5)), 32)).astype(np.float32) for _ in range(40)
-    ]
-    with torchport.load(mlp_package) as m:
-        want = [m.predict({"input": x})["output"] for x in requests]
-
-    def send(x: np.ndarray) -> np.ndarray:
-        response = httpx.post(
-            f"{wserver.url}/v2/models/mlp/infer", json=oip("input", x), timeout=60
-        )
-        assert response.status_code == 200, response.text
-        out = response.json()["outputs"][0]
-        return np.array(out["data"], np.float32).reshape(out["shape"])
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(send, requests))
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    check_mlp_under_concurrency(wserver, mlp_package, seed=3, count=40, max_rows=4, threads=8)
     back = configure(wserver, "mlp", worker_kind="thread", workers=1)
     assert back == {"kind": "thread", "count": 1, "pids": []}
 
@@ -82,7 +58,7 @@ def test_a_killed_worker_fails_its_batch_with_503_and_is_replaced(wserver: Serve
     x = np.ones((1, 4), np.float32)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(
-            httpx.post, f"{wserver.url}/v2/models/slow/infer", json=oip("x", x), timeout=60
+            httpx.post, f"{wserver.url}/v2/models/slow/infer", json=oip_body("x", x), timeout=60
         )
         time.sleep(0.1)  # the worker is inside its 0.2 s batch
         os.kill(pid, signal.SIGKILL)
@@ -91,7 +67,9 @@ def test_a_killed_worker_fails_its_batch_with_503_and_is_replaced(wserver: Serve
     assert "worker process" in failed.json()["error"]
     deadline = time.monotonic() + 120
     while True:
-        response = httpx.post(f"{wserver.url}/v2/models/slow/infer", json=oip("x", x), timeout=60)
+        response = httpx.post(
+            f"{wserver.url}/v2/models/slow/infer", json=oip_body("x", x), timeout=60
+        )
         if response.status_code == 200:
             break
         assert response.status_code == 503, response.text
