@@ -276,38 +276,39 @@ class BatchingRunner:
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:
+        total = sum(p.rows for p in batch)
         try:
             if len(batch) == 1:
                 inputs = batch[0].inputs
             else:
                 names = list(batch[0].inputs)
                 inputs = {n: np.concatenate([p.inputs[n] for p in batch]) for n in names}
-            total = sum(p.rows for p in batch)
-            try:
-                outputs = await self._call(inputs)
-            except BaseException as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                return
-            self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.rows += total
-            self.stats.largest_batch = max(self.stats.largest_batch, total)
-            offset = 0
-            done = time.monotonic()
+            outputs = await self._call(inputs)
+        except BaseException as exc:
             for p in batch:
-                self._record(done - p.arrived)
                 if not p.future.done():
-                    try:
-                        p.future.set_result(_rows(outputs, offset, p.rows, total))
-                    except TorchportError as exc:
-                        p.future.set_exception(exc)
-                offset += p.rows
+                    p.future.set_exception(exc)
+            return
         finally:
+            # Free the worker and wake the loop before handing out results: the next batch
+            # is dispatched first, and runs while this one's responses are written.
             self._running -= 1
             if self._wakeup is not None:
                 self._wakeup.set()
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.rows += total
+        self.stats.largest_batch = max(self.stats.largest_batch, total)
+        offset = 0
+        done = time.monotonic()
+        for p in batch:
+            self._record(done - p.arrived)
+            if not p.future.done():
+                try:
+                    p.future.set_result(_rows(outputs, offset, p.rows, total))
+                except TorchportError as exc:
+                    p.future.set_exception(exc)
+            offset += p.rows
 
 
 _WINDOW = 64
