@@ -51,7 +51,6 @@ class Settings(BaseSettings):
     """The management token; by default generated once into `<store>/token`."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest inference request body accepted (413 past it)."""
-    log_level: str = "info"
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     """torch intra-op threads for the whole server (default: torch's, one per core)."""
     limits: Limits = Field(default_factory=Limits)

@@ -36,24 +36,10 @@ def register_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o")] = Path("build/examples"),
 ) -> None:
     """Build (once) and register every example the store does not hold yet."""
-    from torchport.examples import NAMES, build_examples
+    from torchport.examples import register_examples
     from torchport.service import Management
     from torchport.settings import default_store_dir
     from torchport.store import SQLiteStore
 
-    repo = SQLiteStore(store or default_store_dir())
-    held = {m.name for m in repo.list_models()}
-    management = Management(repo)
-    for name in NAMES:
-        if name in held:
-            out.print(f"{name}: already in {repo.root}")
-            continue
-        path = out_dir / f"{name}.tpa"
-        if not path.exists():
-            with err.status(f"building {name}"):
-                build_examples(out_dir, (name,))
-        with err.status(f"verifying and registering {name}"):
-            report = management.upload(path)
-        out.print(
-            f"{name}: registered v{report.version.version} ({human_size(path.stat().st_size)})"
-        )
+    management = Management(SQLiteStore(store or default_store_dir()))
+    register_examples(management, out_dir, lambda message: out.print(message, markup=False))

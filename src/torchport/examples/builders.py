@@ -174,7 +174,7 @@ def register_examples(
     registered = []
     for name in NAMES:
         if name in held:
-            say(f"{name}: already registered")
+            say(f"{name}: already in the store")
             continue
         path = build_dir / f"{name}.tpa"
         if not path.exists():

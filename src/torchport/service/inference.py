@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -202,14 +202,7 @@ class InferenceService:
         settings = runner.manifest.runtime.model_dump()
         with suppress(NotFound):
             settings.update(self.store.get_version(model, version).config)
-        return BatchPolicy(
-            max_batch_size=settings["max_batch_size"],
-            max_batch_delay_ms=settings["max_batch_delay_ms"],
-            max_queue=settings["max_queue"],
-            workers=settings["workers"],
-            worker_kind=settings["worker_kind"],
-            target_p99_ms=settings["target_p99_ms"],
-        )
+        return BatchPolicy(**{f.name: settings[f.name] for f in fields(BatchPolicy)})
 
     def apply_config(self, model: str, version: int) -> None:
         """Apply a version's changed config to live traffic (if it is loaded)."""
@@ -259,9 +252,7 @@ class InferenceService:
             if make_default:
                 self._defaults[loaded.model] = loaded.version
                 self._unloaded.discard(loaded.model)
-            if old is not None:
-                old.retired = True
-            close_old = old is not None and old.inflight == 0
+            close_old = old is not None and self._retire(old)
         if close_old and old is not None:
             old.close()
 
@@ -286,12 +277,15 @@ class InferenceService:
             if version is None:
                 self._unloaded.add(model)
                 self._defaults.pop(model, None)
-            retired = [self._loaded.pop(k) for k in keys]
-            for item in retired:
-                item.retired = True
-            to_close = [item for item in retired if item.inflight == 0]
-        for item in to_close:
+            idle = [item for item in map(self._loaded.pop, keys) if self._retire(item)]
+        for item in idle:
             item.close()
+
+    @staticmethod
+    def _retire(item: LoadedVersion) -> bool:
+        """Mark a version out of service (under the lock); True if it can close now."""
+        item.retired = True
+        return item.inflight == 0
 
     # -- requests ------------------------------------------------------------------------
 
@@ -343,14 +337,6 @@ class InferenceService:
             close = loaded.retired and loaded.inflight == 0
         if close:
             loaded.close()
-
-    @contextmanager
-    def hold(self, model: str, version: int | None = None) -> Iterator[LoadedVersion]:
-        loaded = self.acquire(model, version)
-        try:
-            yield loaded
-        finally:
-            self.release(loaded)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Check the inputs against the signature, run the model, select the outputs."""
