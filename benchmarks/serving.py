@@ -9,7 +9,8 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchserve`, `torchserve-batch`: TorchServe 0.12.0 (set up in build/torchserve-venv on first
   use, Java 17), 2 workers, the same model code and weights; batch size 1, and 8 (mlp) / 32
   (minilm) with a 5 ms delay;
-- `in-process`: `runner.predict` in a loop, batch 1 and the best batch size (the limit).
+- `in-process`: `runner.predict` in a loop (benchmarks/in_process.py), batch 1 and the best
+  batch size, one caller over every core or one per core with a torch thread each (the limit).
 Workloads: `mlp` (one 32-float row as JSON per request) and `minilm` (one short sentence
 per request), closed loop with `wrk` (one thread, counted in the 2-core budget) at 1, 8 and
 32 connections, 127.0.0.1 only, bounded by `--duration`. Reported: medians over
@@ -265,43 +266,14 @@ def wrk(target: Started, connections: int, duration: float) -> dict[str, float]:
 
 
 def in_process(package: Path, model: str, seconds: float) -> dict[str, float]:
-    """The physical limit: the package's runner called directly, batch 1 and best batch."""
-    import numpy as np
-
-    from torchport.runtime import open_runner
-
-    runner = open_runner(package)
-
-    def batch(n: int) -> dict[str, Any]:
-        if model == "mlp":
-            return {"input": np.full((n, 32), 0.1, np.float32)}
-        return {"text": np.array([SENTENCE.encode()] * n, dtype=object)}
-
-    def rate(n: int) -> tuple[float, list[float]]:
-        inputs = batch(n)
-        times = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            runner.predict(inputs)
-            times.append(time.perf_counter() - t)
-        return n * len(times) / sum(times), times
-
-    rps1, times1 = rate(1)
-    best_rows, best_size = rps1, 1
-    for n in (2, 4, 8, 16, 32, 64):
-        rows, _ = rate(n)
-        if rows > best_rows:
-            best_rows, best_size = rows, n
-    runner.close()
-    times1.sort()
-    return {
-        "rps": rps1,
-        "p50_ms": times1[len(times1) // 2] * 1000,
-        "p99_ms": times1[int(len(times1) * 0.99)] * 1000,
-        "best_batch_rows_per_s": best_rows,
-        "best_batch_size": float(best_size),
-    }
+    """The physical limit (benchmarks/in_process.py), in a fresh process of its own."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "in_process.py"), str(package), model,
+         "--seconds", str(seconds)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    result: dict[str, float] = json.loads(out)
+    return result
 
 
 def machine() -> dict[str, Any]:
@@ -358,7 +330,9 @@ def main() -> None:
             with zipfile.ZipFile(package) as zf:
                 zf.extractall(files)
             runs: dict[str, list[dict[str, Any]]] = {t: [] for t in args.targets}
+            inproc: list[dict[str, float]] = []
             for rep in range(args.repeat):
+                inproc.append(in_process(package, model, 2.0))
                 order = (
                     args.targets[rep % len(args.targets) :]
                     + args.targets[: rep % len(args.targets)]
@@ -378,7 +352,6 @@ def main() -> None:
                         + ", ".join(f"c{c} {run[f'c{c}']['rps']:.0f}/s" for c in CONCURRENCY),
                         file=sys.stderr,
                     )
-            inproc = [in_process(package, model, 2.0) for _ in range(args.repeat)]
             summary: dict[str, Any] = {}
             for target, target_runs in runs.items():
                 med: dict[str, Any] = {
@@ -415,6 +388,9 @@ def print_table(results: dict[str, Any]) -> None:
             if target == "in-process":
                 size, rows = s["best_batch_size"], s["best_batch_rows_per_s"]
                 best = f"best batch {size:.0f}: {rows:.0f} rows/s"
+                if "best_callers" in s:
+                    callers, threads = s["best_callers"], s["best_torch_threads"]
+                    best += f" ({callers:.0f} callers x {threads:.0f} torch threads)"
                 row = [model, target, f"{s['rps']:.0f}", f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}"]
                 print("| " + " | ".join([*row, best, "", "", "", "", ""]) + " |")
                 continue

@@ -91,8 +91,11 @@ def load(
     version: int | None = None,
     limits: Limits | None = None,
     warm_up: bool = True,
+    compile: bool | None = None,
 ) -> EmbeddedModel:
     """Load a package file, or with `store=` a model by name (its `default` unless `version`).
+
+    `compile` runs the model through `torch.compile` (default: as the package says).
 
     Every file's hash is verified before anything is loaded, and weights are never
     unpickled. Raises `torchport.errors.TorchportError` subclasses with one-line messages.
@@ -100,11 +103,11 @@ def load(
     if store is None:
         if version is not None:
             raise InvalidInput("version= needs store=: a package file has no versions")
-        return EmbeddedModel(open_runner(Path(package), limits, warm_up=warm_up))
+        return EmbeddedModel(open_runner(Path(package), limits, warm_up=warm_up, compile=compile))
     repo = SQLiteStore(Path(store))
     try:
         info = repo.get_version(str(package), version)
-        runner = open_runner(repo.package_path(info), limits, warm_up=warm_up)
+        runner = open_runner(repo.package_path(info), limits, warm_up=warm_up, compile=compile)
     finally:
         repo.close()
     return EmbeddedModel(runner, version=info.version)

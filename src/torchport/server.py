@@ -21,7 +21,7 @@ from torchport.examples import register_examples
 from torchport.service import Management
 from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.inference import InferenceService
-from torchport.settings import Settings
+from torchport.settings import Settings, available_cores
 from torchport.store import SQLiteStore
 from torchport.transports.http import build_inference_app, build_management_app
 
@@ -73,7 +73,7 @@ def serve(
     """Run the model server until SIGINT or SIGTERM. Blocks."""
     started = time.perf_counter()
     say = progress or (lambda _m: None)
-    if settings.torch_threads is not None:
+    if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)  # once, for the process, at start
@@ -82,7 +82,9 @@ def serve(
     mgmt_socket = bind(settings.host, settings.management_port)
     store = SQLiteStore(settings.store)
     token = resolve_token(settings.token, store.root)
-    inference = InferenceService(store, settings.limits)
+    inference = InferenceService(
+        store, settings.limits, cores=available_cores(), torch_threads=settings.torch_threads
+    )
     management = Management(store, settings.limits, inference)
     if examples:
         with tempfile.TemporaryDirectory(prefix="torchport-examples-") as tmp:

@@ -51,8 +51,12 @@ class Settings(BaseSettings):
     """The management token; by default generated once into `<store>/token`."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest inference request body accepted (413 past it)."""
-    torch_threads: int | None = Field(default=None, ge=1, le=1024)
-    """torch intra-op threads for the whole server (default: torch's, one per core)."""
+    torch_threads: int = Field(default=1, ge=0, le=1024)
+    """torch intra-op threads of a batch that runs beside others under load; a batch that
+    runs alone on an idle server uses every core. 0 leaves torch's settings alone.
+
+    Versions get cores ÷ this many workers unless they say otherwise: on CPU, batches
+    running side by side serve more than one batch spread over every core (see README)."""
     limits: Limits = Field(default_factory=Limits)
 
 
@@ -94,3 +98,11 @@ def _first_field(exc: ValidationError) -> str:
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     return f"setting '{_first_field(exc)}': {err['msg']}"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, as containers set it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from torchport.errors import InvalidInput
 
@@ -81,6 +81,12 @@ class TensorSpec(BaseModel):
     name: str = Field(min_length=1, max_length=256)
     datatype: Datatype
     shape: list[int] = Field(min_length=1)
+    pad_value: float | None = None
+    """Inputs: requests whose lengths differ on this input's dynamic axes still share a
+    batch, padded with this value to the longest (e.g. 0 for token ids and their mask)."""
+    padded_like: str | None = None
+    """Outputs: this output's dynamic axes follow the padded input of that name, axis for
+    axis; each request gets back its own lengths, the padding cut off."""
 
     @field_validator("shape")
     @classmethod
@@ -88,6 +94,10 @@ class TensorSpec(BaseModel):
         if any(d < -1 or d == 0 for d in shape):
             raise ValueError(f"dimensions must be positive or -1 (dynamic), got {shape}")
         return shape
+
+    def metadata(self) -> dict[str, Any]:
+        """The tensor as the Open Inference Protocol's metadata describes it."""
+        return {"name": self.name, "datatype": self.datatype.value, "shape": self.shape}
 
     def matches_shape(self, shape: Sequence[int]) -> bool:
         return len(shape) == len(self.shape) and all(
@@ -132,6 +142,42 @@ class Signature(BaseModel):
         if dupes:
             raise ValueError(f"tensor names must be unique, repeated: {dupes}")
         return specs
+
+    @model_validator(mode="after")
+    def _padding(self) -> Signature:
+        for spec in self.inputs:
+            if spec.padded_like is not None:
+                raise ValueError(f"input '{spec.name}': padded_like is for outputs")
+            if spec.pad_value is not None:
+                if spec.datatype is Datatype.BYTES:
+                    raise ValueError(f"input '{spec.name}': BYTES inputs cannot be padded")
+                if -1 not in spec.shape[1:]:
+                    raise ValueError(
+                        f"input '{spec.name}': pad_value needs a dynamic axis past the batch"
+                    )
+        padded = {s.name: s for s in self.inputs if s.pad_value is not None}
+        for spec in self.outputs:
+            if spec.pad_value is not None:
+                raise ValueError(f"output '{spec.name}': pad_value is for inputs")
+            if spec.padded_like is None:
+                continue
+            source = padded.get(spec.padded_like)
+            if source is None:
+                raise ValueError(
+                    f"output '{spec.name}': padded_like names '{spec.padded_like}', "
+                    "which is not an input with a pad_value"
+                )
+            if len(spec.shape) > len(source.shape):
+                raise ValueError(
+                    f"output '{spec.name}' has more axes than '{source.name}', "
+                    "the input it is padded like"
+                )
+        return self
+
+    @property
+    def padded(self) -> bool:
+        """Whether requests of different lengths are padded to share a batch."""
+        return any(s.pad_value is not None for s in self.inputs)
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:

@@ -49,7 +49,16 @@ def test_process_workers_answer_like_the_embedded_model(
     assert os.getpid() not in workers["pids"]
     check_mlp_under_concurrency(wserver, mlp_package, seed=3, count=40, max_rows=4, threads=8)
     back = configure(wserver, "mlp", worker_kind="thread", workers=1)
-    assert back == {"kind": "thread", "count": 1, "pids": []}
+    assert back == {"kind": "thread", "count": 1, "pids": [], "compiled": False}
+
+
+def test_a_version_compiled_at_load_answers_like_the_embedded_model(
+    wserver: ServerProcess, mlp_package: Path
+) -> None:
+    workers = configure(wserver, "mlp", compile=True)  # reloads it, compiled, then swaps
+    assert workers["compiled"] is True
+    check_mlp_under_concurrency(wserver, mlp_package, seed=5, count=40, max_rows=4, threads=8)
+    assert configure(wserver, "mlp", compile=False)["compiled"] is False
 
 
 def test_a_killed_worker_fails_its_batch_with_503_and_is_replaced(wserver: ServerProcess) -> None:

@@ -142,3 +142,126 @@ def test_with_a_latency_target_results_stay_exact(mlp_package: Path) -> None:
     # An unreachable target drives batches down to single requests.
     assert batcher.stats.batch_cap < 16
     batcher.close()
+
+
+def test_after_a_burst_lone_requests_stop_waiting_for_company(mlp_package: Path) -> None:
+    batcher = BatchingRunner(open_runner(mlp_package), BatchPolicy(max_batch_delay_ms=300))
+    x = {"input": np.ones((1, 32), np.float32)}
+
+    async def main() -> float:
+        await asyncio.gather(*(batcher.predict(x) for _ in range(20)))  # under load
+        await batcher.predict(x)  # may still wait once: it cannot know the load has gone
+        started = time.monotonic()
+        await batcher.predict(x)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 0.25
+    batcher.close()
+
+
+def test_two_workers_share_a_burst_evenly(slow_package: Path) -> None:
+    batcher = BatchingRunner(
+        open_runner(slow_package), BatchPolicy(max_batch_size=64, max_batch_delay_ms=20, workers=2)
+    )
+    x = {"x": np.ones((1, 4), np.float32)}
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.predict(x))  # runs at once, alone
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, *(batcher.predict(x) for _ in range(20)))
+
+    asyncio.run(main())
+    # 21 rows over two workers: no batch takes more than its share of what was waiting.
+    assert batcher.stats.requests == 21
+    assert batcher.stats.largest_batch <= 11
+    batcher.close()
+
+
+TOKENS_MODEL = """
+import torch
+
+
+class Tokens(torch.nn.Module):
+    # Per row: the mean of the real (unmasked) ids, and every id doubled.
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = mask.to(torch.float32)
+        mean = (ids.to(torch.float32) * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return mean, ids * 2
+
+
+def build() -> torch.nn.Module:
+    return Tokens()
+"""
+
+
+@pytest.fixture(scope="module")
+def tokens_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torchport
+
+    work = tmp_path_factory.mktemp("tokens")
+    (work / "model.py").write_text(TOKENS_MODEL)
+    out = work / "tokens.tpa"
+    ids = np.array([[5, 6, 7]], np.int64)
+    torchport.package(
+        name="tokens",
+        code=f"{work / 'model.py'}:build",
+        example={"ids": ids, "mask": np.ones_like(ids)},
+        signature={
+            "inputs": [
+                {"name": "ids", "datatype": "INT64", "shape": [-1, -1], "pad_value": 0},
+                {"name": "mask", "datatype": "INT64", "shape": [-1, -1], "pad_value": 0},
+            ],
+            "outputs": [
+                {"name": "mean", "datatype": "FP32", "shape": [-1]},
+                {"name": "doubled", "datatype": "INT64", "shape": [-1, -1], "padded_like": "ids"},
+            ],
+        },
+        out=out,
+    )
+    return out
+
+
+def test_sequences_of_different_lengths_are_padded_into_one_batch(tokens_package: Path) -> None:
+    runner = open_runner(tokens_package)
+    rng = np.random.default_rng(2)
+    requests = []
+    for _ in range(40):
+        rows, length = int(rng.integers(1, 4)), int(rng.integers(1, 12))
+        ids = rng.integers(1, 1000, (rows, length)).astype(np.int64)
+        requests.append({"ids": ids, "mask": np.ones_like(ids)})
+    want = [runner.predict(r) for r in requests]
+    batcher = BatchingRunner(runner, BatchPolicy(max_batch_size=32, max_batch_delay_ms=20))
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        return list(await asyncio.gather(*(batcher.predict(r) for r in requests)))
+
+    for got, expected, request in zip(asyncio.run(main()), want, requests, strict=True):
+        assert got["doubled"].shape == request["ids"].shape  # the padding is cut back off
+        np.testing.assert_array_equal(got["doubled"], expected["doubled"])
+        np.testing.assert_allclose(got["mean"], expected["mean"], rtol=1e-6)
+    assert batcher.stats.batches < 20, "requests of different lengths were not batched"
+    batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "problem"),
+    [
+        ([{"name": "t", "datatype": "BYTES", "shape": [-1, -1], "pad_value": 0}], [], "BYTES"),
+        ([{"name": "x", "datatype": "FP32", "shape": [-1, 4], "pad_value": 0}], [], "dynamic"),
+        (
+            [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+            [{"name": "y", "datatype": "FP32", "shape": [-1, -1], "padded_like": "x"}],
+            "not an input with a pad_value",
+        ),
+    ],
+)
+def test_padding_declarations_are_checked(
+    inputs: list[dict[str, object]], outputs: list[dict[str, object]], problem: str
+) -> None:
+    from pydantic import ValidationError
+
+    from torchport.types import Signature
+
+    outputs = outputs or [{"name": "y", "datatype": "FP32", "shape": [-1]}]
+    with pytest.raises(ValidationError, match=problem):
+        Signature.model_validate({"inputs": inputs, "outputs": outputs})

@@ -53,10 +53,14 @@ class RuntimeDefaults(_Strict):
 
     max_batch_size: int = Field(default=8, ge=1, le=4096)
     max_batch_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int | None = Field(default=None, ge=1, le=64)
+    """Batches run side by side; None: as many as the server's cores allow."""
     max_queue: int = Field(default=256, ge=1, le=100_000)
     target_p99_ms: float | None = Field(default=None, gt=0, le=600_000)
     """A latency target: batch sizes are chosen to keep p99 under it."""
+    compile: bool = False
+    """Compile the model with `torch.compile` once at load (warm-up runs the compiled
+    model at several batch sizes, so no request waits for compilation)."""
     worker_kind: Literal["thread", "process"] = "thread"
     """`thread`: batches run on threads of the server (models that release the GIL);
     `process`: in worker processes, for heavy Python pre/post-processing."""

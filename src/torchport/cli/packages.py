@@ -47,6 +47,15 @@ def package_cmd(
     max_batch_delay_ms: Annotated[float | None, Opt(help="Default max batch delay.")] = None,
     workers: Annotated[int | None, Opt(help="Default number of workers.")] = None,
     max_queue: Annotated[int | None, Opt(help="Default queue bound (503 past it).")] = None,
+    target_p99_ms: Annotated[
+        float | None, Opt(help="A latency target: batch sizes chosen to keep p99 under it.")
+    ] = None,
+    worker_kind: Annotated[
+        str | None, Opt(help="thread (default) or process: where batches run.")
+    ] = None,
+    compile: Annotated[
+        bool, Opt("--compile", help="Run the model through torch.compile when loaded.")
+    ] = False,
     description: Annotated[str, Opt(help="A line describing the model.")] = "",
 ) -> None:
     """Build a model package from code + weights, an exported program or TorchScript."""
@@ -59,6 +68,9 @@ def package_cmd(
             "max_batch_delay_ms": max_batch_delay_ms,
             "workers": workers,
             "max_queue": max_queue,
+            "target_p99_ms": target_p99_ms,
+            "worker_kind": worker_kind,
+            "compile": compile or None,
         }.items()
         if v is not None
     }

@@ -1,6 +1,6 @@
 """Loading packages into runnable models, and the `Runner` interface every path shares."""
 
-from torchport.runtime.batching import BatchingRunner, BatchPolicy
+from torchport.runtime.batching import BatchingRunner, BatchPolicy, ThreadBudget
 from torchport.runtime.handler import Handler, HandlerContext, name_outputs
 from torchport.runtime.process_pool import ProcessPoolRunner
 from torchport.runtime.runner import (
@@ -22,6 +22,7 @@ __all__ = [
     "PackageRunner",
     "ProcessPoolRunner",
     "Runner",
+    "ThreadBudget",
     "UnpackedPackage",
     "check_examples",
     "example_inputs",

@@ -6,6 +6,10 @@ along axis 0, run together, and the outputs are split back by row. A request nev
 for company while a worker is idle and nothing else is running: the delay is paid only
 when there is load to batch, so batching costs no latency at low load.
 
+Inputs whose signature declares a `pad_value` may differ in length on their dynamic axes:
+they are padded to the longest in the batch, and outputs declared `padded_like` such an
+input are cut back to each request's own lengths.
+
 Back-pressure: at most `max_queue` requests wait; the next one is refused at once with
 `Overloaded`. A request whose deadline passes while it waits is dropped with
 `DeadlineExceeded`.
@@ -21,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from torchport.errors import DeadlineExceeded, Overloaded, TorchportError
 from torchport.runtime.runner import Runner
@@ -41,7 +46,24 @@ class BatchPolicy:
     """Where a batch runs: a thread of this process, or a worker process (the runner's)."""
     target_p99_ms: float | None = None
     """A latency target instead of knobs: the batcher sizes batches itself to keep the p99
-    of request latency under it (up to `max_batch_size`), and never waits for company."""
+    of request latency under it (up to `max_batch_size`), and under load waits for company
+    a tenth of a batch's measured run time (at most a twentieth of the target)."""
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """torch intra-op threads for the batches of a runner that runs in this process.
+
+    A batch that runs alone on an idle server gets every core (lowest latency); batches
+    that run side by side under load share them, at least `per_batch` each (on CPU, more
+    batches in parallel serve more than one batch spread over every core).
+    """
+
+    cores: int
+    per_batch: int = 1
+
+    def shared(self, workers: int) -> int:
+        return max(self.per_batch, self.cores // workers)
 
 
 @dataclass(eq=False)
@@ -72,12 +94,20 @@ class BatchStats:
 class BatchingRunner:
     """Queues requests for `runner` and runs them in batches, `policy.workers` at a time."""
 
-    def __init__(self, runner: Runner, policy: BatchPolicy | None = None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        policy: BatchPolicy | None = None,
+        threads: ThreadBudget | None = None,
+    ) -> None:
         self.runner = runner
         self.policy = policy or BatchPolicy()
+        self.threads = threads
+        """None: torch's thread settings are left as they are (e.g. worker processes)."""
         self.stats = BatchStats()
         self._queue: deque[_Pending] = deque()
         self._running = 0
+        self._running_rows = 0
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -86,6 +116,11 @@ class BatchingRunner:
         self._latencies: deque[float] = deque(maxlen=_WINDOW)
         self._cap = self.policy.max_batch_size
         self.stats.batch_cap = self._cap
+        self._under_load = False
+        self._batch_seconds = 0.0  # moving average of a batch's run time
+        signature = runner.signature
+        self._pad = {s.name: s.pad_value for s in signature.inputs if s.pad_value is not None}
+        self._trim = {s.name: (s.padded_like, s.shape) for s in signature.outputs if s.padded_like}
 
     def set_policy(self, policy: BatchPolicy) -> None:
         """Change batching live; the next batch formed follows the new policy."""
@@ -119,13 +154,18 @@ class BatchingRunner:
             )
         loop = asyncio.get_running_loop()
         self._start(loop)
-        if not self._queue and self._running < self.policy.workers and deadline is None:
+        if (
+            not self._queue
+            and self._running < self.policy.workers
+            and deadline is None
+            and not self._under_load
+        ):
             # Idle: run at once, skipping the batching loop (no company to wait for).
             return await self._run_alone(inputs)
         pending = _Pending(
             inputs=inputs,
             rows=batch_size(inputs),
-            key=tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(inputs.items())),
+            key=self._key(inputs),
             arrived=time.monotonic(),
             deadline=deadline,
             future=loop.create_future(),
@@ -157,12 +197,13 @@ class BatchingRunner:
         self.runner.close()
 
     async def _run_alone(self, inputs: Tensors) -> Tensors:
+        rows = batch_size(inputs)
         self._running += 1
+        self._running_rows += rows
         arrived = time.monotonic()
         try:
-            outputs = await self._call(inputs)
+            outputs = await self._call(inputs, alone=True)
             self._record(time.monotonic() - arrived)
-            rows = batch_size(inputs)
             self.stats.batches += 1
             self.stats.requests += 1
             self.stats.rows += rows
@@ -170,10 +211,11 @@ class BatchingRunner:
             return outputs
         finally:
             self._running -= 1
+            self._running_rows -= rows
             if self._wakeup is not None and self._queue:
                 self._wakeup.set()
 
-    def _call(self, inputs: Tensors) -> asyncio.Future[Tensors]:
+    async def _call(self, inputs: Tensors, *, alone: bool) -> Tensors:
         # A thread per worker, owned by this model version: torch releases the GIL, so
         # batches of different versions (and the event loop) run side by side.
         if self._executor is None or self._executor_workers != self.policy.workers:
@@ -184,9 +226,21 @@ class BatchingRunner:
             self._executor_workers = self.policy.workers
             if old is not None:
                 old.shutdown(wait=False)  # its running batch finishes; no new work goes there
-        return asyncio.get_running_loop().run_in_executor(
-            self._executor, self.runner.predict, inputs
+        threads = 0
+        if self.threads is not None:
+            threads = self.threads.cores if alone else self.threads.shared(self.policy.workers)
+        started = time.monotonic()
+        outputs = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._predict, inputs, threads
         )
+        self._batch_seconds += 0.2 * (time.monotonic() - started - self._batch_seconds)
+        return outputs
+
+    def _predict(self, inputs: Tensors, threads: int) -> Tensors:
+        # On the worker thread: torch's thread count is per calling thread once set here.
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return self.runner.predict(inputs)
 
     def _record(self, seconds: float) -> None:
         """Feed one request's latency to the latency-target controller.
@@ -211,6 +265,25 @@ class BatchingRunner:
             self.stats.batch_cap = cap
             self._latencies.clear()  # measure the new size afresh
 
+    def _rows(self, outputs: Tensors, request: _Pending, start: int, total: int) -> Tensors:
+        """One request's rows of a batch's outputs, padding cut back to its own lengths."""
+        out: Tensors = {}
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != total:
+                raise TorchportError(
+                    f"output '{name}' has no batch axis of {total} rows; it cannot be batched"
+                )
+            index: list[slice] = [slice(start, start + request.rows)]
+            if name in self._trim:
+                source, declared = self._trim[name]
+                lengths = request.inputs[source].shape
+                index += [
+                    slice(0, lengths[axis] if declared[axis] == -1 else None)
+                    for axis in range(1, min(array.ndim, len(lengths)))
+                ]
+            out[name] = array[tuple(index)]
+        return out
+
     # -- the batching loop ------------------------------------------------------------
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -228,22 +301,53 @@ class BatchingRunner:
                 await wakeup.wait()
                 continue
             first = self._queue[0]
-            # Wait for company only when there is load (something already running) and no
-            # latency target (which gains nothing by waiting).
+            limit = self._batch_limit()
+            # Wait for company only under load (a request is running, or the last batch was
+            # shared): there it pays; at low load it would only add latency.
+            delay = self._delay()
             if (
-                self.policy.target_p99_ms is None
-                and self._running > 0
-                and self._compatible_rows(first) < self.policy.max_batch_size
+                delay > 0
+                and (self._running > 0 or self._under_load)
+                and self._compatible_rows(first) < limit
             ):
-                wait = first.arrived + self.policy.max_batch_delay_ms / 1000 - time.monotonic()
+                wait = first.arrived + delay - time.monotonic()
                 if wait > 0:
                     wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wakeup.wait(), wait)
                     continue
-            batch = self._take(first)
+            batch = self._take(first, limit)
+            # Still under load while requests share batches or wait behind one; a lone
+            # request with nothing queued or running means the load has gone.
+            self._under_load = len(batch) > 1 or bool(self._queue) or self._running > 0
             self._running += 1
-            asyncio.get_running_loop().create_task(self._run(batch))
+            self._running_rows += sum(p.rows for p in batch)
+            asyncio.get_running_loop().create_task(self._run(batch, alone=not self._under_load))
+
+    def _key(self, inputs: Tensors) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """Requests with equal keys can share a batch: equal non-batch shapes, except on
+        padded inputs (whose static axes the signature has already checked)."""
+        return tuple(
+            (n, (-1,) * (a.ndim - 1) if n in self._pad else a.shape[1:], a.dtype.str)
+            for n, a in sorted(inputs.items())
+        )
+
+    def _delay(self) -> float:
+        """Seconds a request may wait for others to share its batch, under load."""
+        target = self.policy.target_p99_ms
+        if target is None:
+            return self.policy.max_batch_delay_ms / 1000
+        return min(0.1 * self._batch_seconds, 0.05 * target / 1000)
+
+    def _batch_limit(self) -> int:
+        """Rows for the next batch: the cap, or with several workers a fair share of the
+        rows in the system, so that workers run batches of similar size side by side
+        instead of one large batch beside a string of small ones."""
+        workers = self.policy.workers
+        if workers == 1:
+            return self._cap
+        rows = self._running_rows + sum(p.rows for p in self._queue)
+        return max(1, min(self._cap, -(-rows // workers)))
 
     def _drop_dead(self) -> None:
         now = time.monotonic()
@@ -260,14 +364,14 @@ class BatchingRunner:
     def _compatible_rows(self, first: _Pending) -> int:
         return sum(p.rows for p in self._queue if p.key == first.key)
 
-    def _take(self, first: _Pending) -> list[_Pending]:
+    def _take(self, first: _Pending, limit: int) -> list[_Pending]:
         batch = [first]
         rows = first.rows
         rest: deque[_Pending] = deque()
         self._queue.popleft()
         while self._queue:
             p = self._queue.popleft()
-            if p.key == first.key and rows + p.rows <= self._cap:
+            if p.key == first.key and rows + p.rows <= limit:
                 batch.append(p)
                 rows += p.rows
             else:
@@ -275,15 +379,17 @@ class BatchingRunner:
         self._queue = rest
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, batch: list[_Pending], *, alone: bool) -> None:
         total = sum(p.rows for p in batch)
         try:
             if len(batch) == 1:
                 inputs = batch[0].inputs
             else:
-                names = list(batch[0].inputs)
-                inputs = {n: np.concatenate([p.inputs[n] for p in batch]) for n in names}
-            outputs = await self._call(inputs)
+                inputs = {
+                    n: _stack([p.inputs[n] for p in batch], self._pad.get(n))
+                    for n in batch[0].inputs
+                }
+            outputs = await self._call(inputs, alone=alone)
         except BaseException as exc:
             for p in batch:
                 if not p.future.done():
@@ -293,6 +399,7 @@ class BatchingRunner:
             # Free the worker and wake the loop before handing out results: the next batch
             # is dispatched first, and runs while this one's responses are written.
             self._running -= 1
+            self._running_rows -= total
             if self._wakeup is not None:
                 self._wakeup.set()
         self.stats.batches += 1
@@ -305,7 +412,7 @@ class BatchingRunner:
             self._record(done - p.arrived)
             if not p.future.done():
                 try:
-                    p.future.set_result(_rows(outputs, offset, p.rows, total))
+                    p.future.set_result(self._rows(outputs, p, offset, total))
                 except TorchportError as exc:
                     p.future.set_exception(exc)
             offset += p.rows
@@ -319,12 +426,14 @@ def _p99(values: deque[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def _rows(outputs: Tensors, start: int, rows: int, total: int) -> Tensors:
-    out: Tensors = {}
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
-            raise TorchportError(
-                f"output '{name}' has no batch axis of {total} rows; it cannot be batched"
-            )
-        out[name] = array[start : start + rows]
+def _stack(arrays: list[np.ndarray], pad_value: float | None) -> np.ndarray:
+    """Concatenate along axis 0, first padding every other axis to the longest."""
+    longest = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays), strict=True))
+    if pad_value is None or all(a.shape[1:] == longest for a in arrays):
+        return np.concatenate(arrays)
+    out = np.full((sum(len(a) for a in arrays), *longest), pad_value, dtype=arrays[0].dtype)
+    start = 0
+    for a in arrays:
+        out[(slice(start, start + len(a)), *(slice(0, n) for n in a.shape[1:]))] = a
+        start += len(a)
     return out

@@ -41,6 +41,18 @@ def load_model(entry: ModelEntry, files: Path) -> Any:
     raise ModelLoadError(f"model kind '{entry.kind.value}' cannot run in this torchport build")
 
 
+def compile_model(model: Any) -> Any:
+    """`torch.compile` the model (lazily: compilation happens on its first calls)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelLoadError(
+            "compile: a TorchScript model cannot be compiled with torch.compile; "
+            "package the module (code and weights, or exported) instead"
+        )
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(f"compile: the model is a {type(model).__name__}, not a Module")
+    return torch.compile(model)
+
+
 def _load_code(entry: ModelEntry, files: Path) -> torch.nn.Module:
     if not entry.factory:
         raise ModelLoadError("a code model needs a factory (FILE.py:FACTORY)")

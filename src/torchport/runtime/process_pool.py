@@ -83,12 +83,18 @@ def _recv(conn: Connection) -> dict[str, Any]:
     return message
 
 
-def _worker_main(package: str, limits: dict[str, Any], conn: Connection) -> None:
+def _worker_main(
+    package: str, limits: dict[str, Any], torch_threads: int, compile: bool, conn: Connection
+) -> None:
     """The worker process: load the package, then answer predict messages until told to stop."""
+    import torch
+
     from torchport.runtime.runner import open_runner
 
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     try:
-        runner = open_runner(Path(package), Limits(**limits))
+        runner = open_runner(Path(package), Limits(**limits), compile=compile)
     except Exception as exc:
         _send(conn, {"kind": "error", "message": str(exc)})
         return
@@ -122,14 +128,16 @@ def _worker_main(package: str, limits: dict[str, Any], conn: Connection) -> None
 class WorkerProcess:
     """One worker process and the pipe to it; `predict` runs one batch there."""
 
-    def __init__(self, package: Path, limits: Limits) -> None:
+    def __init__(
+        self, package: Path, limits: Limits, torch_threads: int = 0, compile: bool = False
+    ) -> None:
         self.package = package
         self.limits = limits
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_worker_main,
-            args=(str(package), limits.model_dump(), child),
+            args=(str(package), limits.model_dump(), torch_threads, compile, child),
             daemon=True,
             name="torchport-worker",
         )
@@ -188,16 +196,27 @@ class WorkerProcess:
 class ProcessPoolRunner:
     """A `Runner` over `workers` worker processes of one package, restarted when they die."""
 
-    def __init__(self, package: Path, limits: Limits, workers: int = 1) -> None:
+    def __init__(
+        self,
+        package: Path,
+        limits: Limits,
+        workers: int = 1,
+        torch_threads: int = 0,
+        *,
+        compile: bool = False,
+    ) -> None:
         self.package = package
         self.limits = limits
+        self.torch_threads = torch_threads
+        """Intra-op threads of each worker process (0: torch's default)."""
+        self.compile = compile
         self.manifest: Manifest = read_package(package, limits).manifest
         self._idle: queue.Queue[WorkerProcess] = queue.Queue()
         self._all: list[WorkerProcess] = []
         self._lock = threading.Lock()
         self._closed = False
         for _ in range(workers):
-            self._add(WorkerProcess(package, limits))
+            self._add(WorkerProcess(package, limits, torch_threads, compile))
 
     @property
     def signature(self) -> Signature:
@@ -237,7 +256,9 @@ class ProcessPoolRunner:
             if self._closed:
                 return
             try:
-                self._add(WorkerProcess(self.package, self.limits))
+                self._add(
+                    WorkerProcess(self.package, self.limits, self.torch_threads, self.compile)
+                )
             except TorchportError:
                 log.exception("a replacement worker process failed to start")
 

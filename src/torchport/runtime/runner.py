@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from torchport.archive import Manifest, Package, unpack_package
-from torchport.errors import InvalidInput, TorchportError
+from torchport.errors import InvalidInput, ModelLoadError, TorchportError
 from torchport.runtime.handler import Handler
-from torchport.runtime.loader import handler_context, load_handler, load_model
+from torchport.runtime.loader import compile_model, handler_context, load_handler, load_model
 from torchport.settings import Limits
 from torchport.types import Signature, Tensors, json_to_arrays, to_array
 
@@ -46,10 +46,17 @@ class LocalRunner:
     """A package's model and handler running in this process."""
 
     def __init__(
-        self, manifest: Manifest, handler: Handler, unpacked: UnpackedPackage | None = None
+        self,
+        manifest: Manifest,
+        handler: Handler,
+        unpacked: UnpackedPackage | None = None,
+        *,
+        compiled: bool = False,
     ) -> None:
         self.manifest = manifest
         self.handler = handler
+        self.compiled = compiled
+        """Whether the model runs through `torch.compile`."""
         self._unpacked = unpacked  # the directory the model's files live in, owned here
 
     @property
@@ -91,24 +98,56 @@ class UnpackedPackage:
         self._cleanup()
 
 
-def open_runner(path: Path, limits: Limits | None = None, *, warm_up: bool = True) -> LocalRunner:
+def open_runner(
+    path: Path,
+    limits: Limits | None = None,
+    *,
+    warm_up: bool = True,
+    compile: bool | None = None,
+) -> LocalRunner:
     """Verify, unpack and load the package at `path` into a `LocalRunner`.
 
     With `warm_up`, the package's first example runs once, so the first real request
-    does not pay for lazy initialisation.
+    does not pay for lazy initialisation. `compile` (default: the package's runtime
+    setting) runs the model through `torch.compile`; warm-up then compiles it for one row
+    and for several, so that requests find it compiled.
     """
     unpacked = UnpackedPackage(path, limits)
     try:
         manifest = unpacked.package.manifest
+        compiled = manifest.runtime.compile if compile is None else compile
         model = load_model(manifest.model, unpacked.files)
+        if compiled:
+            model = compile_model(model)
         handler = load_handler(manifest.handler, model, handler_context(manifest, unpacked.files))
-        runner = LocalRunner(manifest, handler, unpacked)
-        if warm_up and manifest.examples:
+        runner = LocalRunner(manifest, handler, unpacked, compiled=compiled)
+        if compiled:
+            _compile_by_warming_up(runner)
+        elif warm_up and manifest.examples:
             runner.predict(example_inputs(manifest, 0))
         return runner
     except BaseException:
         unpacked.close()
         raise
+
+
+def _compile_by_warming_up(runner: LocalRunner) -> None:
+    # One row, then two and three: torch.compile specialises on a batch of one, then
+    # compiles once for any batch size.
+    manifest = runner.manifest
+    if not manifest.examples:
+        raise ModelLoadError("compile needs an example in the package to compile with")
+    example = example_inputs(manifest, 0)
+    try:
+        for rows in (1, 2, 3):
+            runner.predict({k: np.concatenate([v[:1]] * rows) for k, v in example.items()})
+    except TorchportError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(
+            f"torch.compile failed for '{manifest.name}': {type(exc).__name__}: {first}"
+        ) from exc
 
 
 def example_inputs(manifest: Manifest, index: int) -> Tensors:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -29,10 +28,11 @@ from torchport.runtime import (
     LocalRunner,
     PackageRunner,
     ProcessPoolRunner,
+    ThreadBudget,
     open_runner,
 )
 from torchport.settings import Limits
-from torchport.store import ModelStore
+from torchport.store import ModelStore, VersionInfo
 from torchport.types import Signature, Tensors
 
 log = logging.getLogger("torchport.inference")
@@ -65,12 +65,14 @@ class LoadedVersion:
     version: int
     runner: PackageRunner
     load_seconds: float
+    threads: ThreadBudget | None = None
+    compiled: bool = False
     batcher: BatchingRunner = field(init=False)
     inflight: int = 0
     retired: bool = False
 
     def __post_init__(self) -> None:
-        self.batcher = BatchingRunner(self.runner, BatchPolicy())
+        self.batcher = BatchingRunner(self.runner, BatchPolicy(), self.threads)
 
     @property
     def signature(self) -> Signature:
@@ -88,22 +90,24 @@ class VersionState:
     reason: str = ""
 
 
-Loader = Callable[[Path, Limits], LocalRunner]
-
-
-def _open(path: Path, limits: Limits) -> LocalRunner:
-    return open_runner(path, limits, warm_up=True)
-
-
 class InferenceService:
     """The loaded versions of every model in a store, and the requests they serve."""
 
     def __init__(
-        self, store: ModelStore, limits: Limits | None = None, loader: Loader = _open
+        self,
+        store: ModelStore,
+        limits: Limits | None = None,
+        *,
+        cores: int = 1,
+        torch_threads: int = 0,
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
-        self._loader = loader
+        self.torch_threads = torch_threads
+        """Intra-op threads of a batch under load (0: torch's settings are left alone)."""
+        self.threads = ThreadBudget(cores, torch_threads) if torch_threads else None
+        self.default_workers = max(1, cores // (torch_threads or cores))
+        """Workers of a version whose package and config leave the number open."""
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._defaults: dict[str, int] = {}
@@ -169,7 +173,7 @@ class InferenceService:
             info = self.store.get_version(model, version)
             started = time.perf_counter()
             try:
-                runner = self._loader(self.store.package_path(info), self.limits)
+                runner = self._open(info)
             except TorchportError as exc:
                 with self._lock:
                     self._errors[key] = str(exc)
@@ -183,17 +187,25 @@ class InferenceService:
             log.info("loaded %s v%s in %.2f s", model, version, loaded.load_seconds)
             return loaded
 
+    def _open(self, info: VersionInfo) -> LocalRunner:
+        compile = info.config.get("compile")  # None: as the package says
+        return open_runner(self.store.package_path(info), self.limits, compile=compile)
+
     def _new_loaded(
         self, model: str, version: int, runner: LocalRunner, load_seconds: float
     ) -> LoadedVersion:
         policy = self._policy(model, version, runner)
         serving: PackageRunner = runner
+        threads = self.threads
         if policy.worker_kind == "process":
+            threads = None  # each worker process sets its own
             # The in-process load verified the package; the workers each load their own.
             path = self.store.package_path(self.store.get_version(model, version))
-            serving = ProcessPoolRunner(path, self.limits, policy.workers)
+            serving = ProcessPoolRunner(
+                path, self.limits, policy.workers, self.torch_threads, compile=runner.compiled
+            )
             runner.close()
-        loaded = LoadedVersion(model, version, serving, load_seconds)
+        loaded = LoadedVersion(model, version, serving, load_seconds, threads, runner.compiled)
         loaded.batcher.set_policy(policy)
         return loaded
 
@@ -202,6 +214,8 @@ class InferenceService:
         settings = runner.manifest.runtime.model_dump()
         with suppress(NotFound):
             settings.update(self.store.get_version(model, version).config)
+        if settings["workers"] is None:
+            settings["workers"] = self.default_workers
         return BatchPolicy(**{f.name: settings[f.name] for f in fields(BatchPolicy)})
 
     def apply_config(self, model: str, version: int) -> None:
@@ -212,15 +226,19 @@ class InferenceService:
             return
         policy = self._policy(model, version, loaded.runner)
         current = loaded.batcher.policy
-        if (policy.worker_kind, policy.workers) == (current.worker_kind, current.workers) or (
-            policy.worker_kind == current.worker_kind == "thread"
-        ):
+        info = self.store.get_version(model, version)
+        compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
+        same_workers = (policy.worker_kind, policy.workers) == (
+            current.worker_kind,
+            current.workers,
+        ) or (policy.worker_kind == current.worker_kind == "thread")
+        if same_workers and compile == loaded.compiled:
             loaded.batcher.set_policy(policy)
             return
-        # Other workers: load the version anew beside the old, then swap (no request fails).
-        info = self.store.get_version(model, version)
+        # Other workers, or compiled or not: load the version anew beside the old, then
+        # swap (no request fails).
         started = time.perf_counter()
-        runner = self._loader(self.store.package_path(info), self.limits)
+        runner = self._open(info)
         self._install(self._new_loaded(model, version, runner, time.perf_counter() - started))
 
     def workers(self, model: str, version: int) -> dict[str, Any]:
@@ -231,7 +249,12 @@ class InferenceService:
             return {}
         policy = loaded.batcher.policy
         pids = loaded.runner.pids if isinstance(loaded.runner, ProcessPoolRunner) else []
-        return {"kind": policy.worker_kind, "count": policy.workers, "pids": pids}
+        return {
+            "kind": policy.worker_kind,
+            "count": policy.workers,
+            "pids": pids,
+            "compiled": loaded.compiled,
+        }
 
     def preload(self, model: str, version: int) -> None:
         """Load a version now (e.g. before it is promoted), so no request waits for it."""

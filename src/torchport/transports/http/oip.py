@@ -44,8 +44,8 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
                 "name": model,
                 "versions": versions,
                 "platform": "pytorch_torchport",
-                "inputs": [s.model_dump(mode="json") for s in signature.inputs],
-                "outputs": [s.model_dump(mode="json") for s in signature.outputs],
+                "inputs": [s.metadata() for s in signature.inputs],
+                "outputs": [s.metadata() for s in signature.outputs],
                 **({"parameters": {"default_version": str(resolved)}} if version is None else {}),
             }
         )

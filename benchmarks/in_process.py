@@ -1,0 +1,102 @@
+"""The physical limit: a package's runner called directly in this process, no server.
+
+    .venv/bin/python benchmarks/in_process.py build/examples/minilm.tpa minilm [--seconds 2]
+
+Prints JSON: latency at batch 1 (the better of one torch thread and one per core), and
+the best throughput over batch sizes and two ways of using the cores: one caller whose
+torch ops spread over every core, or one caller per core with one torch thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchport.runtime import LocalRunner, open_runner
+
+SENTENCE = "torchport serves PyTorch models."
+SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def batch(model: str, n: int) -> dict[str, Any]:
+    if model == "mlp":
+        return {"input": np.full((n, 32), 0.1, np.float32)}
+    return {"text": np.array([SENTENCE.encode()] * n, dtype=object)}
+
+
+def latencies(runner: LocalRunner, inputs: dict[str, Any], seconds: float) -> list[float]:
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        started = time.perf_counter()
+        runner.predict(inputs)
+        times.append(time.perf_counter() - started)
+    return sorted(times)
+
+
+def rows_per_s(runner: LocalRunner, inputs: dict[str, Any], callers: int, seconds: float) -> float:
+    rows = [0] * callers
+    n = len(next(iter(inputs.values())))
+    start = time.perf_counter()
+
+    def call(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            runner.predict(inputs)
+            rows[i] += n
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(rows) / (time.perf_counter() - start)
+
+
+def measure(package: Path, model: str, seconds: float) -> dict[str, float]:
+    cores = len(os.sched_getaffinity(0))
+    runner = open_runner(package)
+    result: dict[str, float] = {}
+    for threads in (1, cores):
+        torch.set_num_threads(threads)
+        runner.predict(batch(model, 1))
+        times = latencies(runner, batch(model, 1), seconds)
+        p50 = times[len(times) // 2] * 1000
+        if "p50_ms" not in result or p50 < result["p50_ms"]:
+            result.update(
+                rps=len(times) / sum(times),
+                p50_ms=p50,
+                p99_ms=times[int(len(times) * 0.99)] * 1000,
+            )
+        callers = cores // threads
+        for n in SIZES:
+            rows = rows_per_s(runner, batch(model, n), callers, seconds)
+            if rows > result.get("best_batch_rows_per_s", 0.0):
+                result.update(
+                    best_batch_rows_per_s=rows,
+                    best_batch_size=float(n),
+                    best_callers=float(callers),
+                    best_torch_threads=float(threads),
+                )
+    runner.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("package", type=Path)
+    parser.add_argument("model", choices=["mlp", "minilm"])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.package, args.model, args.seconds)))
+
+
+if __name__ == "__main__":
+    main()
