@@ -10,7 +10,7 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint typecheck unit bench clean
+.PHONY: install serve test lint typecheck unit bench protos clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ bench: install
 	$(BIN)/python benchmarks/serve_ready.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/serving.py
+
+# The gRPC messages' descriptors, compiled from the .proto (committed; a test checks they match).
+PROTO_DIR := src/torchport/transports/grpc/proto
+protos: install
+	$(BIN)/python -m grpc_tools.protoc -I$(PROTO_DIR) \
+		--descriptor_set_out=$(PROTO_DIR)/inference.binpb $(PROTO_DIR)/inference.proto
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

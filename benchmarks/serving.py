@@ -60,6 +60,10 @@ class Started:
     content_type: str
     body: Path
     ready_s: float
+    grpc_response_bytes: int = 0
+    """gRPC only (loaded with h2load): the size of one framed successful response. h2load
+    sees HTTP statuses, not gRPC ones (a failed call is a 200 with no message), so the
+    data it received tells how many calls succeeded."""
 
 
 def wait_ready(
@@ -78,17 +82,21 @@ def wait_ready(
     raise SystemExit(f"a benchmark target was not ready in {timeout} s")
 
 
-def start_torchport(model: str, package: Path, work: Path) -> Started:
-    http, mgmt = free_port(), free_port()
+def start_torchport(model: str, package: Path, work: Path, *, grpc: bool = False) -> Started:
+    http, grpc_port, mgmt = free_port(), free_port(), free_port()
     store = Path(tempfile.mkdtemp(dir=work)) / "store"
     started = time.perf_counter()
     proc = subprocess.Popen(
         [str(BIN / "torchport"), "serve", "--store", str(store), "--http-port", str(http),
-         "--management-port", str(mgmt), str(package)],
+         "--grpc-port", str(grpc_port), "--management-port", str(mgmt), str(package)],
         env={**os.environ, "TORCHPORT_TOKEN": "benchmark-token-0123456789"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ready = wait_ready(proc, f"http://127.0.0.1:{http}/v2/health/ready", started)
+    if grpc:
+        body, answer = grpc_body(model, work, f"127.0.0.1:{grpc_port}")
+        url = f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"
+        return Started(proc, url, "application/grpc", body, ready, grpc_response_bytes=answer)
     if model == "mlp":
         body = work / "mlp-oip.json"
         body.write_text(
@@ -106,6 +114,30 @@ def start_torchport(model: str, package: Path, work: Path) -> Started:
     body = work / "sentence.txt"
     body.write_text(SENTENCE)
     return Started(proc, f"http://127.0.0.1:{http}/predictions/minilm", "text/plain", body, ready)
+
+
+def grpc_body(model: str, work: Path, address: str) -> tuple[Path, int]:
+    """A framed ModelInferRequest as tritonclient.grpc sends it (raw_input_contents),
+    checked once through grpcio, since h2load sees only HTTP statuses, not gRPC ones."""
+    import grpc
+    import numpy as np
+
+    from torchport.transports.grpc.convert import pb, stub
+    from torchport.types import to_raw
+
+    request = pb.ModelInferRequest(model_name=model)
+    if model == "mlp":
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 32])
+        request.raw_input_contents.append(to_raw(np.full((1, 32), 0.1, np.float32)))
+    else:
+        request.inputs.add(name="text", datatype="BYTES", shape=[1])
+        request.raw_input_contents.append(to_raw(np.array([SENTENCE.encode()], dtype=object)))
+    with grpc.insecure_channel(address) as channel:
+        response = stub(channel).ModelInfer(request, timeout=60)
+    message = request.SerializeToString()
+    body = work / f"{model}-grpc.bin"
+    body.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+    return body, 5 + len(response.SerializeToString())
 
 
 def _plain_body(model: str, work: Path) -> tuple[Path, str]:
@@ -187,8 +219,8 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
     """Start a target; a start that fails (say, a free port taken meanwhile) is retried."""
     for attempt in range(3):
         try:
-            if target == "torchport":
-                return start_torchport(model, package, work)
+            if target in ("torchport", "torchport-grpc"):
+                return start_torchport(model, package, work, grpc=target == "torchport-grpc")
             if target.startswith("torchserve"):
                 return start_torchserve(model, files, work, batching=target == "torchserve-batch")
             return start_plain(target, model, files, work)
@@ -231,6 +263,31 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def h2load(target: Started, connections: int, duration: float) -> dict[str, float]:
+    """Closed loop over HTTP/2 like `wrk`'s: `connections` connections, one request in
+    flight on each; latencies from h2load's per-request log."""
+    log = target.body.with_suffix(".log")
+    headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    base = ["h2load", "-t1", f"-c{connections}", "-m1", f"--data={target.body}", *headers]
+    subprocess.run([*base, "-D1", target.url], capture_output=True, check=True)  # warm-up
+    out = subprocess.run(
+        [*base, f"-D{int(duration)}", f"--log-file={log}", target.url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    latencies = sorted(int(r[2]) / 1000 for r in rows)
+    data = re.search(r"traffic: .*?\((\d+)\) data", out)
+    answered = int(data.group(1)) // target.grpc_response_bytes if data else 0
+    errors = max(0, len(rows) - answered) + sum(1 for r in rows if r[1] != "200")
+    return {
+        "rps": len(rows) / duration,
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[int(len(latencies) * 0.99)],
+        "errors": float(errors),
+        "timeouts": 0.0,
+    }
 
 
 def wrk(target: Started, connections: int, duration: float) -> dict[str, float]:
@@ -302,13 +359,22 @@ def main() -> None:
     parser.add_argument(
         "--targets",
         nargs="+",
-        default=["torchport", "fastapi", "flask", "torchserve", "torchserve-batch"],
+        default=[
+            "torchport",
+            "torchport-grpc",
+            "fastapi",
+            "flask",
+            "torchserve",
+            "torchserve-batch",
+        ],
     )
     parser.add_argument("--examples", type=Path, default=ROOT / "build" / "examples")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
+    if "torchport-grpc" in args.targets and shutil.which("h2load") is None:
+        raise SystemExit("h2load is not installed: apt-get install nghttp2-client")
 
     from torchport.examples import build_examples
 
@@ -342,7 +408,8 @@ def main() -> None:
                     try:
                         run: dict[str, Any] = {"ready_s": started.ready_s}
                         for c in CONCURRENCY:
-                            run[f"c{c}"] = wrk(started, c, args.duration)
+                            load = h2load if started.grpc_response_bytes else wrk
+                            run[f"c{c}"] = load(started, c, args.duration)
                         run["rss_mb"] = rss_bytes(started.proc.pid) / 1024 / 1024
                     finally:
                         stop(started.proc)

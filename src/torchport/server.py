@@ -23,6 +23,7 @@ from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.inference import InferenceService
 from torchport.settings import Settings, available_cores
 from torchport.store import SQLiteStore
+from torchport.transports.grpc import GrpcServer
 from torchport.transports.http import build_inference_app, build_management_app
 
 log = logging.getLogger("torchport.server")
@@ -33,6 +34,7 @@ REFRESH_SECONDS = 2.0
 @dataclass(frozen=True)
 class ServerInfo:
     inference_url: str
+    grpc_address: str
     management_url: str
     store: Path
     token_source: str
@@ -80,6 +82,8 @@ def serve(
     # Ports first: a port in use fails at once, before minutes of model loading.
     http_socket = bind(settings.host, settings.http_port)
     mgmt_socket = bind(settings.host, settings.management_port)
+    if settings.grpc_port:
+        bind(settings.host, settings.grpc_port).close()  # gRPC binds its own, once loaded
     store = SQLiteStore(settings.store)
     token = resolve_token(settings.token, store.root)
     inference = InferenceService(
@@ -103,6 +107,7 @@ def serve(
     mgmt = _uvicorn(build_management_app(management, token))
     info = ServerInfo(
         inference_url=_url(settings.host, http_socket),
+        grpc_address="",
         management_url=_url(settings.host, mgmt_socket),
         store=store.root,
         token_source="TORCHPORT_TOKEN" if settings.token else str(store.root / TOKEN_FILE),
@@ -113,6 +118,13 @@ def serve(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         servers = [http, mgmt]
+        grpc = GrpcServer(
+            inference,
+            token,
+            host=settings.host,
+            port=settings.grpc_port,
+            max_message_bytes=settings.max_request_bytes,
+        )
 
         def stop() -> None:
             for server in servers:
@@ -120,6 +132,7 @@ def serve(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
+        await grpc.start()
         tasks = [
             asyncio.create_task(http.serve(sockets=[http_socket])),
             asyncio.create_task(mgmt.serve(sockets=[mgmt_socket])),
@@ -127,10 +140,19 @@ def serve(
         while not all(server.started for server in servers) and not any(t.done() for t in tasks):
             await asyncio.sleep(0.005)
         if announce and all(server.started for server in servers):
-            announce(replace(info, seconds_to_ready=time.perf_counter() - started))
-        refresher = asyncio.create_task(_refresh(inference, servers))
-        await asyncio.gather(*tasks)
-        refresher.cancel()
+            announce(
+                replace(
+                    info,
+                    grpc_address=_address(settings.host, grpc.port),
+                    seconds_to_ready=time.perf_counter() - started,
+                )
+            )
+        refresher = asyncio.create_task(_refresh(inference, servers, grpc))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            refresher.cancel()
+            await grpc.stop(grace=10)
 
     try:
         _run(main())
@@ -155,17 +177,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _url(host: str, sock: socket.socket) -> str:
-    port = sock.getsockname()[1]
+    return f"http://{_address(host, sock.getsockname()[1])}"
+
+
+def _address(host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
-    return f"http://{shown}:{port}"
+    return f"{shown}:{port}"
 
 
-async def _refresh(inference: InferenceService, servers: list[_Server]) -> None:
+async def _refresh(inference: InferenceService, servers: list[_Server], grpc: GrpcServer) -> None:
     # Another process (`torchport store promote`, a second server) may change the store.
     while not any(s.should_exit for s in servers):
         await asyncio.sleep(REFRESH_SECONDS)
         try:
             await asyncio.to_thread(inference.refresh)
+            await grpc.update_health()
         except Exception:
             log.exception("refreshing aliases from the store failed")
 

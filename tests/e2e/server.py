@@ -28,6 +28,7 @@ class ServerProcess:
         self.packages = packages or []
         self.env = env
         self.http_port = free_port()
+        self.grpc_port = free_port()
         self.management_port = free_port()
         self.proc: subprocess.Popen[str] | None = None
         self.log = store.parent / f"server-{self.http_port}.log"
@@ -35,6 +36,10 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def management_url(self) -> str:
@@ -50,6 +55,7 @@ class ServerProcess:
             sys.executable, "-m", "torchport", "serve",
             "--store", str(self.store),
             "--http-port", str(self.http_port),
+            "--grpc-port", str(self.grpc_port),
             "--management-port", str(self.management_port),
             *map(str, self.packages),
         ]  # fmt: skip

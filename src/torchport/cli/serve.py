@@ -20,6 +20,7 @@ def serve_cmd(
     store: Annotated[Path | None, Opt(help="Store directory [env TORCHPORT_STORE].")] = None,
     host: Annotated[str | None, Opt(help="Address to bind (default 127.0.0.1).")] = None,
     http_port: Annotated[int | None, Opt(help="Inference port (default 8080).")] = None,
+    grpc_port: Annotated[int | None, Opt(help="gRPC inference port (default 8081).")] = None,
     management_port: Annotated[int | None, Opt(help="Management port (default 8082).")] = None,
     config: Annotated[Path | None, Opt(help="A TOML settings file.")] = None,
     examples: Annotated[
@@ -34,7 +35,12 @@ def serve_cmd(
     from torchport.settings import load_settings
 
     settings = load_settings(
-        config, store=store, host=host, http_port=http_port, management_port=management_port
+        config,
+        store=store,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        management_port=management_port,
     )
 
     def announce(info: ServerInfo) -> None:
@@ -43,6 +49,7 @@ def serve_cmd(
             f"  inference   {info.inference_url}   "
             "(OIP v2 /v2, KServe v1 /v1, TorchServe /predictions)"
         )
+        out.print(f"  grpc        {info.grpc_address}   (OIP v2 inference.GRPCInferenceService)")
         out.print(f"  management  {info.management_url}   (bearer token: {info.token_source})")
         served = ", ".join(f"{name} v{version}" for name, version in info.models) or "none yet"
         out.print(f"  models      {served}")

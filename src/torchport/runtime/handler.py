@@ -56,7 +56,8 @@ class Handler:
                     f"input '{name}' is BYTES: this package needs a handler that pre-processes it",
                     field=name,
                 )
-            tensors.append(torch.from_numpy(np.ascontiguousarray(array)))
+            # Writable: tensors from request bytes are read-only views, and torch would warn.
+            tensors.append(torch.from_numpy(np.require(array, requirements=["C", "W"])))
         return tuple(tensors)
 
     def inference(self, model_inputs: Any) -> Any:

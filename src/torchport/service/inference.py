@@ -51,6 +51,16 @@ class InferRequest:
     """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
 
 
+def timeout_parameter(parameters: dict[str, Any]) -> float | None:
+    """Seconds from the Open Inference Protocol's `timeout` parameter (µs), if given."""
+    micros = parameters.get("timeout")
+    if micros is None:
+        return None
+    if not isinstance(micros, int | float) or isinstance(micros, bool) or micros <= 0:
+        raise InvalidInput("parameter 'timeout' must be a positive number of µs", field="timeout")
+    return float(micros) / 1_000_000
+
+
 @dataclass(frozen=True)
 class InferResponse:
     model: str

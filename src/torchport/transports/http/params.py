@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from torchport.errors import InvalidInput
+from torchport.service.inference import timeout_parameter
 
 
 def model_and_version(request: Request) -> tuple[str, int | None]:
@@ -37,9 +38,4 @@ def timeout_seconds(request: Request, parameters: dict[str, object] | None = Non
         if not ms > 0:
             raise InvalidInput("X-Timeout-Ms must be positive", field="X-Timeout-Ms")
         return ms / 1000
-    micros = (parameters or {}).get("timeout")
-    if micros is None:
-        return None
-    if not isinstance(micros, int | float) or isinstance(micros, bool) or micros <= 0:
-        raise InvalidInput("parameter 'timeout' must be a positive number of µs", field="timeout")
-    return float(micros) / 1_000_000
+    return timeout_parameter(parameters or {})

@@ -1,0 +1,146 @@
+"""`inference.GRPCInferenceService`: the Open Inference Protocol over gRPC.
+
+Thin: each call converts the message (`convert`), calls the same inference service as
+REST, and converts back. Errors from the one error tree become gRPC status codes with the
+message naming the field; the model repository calls need the management token, sent as
+`authorization: Bearer <token>` metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from functools import wraps
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import grpc
+
+from torchport.errors import InvalidInput, NotFound, TorchportError
+from torchport.service.auth import check_bearer
+from torchport.service.inference import InferenceService, timeout_parameter
+from torchport.transports.grpc import convert
+from torchport.version import __version__
+
+log = logging.getLogger("torchport.grpc")
+
+EXTENSIONS = ["model_repository"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Method = Callable[[Any, Req, Context], Awaitable[Resp]]
+
+
+def answers_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
+    """Turn torchport's errors into their gRPC status; anything else is INTERNAL, logged,
+    with no internals in the message."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: Req, context: Context) -> Resp:
+        try:
+            return await method(self, request, context)
+        except TorchportError as exc:
+            metadata = [("torchport-error-code", exc.code)]
+            if exc.field:
+                metadata.append(("torchport-error-field", exc.field))
+            context.set_trailing_metadata(tuple(metadata))
+            await context.abort(convert.status_of(exc), exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("gRPC %s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable")  # abort() raises
+
+    return wrapper
+
+
+class InferenceServicer:
+    """One coroutine per method of the service; `convert.method_handlers` registers them."""
+
+    def __init__(self, service: InferenceService, token: str) -> None:
+        self.service = service
+        self.token = token
+
+    @answers_errors
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        return convert.server_live()
+
+    @answers_errors
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        return convert.server_ready(self.service.server_ready())
+
+    @answers_errors
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        version = convert.version_of(request.version, "version")
+        try:
+            ready = self.service.is_ready(_name(request.name), version)
+        except NotFound:
+            ready = False  # as clients expect: an unknown model is simply not ready
+        return convert.model_ready(ready)
+
+    @answers_errors
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
+        return convert.server_metadata("torchport", __version__, EXTENSIONS)
+
+    @answers_errors
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        model = _name(request.name)
+        version = convert.version_of(request.version, "version")
+        _, signature = self.service.signature(model, version)
+        versions = (
+            [str(version)]
+            if version is not None
+            else [str(v.version) for v in self.service.store.get_model(model).versions]
+        )
+        return convert.model_metadata(model, versions, signature)
+
+    @answers_errors
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        infer_request, raw = convert.decode_request(request)
+        timeout = timeout_parameter(infer_request.parameters)
+        remaining = context.time_remaining()  # the client's gRPC deadline, if it set one
+        if remaining is not None and (timeout is None or remaining < timeout):
+            timeout = max(0.0, remaining)
+        if timeout is not None:
+            infer_request = replace(infer_request, timeout_s=timeout)
+        response = await self.service.infer(infer_request)
+        return convert.encode_response(response, raw)
+
+    # -- the model repository extension (management token) ------------------------------
+
+    def _authorize(self, context: Context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        check_bearer(_text(metadata.get("authorization")), self.token)
+
+    @answers_errors
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
+        self._authorize(context)
+        states = await anyio.to_thread.run_sync(self.service.states)
+        return convert.repository_index(states, ready_only=request.ready)
+
+    @answers_errors
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        self._authorize(context)
+        await anyio.to_thread.run_sync(self.service.load_model, _name(request.model_name))
+        return convert.repository_loaded()
+
+    @answers_errors
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        self._authorize(context)
+        model = _name(request.model_name)
+        await anyio.to_thread.run_sync(self.service.store.get_model, model)  # 404 if unknown
+        self.service.unload(model)
+        return convert.repository_unloaded()
+
+
+def _name(name: str) -> str:
+    if not name:
+        raise InvalidInput("the model name is empty", field="name")
+    return name
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
