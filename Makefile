@@ -40,6 +40,7 @@ test: lint typecheck unit
 
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
 	$(BIN)/python benchmarks/load_latency.py
 	$(BIN)/python benchmarks/serve_ready.py
 	$(BIN)/python benchmarks/memory.py

@@ -269,6 +269,7 @@ def h2load(target: Started, connections: int, duration: float) -> dict[str, floa
     """Closed loop over HTTP/2 like `wrk`'s: `connections` connections, one request in
     flight on each; latencies from h2load's per-request log."""
     log = target.body.with_suffix(".log")
+    log.unlink(missing_ok=True)  # h2load appends to its log
     headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     base = ["h2load", "-t1", f"-c{connections}", "-m1", f"--data={target.body}", *headers]
     subprocess.run([*base, "-D1", target.url], capture_output=True, check=True)  # warm-up
