@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/serve_ready.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/latency_target.py
 
 # The gRPC messages' descriptors, compiled from the .proto (committed; a test checks they match).
 PROTO_DIR := src/torchport/transports/grpc/proto

@@ -291,7 +291,7 @@ def h2load(target: Started, connections: int, duration: float) -> dict[str, floa
     }
 
 
-def wrk(target: Started, connections: int, duration: float) -> dict[str, float]:
+def wrk(target: Started, connections: int, duration: float, script: Path = LUA) -> dict[str, float]:
     env = {**os.environ, "BODY_FILE": str(target.body), "CONTENT_TYPE": target.content_type}
     command = [
         "wrk",
@@ -302,11 +302,11 @@ def wrk(target: Started, connections: int, duration: float) -> dict[str, float]:
         "30s",
         "--latency",
         "-s",
-        str(LUA),
+        str(script),
         target.url,
     ]
     subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", "-d1s", "-s", str(LUA), target.url],
+        ["wrk", "-t1", f"-c{connections}", "-d1s", "-s", str(script), target.url],
         env=env,
         capture_output=True,
         check=True,

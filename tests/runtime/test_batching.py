@@ -106,21 +106,53 @@ def test_a_lone_request_does_not_wait_for_company(mlp_package: Path) -> None:
     batcher.close()
 
 
-def test_a_latency_target_shrinks_batches_that_are_too_slow(mlp_package: Path) -> None:
-    policy = BatchPolicy(max_batch_size=32, target_p99_ms=10)
-    batcher = BatchingRunner(open_runner(mlp_package), policy)
-    assert batcher.stats.batch_cap == 32
-    for _ in range(64):
-        batcher._record(0.050)  # 50 ms: over the target
-    assert batcher.stats.batch_cap == 16
-    for _ in range(64):
-        batcher._record(0.050)
+def test_a_latency_target_runs_the_largest_batch_that_fits_half_of_it(mlp_package: Path) -> None:
+    batcher = BatchingRunner(
+        open_runner(mlp_package), BatchPolicy(max_batch_size=64, target_p99_ms=100)
+    )
+    assert batcher.stats.batch_cap == 64  # nothing measured yet
+    service = batcher._service
+    service.observe(1, 0.010)
+    service.observe(8, 0.030)
+    batcher._resize()
+    assert batcher.stats.batch_cap == 16  # 8 rows take 30 ms ≤ 50 ms: try the next size
+    service.observe(16, 0.080)  # too slow for half the target
+    batcher._resize()
     assert batcher.stats.batch_cap == 8
-    for _ in range(64):
-        batcher._record(0.001)  # well under it, but nothing waits: no reason to grow
-    assert batcher.stats.batch_cap == 8
-    batcher.set_policy(BatchPolicy(max_batch_size=4, target_p99_ms=10))
-    assert batcher.stats.batch_cap == 4
+    service.observe(1, 0.200)
+    service.observe(8, 0.400)
+    service.observe(16, 0.800)
+    for _ in range(20):  # the moving averages catch up with a slower machine
+        service.observe(1, 0.200)
+    batcher._resize()
+    assert batcher.stats.batch_cap == 1
+    batcher.set_policy(BatchPolicy(max_batch_size=4, target_p99_ms=100))
+    assert batcher.stats.batch_cap == 1
+    batcher.close()
+
+
+def test_a_latency_target_refuses_what_it_cannot_serve_in_time(slow_package: Path) -> None:
+    # `slow` takes 200 ms a batch: with a 300 ms target, a request queued behind a full
+    # batch cannot make it, and is refused at once instead of answered late.
+    policy = BatchPolicy(max_batch_size=1, max_queue=64, target_p99_ms=300)
+    batcher = BatchingRunner(open_runner(slow_package), policy)
+    x = {"x": np.ones((1, 4), np.float32)}
+
+    async def main() -> list[object]:
+        await batcher.predict(x)  # measured: 200 ms for one row
+        return list(
+            await asyncio.gather(*(batcher.predict(x) for _ in range(6)), return_exceptions=True)
+        )
+
+    started = time.monotonic()
+    results = asyncio.run(main())
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, dict)]
+    assert refused
+    assert served
+    assert "latency target of 300 ms" in str(refused[0])
+    assert batcher.stats.shed == len(refused)
+    assert time.monotonic() - started < 0.2 * (len(served) + 1) + 0.5
     batcher.close()
 
 
@@ -131,7 +163,7 @@ def test_with_a_latency_target_results_stay_exact(mlp_package: Path) -> None:
         rng.standard_normal((int(rng.integers(1, 4)), 32)).astype(np.float32) for _ in range(200)
     ]
     want = [runner.predict({"input": x})["output"] for x in requests]
-    batcher = BatchingRunner(runner, BatchPolicy(max_batch_size=16, target_p99_ms=0.001))
+    batcher = BatchingRunner(runner, BatchPolicy(max_batch_size=16, target_p99_ms=10_000))
 
     async def main() -> list[np.ndarray]:
         results = await asyncio.gather(*(batcher.predict({"input": x}) for x in requests))
@@ -139,8 +171,7 @@ def test_with_a_latency_target_results_stay_exact(mlp_package: Path) -> None:
 
     for g, w in zip(asyncio.run(main()), want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    # An unreachable target drives batches down to single requests.
-    assert batcher.stats.batch_cap < 16
+    assert batcher.stats.shed == 0
     batcher.close()
 
 

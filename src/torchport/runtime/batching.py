@@ -45,9 +45,12 @@ class BatchPolicy:
     worker_kind: str = "thread"
     """Where a batch runs: a thread of this process, or a worker process (the runner's)."""
     target_p99_ms: float | None = None
-    """A latency target instead of knobs: the batcher sizes batches itself to keep the p99
-    of request latency under it (up to `max_batch_size`), and under load waits for company
-    a tenth of a batch's measured run time (at most a twentieth of the target)."""
+    """A latency target instead of knobs. The batcher measures how long batches of each
+    size take and runs the largest (up to `max_batch_size`) that takes at most half the
+    target, so a request that waits behind one batch and runs in the next still meets it;
+    a request that could not be served within the target, given the work already queued,
+    is refused at once (`Overloaded`) rather than queued to miss it. Under load it waits
+    for company a tenth of a batch's run time (at most a twentieth of the target)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class BatchStats:
     largest_batch: int = 0
     batch_cap: int = 0
     """The batch size the latency target allows now (`max_batch_size` without a target)."""
+    shed: int = 0
+    """Requests refused because the latency target could not be met."""
 
 
 class BatchingRunner:
@@ -113,7 +118,7 @@ class BatchingRunner:
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._executor_workers = 0
-        self._latencies: deque[float] = deque(maxlen=_WINDOW)
+        self._service = _ServiceTimes()
         self._cap = self.policy.max_batch_size
         self.stats.batch_cap = self._cap
         self._under_load = False
@@ -127,7 +132,7 @@ class BatchingRunner:
         self.policy = policy
         self._cap = policy.max_batch_size
         self.stats.batch_cap = self._cap
-        self._latencies.clear()
+        self._resize()
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -152,6 +157,7 @@ class BatchingRunner:
                 f"the queue of this model version is full ({self.policy.max_queue} requests "
                 "waiting); retry later"
             )
+        self._admit()
         loop = asyncio.get_running_loop()
         self._start(loop)
         if (
@@ -200,10 +206,8 @@ class BatchingRunner:
         rows = batch_size(inputs)
         self._running += 1
         self._running_rows += rows
-        arrived = time.monotonic()
         try:
             outputs = await self._call(inputs, alone=True)
-            self._record(time.monotonic() - arrived)
             self.stats.batches += 1
             self.stats.requests += 1
             self.stats.rows += rows
@@ -233,7 +237,11 @@ class BatchingRunner:
         outputs = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._predict, inputs, threads
         )
-        self._batch_seconds += 0.2 * (time.monotonic() - started - self._batch_seconds)
+        seconds = time.monotonic() - started
+        self._batch_seconds += 0.2 * (seconds - self._batch_seconds)
+        if self.policy.target_p99_ms is not None:
+            self._service.observe(batch_size(inputs), seconds)
+            self._resize()
         return outputs
 
     def _predict(self, inputs: Tensors, threads: int) -> Tensors:
@@ -242,28 +250,37 @@ class BatchingRunner:
             torch.set_num_threads(threads)
         return self.runner.predict(inputs)
 
-    def _record(self, seconds: float) -> None:
-        """Feed one request's latency to the latency-target controller.
-
-        Every full window of requests: over the target, halve the batch size; well under
-        it while requests queue up, grow it by a quarter (up to `max_batch_size`).
-        """
+    def _resize(self) -> None:
+        """With a latency target: the largest batch measured (or, one step past what has
+        been measured, tried) to run in half the target."""
         target = self.policy.target_p99_ms
         if target is None:
             return
-        self._latencies.append(seconds * 1000)
-        if len(self._latencies) < _WINDOW:
-            return
-        p99 = _p99(self._latencies)
-        cap = self._cap
-        if p99 > target:
-            cap = max(1, cap // 2)
-        elif p99 < 0.6 * target and self._queue:
-            cap = min(self.policy.max_batch_size, cap + max(1, cap // 4))
+        cap = self._service.largest_within(target / 2000, self.policy.max_batch_size)
         if cap != self._cap:
             self._cap = cap
             self.stats.batch_cap = cap
-            self._latencies.clear()  # measure the new size afresh
+
+    def _admit(self) -> None:
+        """With a latency target, refuse at once a request that would wait past it: the
+        rows queued ahead of it and its own, at the measured cost of a row in the largest
+        batch size measured within the cap, shared by the workers, plus one batch that
+        may be running."""
+        target = self.policy.target_p99_ms
+        if target is None or not self._queue:
+            return
+        measured = self._service.measured_within(self._cap)
+        if measured is None:
+            return
+        size, batch = measured
+        queued = sum(p.rows for p in self._queue)
+        wait = (queued + 1) * batch / size / self.policy.workers + batch
+        if wait * 1000 > target:
+            self.stats.shed += 1
+            raise Overloaded(
+                f"this model version cannot answer within its latency target of {target:g} ms "
+                f"now ({queued} rows queued, about {batch * 1000:.0f} ms a batch); retry later"
+            )
 
     def _rows(self, outputs: Tensors, request: _Pending, start: int, total: int) -> Tensors:
         """One request's rows of a batch's outputs, padding cut back to its own lengths."""
@@ -407,9 +424,7 @@ class BatchingRunner:
         self.stats.rows += total
         self.stats.largest_batch = max(self.stats.largest_batch, total)
         offset = 0
-        done = time.monotonic()
         for p in batch:
-            self._record(done - p.arrived)
             if not p.future.done():
                 try:
                     p.future.set_result(self._rows(outputs, p, offset, total))
@@ -418,12 +433,57 @@ class BatchingRunner:
             offset += p.rows
 
 
-_WINDOW = 64
+class _ServiceTimes:
+    """How long batches take, by size (powers of two), as moving averages."""
 
+    def __init__(self) -> None:
+        self._by_size: dict[int, float] = {}
 
-def _p99(values: deque[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    @staticmethod
+    def _bucket(rows: int) -> int:
+        return 1 << max(0, (rows - 1).bit_length())
+
+    def observe(self, rows: int, seconds: float) -> None:
+        bucket = self._bucket(rows)
+        known = self._by_size.get(bucket)
+        self._by_size[bucket] = seconds if known is None else known + 0.2 * (seconds - known)
+
+    def measured_within(self, rows: int) -> tuple[int, float] | None:
+        """The largest measured size up to `rows` and its time (None before any)."""
+        sizes = [size for size in self._by_size if size <= rows]
+        if not sizes:
+            return None
+        size = max(sizes)
+        return size, self._by_size[size]
+
+    def estimate(self, rows: int) -> float:
+        """A size's time: measured, else interpolated between the sizes measured around
+        it (linear in rows), else scaled from the largest measured."""
+        known = sorted(self._by_size.items())
+        below = [(n, s) for n, s in known if n <= rows]
+        above = [(n, s) for n, s in known if n >= rows]
+        if below and above:
+            (n0, s0), (n1, s1) = below[-1], above[0]
+            return s0 if n1 == n0 else s0 + (s1 - s0) * (rows - n0) / (n1 - n0)
+        if above:
+            return above[0][1]
+        n0, s0 = below[-1]
+        return s0 * rows / n0
+
+    def largest_within(self, budget: float, most: int) -> int:
+        """The largest size (a power of two) estimated to run within `budget` seconds; one
+        size past the largest measured is tried, so the measurements grow with the load."""
+        if not self._by_size:
+            return most
+        largest = max(self._by_size)
+        best, size = 1, 1
+        while size <= min(most, 2 * largest):
+            if size <= largest and self.estimate(size) > budget:
+                break
+            if size > largest and self._by_size[largest] > budget:
+                break
+            best, size = size, size * 2
+        return max(1, min(most, best))
 
 
 def _stack(arrays: list[np.ndarray], pad_value: float | None) -> np.ndarray:
