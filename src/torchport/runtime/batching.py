@@ -2,9 +2,10 @@
 
 `BatchingRunner` wraps a `Runner` (whose `predict` always receives a batch) and knows
 nothing else about it. Requests whose inputs agree on every non-batch axis are packed
-along axis 0, run together, and the outputs are split back by row. A request never waits
-for company while a worker is idle and nothing else is running: the delay is paid only
-when there is load to batch, so batching costs no latency at low load.
+along axis 0, run together, and the outputs are split back by row. A request waits for
+company only under load (a batch running, or the last batch shared): at low load it runs
+at once, so batching costs no latency. With several workers each batch takes a fair share
+of the rows in the system, so the workers run batches of similar size side by side.
 
 Inputs whose signature declares a `pad_value` may differ in length on their dynamic axes:
 they are padded to the longest in the batch, and outputs declared `padded_like` such an
@@ -29,6 +30,7 @@ import torch
 
 from torchport.errors import DeadlineExceeded, Overloaded, TorchportError
 from torchport.runtime.runner import Runner
+from torchport.runtime.service_times import ServiceTimes
 from torchport.types import Tensors, batch_size
 
 
@@ -118,7 +120,7 @@ class BatchingRunner:
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._executor_workers = 0
-        self._service = _ServiceTimes()
+        self._service = ServiceTimes()
         self._cap = self.policy.max_batch_size
         self.stats.batch_cap = self._cap
         self._under_load = False
@@ -431,59 +433,6 @@ class BatchingRunner:
                 except TorchportError as exc:
                     p.future.set_exception(exc)
             offset += p.rows
-
-
-class _ServiceTimes:
-    """How long batches take, by size (powers of two), as moving averages."""
-
-    def __init__(self) -> None:
-        self._by_size: dict[int, float] = {}
-
-    @staticmethod
-    def _bucket(rows: int) -> int:
-        return 1 << max(0, (rows - 1).bit_length())
-
-    def observe(self, rows: int, seconds: float) -> None:
-        bucket = self._bucket(rows)
-        known = self._by_size.get(bucket)
-        self._by_size[bucket] = seconds if known is None else known + 0.2 * (seconds - known)
-
-    def measured_within(self, rows: int) -> tuple[int, float] | None:
-        """The largest measured size up to `rows` and its time (None before any)."""
-        sizes = [size for size in self._by_size if size <= rows]
-        if not sizes:
-            return None
-        size = max(sizes)
-        return size, self._by_size[size]
-
-    def estimate(self, rows: int) -> float:
-        """A size's time: measured, else interpolated between the sizes measured around
-        it (linear in rows), else scaled from the largest measured."""
-        known = sorted(self._by_size.items())
-        below = [(n, s) for n, s in known if n <= rows]
-        above = [(n, s) for n, s in known if n >= rows]
-        if below and above:
-            (n0, s0), (n1, s1) = below[-1], above[0]
-            return s0 if n1 == n0 else s0 + (s1 - s0) * (rows - n0) / (n1 - n0)
-        if above:
-            return above[0][1]
-        n0, s0 = below[-1]
-        return s0 * rows / n0
-
-    def largest_within(self, budget: float, most: int) -> int:
-        """The largest size (a power of two) estimated to run within `budget` seconds; one
-        size past the largest measured is tried, so the measurements grow with the load."""
-        if not self._by_size:
-            return most
-        largest = max(self._by_size)
-        best, size = 1, 1
-        while size <= min(most, 2 * largest):
-            if size <= largest and self.estimate(size) > budget:
-                break
-            if size > largest and self._by_size[largest] > budget:
-                break
-            best, size = size, size * 2
-        return max(1, min(most, best))
 
 
 def _stack(arrays: list[np.ndarray], pad_value: float | None) -> np.ndarray:
