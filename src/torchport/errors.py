@@ -19,6 +19,8 @@ class TorchportError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.counted = False
+        """Whether the request it refused is already in the server's metrics."""
 
     def __str__(self) -> str:
         return self.message

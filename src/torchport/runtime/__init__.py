@@ -1,6 +1,6 @@
 """Loading packages into runnable models, and the `Runner` interface every path shares."""
 
-from torchport.runtime.batching import BatchingRunner, BatchPolicy, ThreadBudget
+from torchport.runtime.batching import BatchingRunner, BatchObserver, BatchPolicy, ThreadBudget
 from torchport.runtime.handler import Handler, HandlerContext, name_outputs
 from torchport.runtime.process_pool import ProcessPoolRunner
 from torchport.runtime.runner import (
@@ -14,6 +14,7 @@ from torchport.runtime.runner import (
 )
 
 __all__ = [
+    "BatchObserver",
     "BatchPolicy",
     "BatchingRunner",
     "Handler",

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -71,6 +72,14 @@ class ThreadBudget:
         return max(self.per_batch, self.cores // workers)
 
 
+class BatchObserver(Protocol):
+    """Told of every batch run and every request's wait (metrics)."""
+
+    def batch(self, rows: int, seconds: float) -> None: ...
+
+    def waited(self, seconds: float) -> None: ...
+
+
 @dataclass(eq=False)
 class _Pending:
     inputs: Tensors
@@ -106,8 +115,10 @@ class BatchingRunner:
         runner: Runner,
         policy: BatchPolicy | None = None,
         threads: ThreadBudget | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.runner = runner
+        self.observer = observer
         self.policy = policy or BatchPolicy()
         self.threads = threads
         """None: torch's thread settings are left as they are (e.g. worker processes)."""
@@ -208,6 +219,8 @@ class BatchingRunner:
         rows = batch_size(inputs)
         self._running += 1
         self._running_rows += rows
+        if self.observer is not None:
+            self.observer.waited(0.0)
         try:
             outputs = await self._call(inputs, alone=True)
             self.stats.batches += 1
@@ -241,6 +254,8 @@ class BatchingRunner:
         )
         seconds = time.monotonic() - started
         self._batch_seconds += 0.2 * (seconds - self._batch_seconds)
+        if self.observer is not None:
+            self.observer.batch(batch_size(inputs), seconds)
         if self.policy.target_p99_ms is not None:
             self._service.observe(batch_size(inputs), seconds)
             self._resize()
@@ -400,6 +415,10 @@ class BatchingRunner:
 
     async def _run(self, batch: list[_Pending], *, alone: bool) -> None:
         total = sum(p.rows for p in batch)
+        if self.observer is not None:
+            now = time.monotonic()
+            for p in batch:
+                self.observer.waited(now - p.arrived)
         try:
             if len(batch) == 1:
                 inputs = batch[0].inputs

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import queue
 import threading
+from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -204,8 +205,10 @@ class ProcessPoolRunner:
         torch_threads: int = 0,
         *,
         compile: bool = False,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.package = package
+        self.on_restart = on_restart
         self.limits = limits
         self.torch_threads = torch_threads
         """Intra-op threads of each worker process (0: torch's default)."""
@@ -251,6 +254,8 @@ class ProcessPoolRunner:
                 self._all.remove(dead)
         dead.kill()
         log.warning("worker process %s died; starting another", dead.pid)
+        if self.on_restart is not None:
+            self.on_restart()
 
         def restart() -> None:
             if self._closed:

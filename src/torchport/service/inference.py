@@ -24,6 +24,7 @@ import anyio.to_thread
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unavailable
 from torchport.runtime import (
     BatchingRunner,
+    BatchObserver,
     BatchPolicy,
     LocalRunner,
     PackageRunner,
@@ -31,6 +32,7 @@ from torchport.runtime import (
     ThreadBudget,
     open_runner,
 )
+from torchport.service.metrics import Metrics, VersionGauges
 from torchport.settings import Limits
 from torchport.store import ModelStore, VersionInfo
 from torchport.types import Signature, Tensors
@@ -47,6 +49,8 @@ class InferRequest:
     """Names of the outputs wanted, in order; all of them when None."""
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "python"
+    """The protocol the request came in by (a metrics label)."""
     timeout_s: float | None = None
     """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
 
@@ -77,12 +81,13 @@ class LoadedVersion:
     load_seconds: float
     threads: ThreadBudget | None = None
     compiled: bool = False
+    observer: BatchObserver | None = None
     batcher: BatchingRunner = field(init=False)
     inflight: int = 0
     retired: bool = False
 
     def __post_init__(self) -> None:
-        self.batcher = BatchingRunner(self.runner, BatchPolicy(), self.threads)
+        self.batcher = BatchingRunner(self.runner, BatchPolicy(), self.threads, self.observer)
 
     @property
     def signature(self) -> Signature:
@@ -125,6 +130,8 @@ class InferenceService:
         self._unloaded: set[str] = set()
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self.started = False
+        self.metrics = Metrics()
+        self.metrics.watch(self._gauges)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -207,15 +214,30 @@ class InferenceService:
         policy = self._policy(model, version, runner)
         serving: PackageRunner = runner
         threads = self.threads
+        labels = (model, str(version))
         if policy.worker_kind == "process":
             threads = None  # each worker process sets its own
             # The in-process load verified the package; the workers each load their own.
             path = self.store.package_path(self.store.get_version(model, version))
             serving = ProcessPoolRunner(
-                path, self.limits, policy.workers, self.torch_threads, compile=runner.compiled
+                path,
+                self.limits,
+                policy.workers,
+                self.torch_threads,
+                compile=runner.compiled,
+                on_restart=self.metrics.worker_restarts.labels(*labels).inc,
             )
             runner.close()
-        loaded = LoadedVersion(model, version, serving, load_seconds, threads, runner.compiled)
+        self.metrics.load_seconds.labels(*labels).set(load_seconds)
+        loaded = LoadedVersion(
+            model,
+            version,
+            serving,
+            load_seconds,
+            threads,
+            runner.compiled,
+            self.metrics.observer(model, version),
+        )
         loaded.batcher.set_policy(policy)
         return loaded
 
@@ -373,6 +395,65 @@ class InferenceService:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Check the inputs against the signature, run the model, select the outputs."""
+        started = time.perf_counter()
+        try:
+            response = await self._infer(request)
+        except TorchportError as exc:
+            self._count(request.model, request.version, request.protocol, exc.code, started)
+            exc.counted = True
+            raise
+        self._count(request.model, response.version, request.protocol, "ok", started)
+        return response
+
+    def refused(self, model: str, version: int | None, protocol: str, exc: TorchportError) -> None:
+        """Count a request a transport refused before it reached `infer` (once)."""
+        if not exc.counted:
+            self._count(model, version, protocol, exc.code, time.perf_counter())
+            exc.counted = True
+
+    def _count(
+        self, model: str, version: int | None, protocol: str, outcome: str, started: float
+    ) -> None:
+        # Labels stay bounded: a model or version the store does not hold is counted as "".
+        if not self._known(model):
+            model, version = "", None
+        if model and version is None:
+            with self._lock:
+                version = self._defaults.get(model)
+        if version is not None and not self._known(model, version):
+            version = None
+        labels = (model, "" if version is None else str(version), protocol)
+        self.metrics.requests.labels(*labels, outcome).inc()
+        self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+    def _known(self, model: str, version: int | None = None) -> bool:
+        with self._lock:
+            if version is None:
+                return model in self._defaults or any(m == model for m, _ in self._loaded)
+            return (model, version) in self._loaded
+
+    def _gauges(self) -> list[VersionGauges]:
+        with self._lock:
+            loaded = list(self._loaded.values())
+        out = []
+        for v in loaded:
+            policy = v.batcher.policy
+            workers = (
+                len(v.runner.pids) if isinstance(v.runner, ProcessPoolRunner) else policy.workers
+            )
+            out.append(
+                VersionGauges(
+                    v.model,
+                    v.version,
+                    v.batcher.queued,
+                    v.batcher.running,
+                    policy.worker_kind,
+                    workers,
+                )
+            )
+        return out
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         loaded = self._acquire_loaded(request.model, request.version)
         if loaded is None:  # the first request for a version loads it, off the event loop
             loaded = await anyio.to_thread.run_sync(self.acquire, request.model, request.version)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
 from torchport.archive import Manifest, RuntimeDefaults
 from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import describe_validation_error
-from torchport.errors import InvalidInput, ModelLoadError, NotFound, TooLarge
+from torchport.errors import InvalidInput, ModelLoadError, NotFound, TooLarge, TorchportError
 from torchport.runtime import LocalRunner, check_examples, open_runner
 from torchport.service.inference import InferenceService
 from torchport.settings import Limits
@@ -33,6 +34,36 @@ class UploadReport:
     manifest: Manifest
     load_seconds: float
     default: int | None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _counted(
+    operation: str,
+) -> Callable[[Callable[Concatenate[Management, P], R]], Callable[Concatenate[Management, P], R]]:
+    """Count the operation in the server's metrics, by outcome (ok or the error code)."""
+
+    def wrap(
+        method: Callable[Concatenate[Management, P], R],
+    ) -> Callable[Concatenate[Management, P], R]:
+        def counted(self: Management, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            metrics = self.inference.metrics if self.inference is not None else None
+            try:
+                result = method(self, *args, **kwargs)
+            except TorchportError as exc:
+                if metrics is not None:
+                    metrics.management.labels(operation, exc.code).inc()
+                raise
+            if metrics is not None:
+                metrics.management.labels(operation, "ok").inc()
+            return result
+
+        counted.__name__, counted.__doc__ = method.__name__, method.__doc__
+        return counted
+
+    return wrap
 
 
 class Management:
@@ -48,6 +79,7 @@ class Management:
         self.limits = limits or Limits()
         self.inference = inference
 
+    @_counted("upload")
     def upload(
         self,
         package: Path,
@@ -107,6 +139,7 @@ class Management:
                 return None
         return self.upload(package, actor=actor)
 
+    @_counted("promote")
     def promote(self, name: str, version: int, *, actor: str = "local") -> ModelInfo:
         self.store.get_version(name, version)
         if self.inference is not None:
@@ -115,6 +148,7 @@ class Management:
         self._go_live(info)
         return info
 
+    @_counted("rollback")
     def rollback(self, name: str, *, actor: str = "local") -> ModelInfo:
         previous = self.store.get_model(name).previous
         if self.inference is not None and previous is not None:
@@ -123,11 +157,13 @@ class Management:
         self._go_live(info)
         return info
 
+    @_counted("delete")
     def delete(self, name: str, version: int, *, actor: str = "local") -> None:
         self.store.delete_version(name, version, actor=actor)
         if self.inference is not None:
             self.inference.unload(name, version)
 
+    @_counted("config")
     def set_config(
         self, name: str, version: int, config: dict[str, Any], *, actor: str = "local"
     ) -> VersionInfo:

@@ -173,6 +173,7 @@ def decode_request(request: Any) -> tuple[InferRequest, bool]:
             outputs=outputs,
             id=request.id or None,
             parameters=parameters_of(request.parameters),
+            protocol="oip_grpc",
         ),
         bool(raw),
     )

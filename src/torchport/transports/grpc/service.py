@@ -99,6 +99,13 @@ class InferenceServicer:
 
     @answers_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
+        try:
+            return await self._infer(request, context)
+        except TorchportError as exc:
+            self.service.refused(request.model_name, None, "oip_grpc", exc)
+            raise
+
+    async def _infer(self, request: Any, context: Context) -> Any:
         infer_request, raw = convert.decode_request(request)
         timeout = timeout_parameter(infer_request.parameters)
         remaining = context.time_remaining()  # the client's gRPC deadline, if it set one

@@ -64,7 +64,11 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
         inputs = instances_to_inputs(doc["instances"], signature)
         response = await service.infer(
             InferRequest(
-                model=model, version=version, inputs=inputs, timeout_s=timeout_seconds(request)
+                model=model,
+                version=version,
+                inputs=inputs,
+                protocol="kserve_v1",
+                timeout_s=timeout_seconds(request),
             )
         )
         return json_response({"predictions": outputs_to_predictions(response.outputs)})

@@ -78,6 +78,7 @@ def decode_request(
         outputs=outputs,
         id=request_id,
         parameters=parameters,
+        protocol="oip_rest",
     )
     all_binary = parameters.get("binary_data_output") is True
     return request, OutputFormat(all_binary=all_binary, binary=frozenset(binary_names))

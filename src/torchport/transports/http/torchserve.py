@@ -60,7 +60,11 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
         inputs, single = body_to_inputs(body, request.headers.get("content-type", ""), signature)
         response = await service.infer(
             InferRequest(
-                model=model, version=version, inputs=inputs, timeout_s=timeout_seconds(request)
+                model=model,
+                version=version,
+                inputs=inputs,
+                protocol="torchserve",
+                timeout_s=timeout_seconds(request),
             )
         )
         if not single:

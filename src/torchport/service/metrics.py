@@ -1,0 +1,148 @@
+"""Prometheus metrics of one server: requests, latencies, batches, queues, workers, loads,
+management operations.
+
+Transport-neutral: the inference and management services record here; a transport only
+serves `exposition()`. Names follow Prometheus conventions (`torchport_` prefix, seconds,
+`_total` counters); labels are bounded: models and versions the store holds (an unknown
+model is counted as model ""), protocols, outcome codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True)
+class VersionGauges:
+    """What a loaded version reports at scrape time."""
+
+    model: str
+    version: int
+    queued: int
+    running: int
+    worker_kind: str
+    workers: int
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "torchport_requests",
+            "Inference requests answered, by outcome (ok, or the error code).",
+            ["model", "version", "protocol", "outcome"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "torchport_request_duration_seconds",
+            "Time from a request reaching the inference service to its answer.",
+            ["model", "version", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "torchport_queue_wait_seconds",
+            "Time a request waited for its batch to start.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "torchport_inference_duration_seconds",
+            "Time a batch took to run (pre-processing, model, post-processing).",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "torchport_batch_size",
+            "Rows in each batch run.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "torchport_model_load_seconds",
+            "Time the version took to load (verify, unpack, build, warm up).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "torchport_worker_restarts",
+            "Worker processes that died and were replaced.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.management = Counter(
+            "torchport_management_operations",
+            "Management operations, by outcome (ok, or the error code).",
+            ["operation", "outcome"],
+            registry=r,
+        )
+
+    def watch(self, versions: Callable[[], Iterable[VersionGauges]]) -> None:
+        """Report queue depth and workers of the loaded versions at each scrape."""
+        self.registry.register(_VersionCollector(versions))
+
+    def observer(self, model: str, version: int) -> BatchObserver:
+        return BatchObserver(self, model, str(version))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class BatchObserver:
+    """Records a version's batches and waits; the batcher calls it (no prometheus there)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._batch = metrics.batch_rows.labels(model, version)
+        self._inference = metrics.inference_seconds.labels(model, version)
+        self._queue = metrics.queue_seconds.labels(model, version)
+
+    def batch(self, rows: int, seconds: float) -> None:
+        self._batch.observe(rows)
+        self._inference.observe(seconds)
+
+    def waited(self, seconds: float) -> None:
+        self._queue.observe(seconds)
+
+
+class _VersionCollector(Collector):
+    def __init__(self, versions: Callable[[], Iterable[VersionGauges]]) -> None:
+        self._versions = versions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        queued = GaugeMetricFamily(
+            "torchport_queue_depth", "Requests waiting for a batch.", labels=["model", "version"]
+        )
+        running = GaugeMetricFamily(
+            "torchport_batches_running", "Batches running now.", labels=["model", "version"]
+        )
+        workers = GaugeMetricFamily(
+            "torchport_workers",
+            "Workers of each loaded version (threads, or live worker processes).",
+            labels=["model", "version", "kind"],
+        )
+        for v in self._versions():
+            labels = [v.model, str(v.version)]
+            queued.add_metric(labels, v.queued)
+            running.add_metric(labels, v.running)
+            workers.add_metric([*labels, v.worker_kind], v.workers)
+        yield from (queued, running, workers)

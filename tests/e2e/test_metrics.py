@@ -1,0 +1,106 @@
+"""Prometheus metrics: after known traffic, the counters and histograms say exactly that."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.server import ServerProcess, oip_body
+
+
+@pytest.fixture(scope="module")
+def mserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
+    store = tmp_path_factory.mktemp("metrics") / "store"
+    proc = ServerProcess(store, [mlp_package]).start()
+    yield proc
+    proc.stop()
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = httpx.get(f"{server.url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_counters_and_histograms_match_the_traffic_sent(mserver: ServerProcess) -> None:
+    before = scrape(mserver)
+    x2 = np.ones((2, 32), np.float32)
+    for _ in range(5):
+        r = httpx.post(f"{mserver.url}/v2/models/mlp/infer", json=oip_body("input", x2))
+        assert r.status_code == 200
+    for _ in range(3):
+        r = httpx.post(f"{mserver.url}/v1/models/mlp:predict", json={"instances": [[0.1] * 32]})
+        assert r.status_code == 200
+    with triton_grpc.InferenceServerClient(mserver.grpc_address) as client:
+        for _ in range(2):
+            tensor = triton_grpc.InferInput("input", [1, 32], "FP32")
+            tensor.set_data_from_numpy(np.zeros((1, 32), np.float32))
+            client.infer("mlp", [tensor])
+    bad = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "INT64", "data": [1] * 32}]}
+    for _ in range(2):
+        assert httpx.post(f"{mserver.url}/v2/models/mlp/infer", json=bad).status_code == 400
+    unknown = httpx.post(f"{mserver.url}/v2/models/nope/infer", json=oip_body("input", x2))
+    assert unknown.status_code == 404
+    assert (
+        httpx.put(
+            f"{mserver.management_url}/models/mlp/default",
+            json={"version": 1},
+            headers=mserver.auth,
+        ).status_code
+        == 200
+    )
+    assert (
+        httpx.put(
+            f"{mserver.management_url}/models/nope/default",
+            json={"version": 1},
+            headers=mserver.auth,
+        ).status_code
+        == 404
+    )
+    after = scrape(mserver)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    mlp = {"model": "mlp", "version": "1"}
+    assert delta("torchport_requests_total", **mlp, protocol="oip_rest", outcome="ok") == 5
+    assert delta("torchport_requests_total", **mlp, protocol="kserve_v1", outcome="ok") == 3
+    assert delta("torchport_requests_total", **mlp, protocol="oip_grpc", outcome="ok") == 2
+    assert (
+        delta("torchport_requests_total", **mlp, protocol="oip_rest", outcome="invalid_input") == 2
+    )
+    # An unknown model name is not a label value: cardinality stays bounded.
+    nope = {"model": "", "version": "", "protocol": "oip_rest", "outcome": "not_found"}
+    assert delta("torchport_requests_total", **nope) == 1
+    assert delta("torchport_request_duration_seconds_count", **mlp, protocol="oip_rest") == 7
+    # Only valid requests reach the batcher: 5 of 2 rows, 3 + 2 of 1 row.
+    assert delta("torchport_queue_wait_seconds_count", **mlp) == 10
+    assert delta("torchport_batch_size_sum", **mlp) == 15
+    assert delta("torchport_inference_duration_seconds_count", **mlp) == delta(
+        "torchport_batch_size_count", **mlp
+    )
+    assert delta("torchport_management_operations_total", operation="promote", outcome="ok") == 1
+    assert (
+        delta("torchport_management_operations_total", operation="promote", outcome="not_found")
+        == 1
+    )
+    assert value(after, "torchport_queue_depth", **mlp) == 0
+    assert value(after, "torchport_workers", **mlp, kind="thread") >= 1
+    assert value(after, "torchport_model_load_seconds", **mlp) > 0
