@@ -21,6 +21,7 @@ from torchport.examples import register_examples
 from torchport.service import Management
 from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.inference import InferenceService
+from torchport.service.logs import configure_logging
 from torchport.settings import Settings, available_cores
 from torchport.store import SQLiteStore
 from torchport.transports.grpc import GrpcServer
@@ -75,6 +76,7 @@ def serve(
     """Run the model server until SIGINT or SIGTERM. Blocks."""
     started = time.perf_counter()
     say = progress or (lambda _m: None)
+    configure_logging(settings.log_format, settings.access_log)
     if settings.torch_threads:
         import torch
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     Versions get cores ÷ this many workers unless they say otherwise: on CPU, batches
     running side by side serve more than one batch spread over every core (see README)."""
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object a line, for log collectors."""
+    access_log: bool = False
+    """Log one line per inference request (request id, model, version, outcome, timings)."""
     limits: Limits = Field(default_factory=Limits)
 
 

@@ -104,3 +104,29 @@ def test_counters_and_histograms_match_the_traffic_sent(mserver: ServerProcess) 
     assert value(after, "torchport_queue_depth", **mlp) == 0
     assert value(after, "torchport_workers", **mlp, kind="thread") >= 1
     assert value(after, "torchport_model_load_seconds", **mlp) > 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_grafana_dashboard_and_scrape_config_use_what_the_server_exports(
+    mserver: ServerProcess,
+) -> None:
+    import json
+    import re
+
+    import yaml
+
+    text = httpx.get(f"{mserver.url}/metrics").text
+    families = {f.name for f in text_string_to_metric_families(text)}
+    dashboard = json.loads((ROOT / "deploy/grafana/torchport.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        for name in re.findall(r"torchport_[a-z_]+", expr):
+            family = re.sub(r"_(bucket|sum|count|total)$", "", name)
+            assert family in families, f"{name} in {expr!r} is not exported"
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["127.0.0.1:8080"]

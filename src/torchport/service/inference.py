@@ -32,6 +32,7 @@ from torchport.runtime import (
     ThreadBudget,
     open_runner,
 )
+from torchport.service.logs import new_request_id, request_id, requests_log
 from torchport.service.metrics import Metrics, VersionGauges
 from torchport.settings import Limits
 from torchport.store import ModelStore, VersionInfo
@@ -396,6 +397,8 @@ class InferenceService:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Check the inputs against the signature, run the model, select the outputs."""
         started = time.perf_counter()
+        if request_id.get() is None:  # no X-Request-ID: the OIP id, or a new one
+            request_id.set(new_request_id(request.id))
         try:
             response = await self._infer(request)
         except TorchportError as exc:
@@ -423,8 +426,21 @@ class InferenceService:
         if version is not None and not self._known(model, version):
             version = None
         labels = (model, "" if version is None else str(version), protocol)
+        seconds = time.perf_counter() - started
         self.metrics.requests.labels(*labels, outcome).inc()
-        self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - started)
+        self.metrics.request_seconds.labels(*labels).observe(seconds)
+        if requests_log.isEnabledFor(logging.INFO):
+            requests_log.info(
+                "request",
+                extra={
+                    "request_id": request_id.get(),
+                    "model": labels[0],
+                    "version": labels[1],
+                    "protocol": protocol,
+                    "outcome": outcome,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
+            )
 
     def _known(self, model: str, version: int | None = None) -> bool:
         with self._lock:

@@ -20,12 +20,14 @@ import grpc
 from torchport.errors import InvalidInput, NotFound, TorchportError
 from torchport.service.auth import check_bearer
 from torchport.service.inference import InferenceService, timeout_parameter
+from torchport.service.logs import new_request_id, request_id
 from torchport.transports.grpc import convert
 from torchport.version import __version__
 
 log = logging.getLogger("torchport.grpc")
 
 EXTENSIONS = ["model_repository"]
+REQUEST_ID_KEY = "x-request-id"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
@@ -43,6 +45,8 @@ def answers_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
             return await method(self, request, context)
         except TorchportError as exc:
             metadata = [("torchport-error-code", exc.code)]
+            if request_id.get():
+                metadata.append((REQUEST_ID_KEY, request_id.get() or ""))
             if exc.field:
                 metadata.append(("torchport-error-field", exc.field))
             context.set_trailing_metadata(tuple(metadata))
@@ -99,11 +103,15 @@ class InferenceServicer:
 
     @answers_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
+        given = _text(dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY))
+        request_id.set(new_request_id(given) if given else None)
         try:
-            return await self._infer(request, context)
+            response = await self._infer(request, context)
         except TorchportError as exc:
             self.service.refused(request.model_name, None, "oip_grpc", exc)
             raise
+        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id.get() or ""),))
+        return response
 
     async def _infer(self, request: Any, context: Context) -> Any:
         infer_request, raw = convert.decode_request(request)

@@ -9,28 +9,38 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import TorchportError
 from torchport.service.inference import InferenceService
+from torchport.service.logs import new_request_id, request_id
 from torchport.service.metrics import CONTENT_TYPE
 from torchport.transports.http import kserve_v1, oip, torchserve
-from torchport.transports.http.errors import HANDLERS
+from torchport.transports.http.errors import HANDLERS, error_response
+
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
-def _counting(service: InferenceService, route: BaseRoute, protocol: str) -> BaseRoute:
-    """The route, counting in the metrics the requests it refuses before inference."""
+def _observed(service: InferenceService, route: BaseRoute, protocol: str) -> BaseRoute:
+    """An inference route with a request id (`X-Request-ID` in, and back on the answer)
+    and the requests it refuses before inference counted in the metrics."""
     if not isinstance(route, Route) or "POST" not in (route.methods or ()):
         return route
     endpoint = route.endpoint
 
-    async def counted(request: Request) -> Response:
+    async def observed(request: Request) -> Response:
+        given = request.headers.get(REQUEST_ID_HEADER)
+        token = request_id.set(new_request_id(given) if given else None)
         try:
-            response: Response = await endpoint(request)
+            try:
+                response: Response = await endpoint(request)
+            except TorchportError as exc:
+                version = request.path_params.get("version")
+                wanted = int(version) if version and version.isdigit() else None
+                service.refused(request.path_params.get("model", ""), wanted, protocol, exc)
+                response = error_response(exc)
+            response.headers[REQUEST_ID_HEADER] = request_id.get() or new_request_id()
             return response
-        except TorchportError as exc:
-            version = request.path_params.get("version")
-            wanted = int(version) if version and version.isdigit() else None
-            service.refused(request.path_params.get("model", ""), wanted, protocol, exc)
-            raise
+        finally:
+            request_id.reset(token)
 
-    return Route(route.path, counted, methods=list(route.methods or ()))
+    return Route(route.path, observed, methods=list(route.methods or ()))
 
 
 def build_inference_app(service: InferenceService, *, max_body: int) -> Starlette:
@@ -39,8 +49,8 @@ def build_inference_app(service: InferenceService, *, max_body: int) -> Starlett
 
     routes = [
         Route("/metrics", metrics),
-        *(_counting(service, r, "oip_rest") for r in oip.routes(service, max_body)),
-        *(_counting(service, r, "kserve_v1") for r in kserve_v1.routes(service, max_body)),
-        *(_counting(service, r, "torchserve") for r in torchserve.routes(service, max_body)),
+        *(_observed(service, r, "oip_rest") for r in oip.routes(service, max_body)),
+        *(_observed(service, r, "kserve_v1") for r in kserve_v1.routes(service, max_body)),
+        *(_observed(service, r, "torchserve") for r in torchserve.routes(service, max_body)),
     ]
     return Starlette(routes=routes, exception_handlers=dict(HANDLERS))

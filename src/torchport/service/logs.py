@@ -1,0 +1,61 @@
+"""Logs: one line per inference request (when enabled), as text or JSON, with request ids.
+
+A transport sets the request id (`X-Request-ID`, gRPC `x-request-id` metadata, the OIP
+`id`, or a new one) in `request_id` for the request's task; the inference service logs the
+request's line with it, and the transport returns it to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any, Literal
+
+import orjson
+
+request_id: ContextVar[str | None] = ContextVar("torchport_request_id", default=None)
+requests_log = logging.getLogger("torchport.requests")
+
+# Attributes every LogRecord has; anything else was passed in `extra` and is a field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def new_request_id(given: str | None = None) -> str:
+    """The client's id when it is usable (printable, at most 128 characters), else a new one."""
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message and the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        doc.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def configure_logging(fmt: Literal["text", "json"], access_log: bool) -> None:
+    """Log torchport's records to stderr as text or JSON; request lines only if asked."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("torchport")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    requests_log.setLevel(logging.INFO if access_log else logging.WARNING)
