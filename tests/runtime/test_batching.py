@@ -131,6 +131,25 @@ def test_a_latency_target_runs_the_largest_batch_that_fits_half_of_it(mlp_packag
     batcher.close()
 
 
+def test_a_missed_target_makes_the_batcher_plan_with_less_of_it(mlp_package: Path) -> None:
+    # The batch times leave out what else takes the cores: when requests still miss the
+    # target, the share of it the estimates may use shrinks, and with it the batches.
+    batcher = BatchingRunner(
+        open_runner(mlp_package), BatchPolicy(max_batch_size=64, target_p99_ms=100)
+    )
+    for rows, seconds in ((1, 0.010), (8, 0.030), (16, 0.045)):
+        batcher._service.observe(rows, seconds)
+    batcher._resize()
+    assert batcher.stats.batch_cap == 32
+    for _ in range(64):
+        batcher._served_in(0.150)  # over the 100 ms target
+    assert batcher.stats.batch_cap == 8
+    for _ in range(64 * 10):
+        batcher._served_in(0.020)  # well under it: the share comes back
+    assert batcher.stats.batch_cap == 32
+    batcher.close()
+
+
 def test_a_latency_target_refuses_what_it_cannot_serve_in_time(slow_package: Path) -> None:
     # `slow` takes 200 ms a batch: with a 300 ms target, a request queued behind a full
     # batch cannot make it, and is refused at once instead of answered late.
