@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unavailable
 from torchport.runtime import (
@@ -54,6 +56,57 @@ class InferRequest:
     """The protocol the request came in by (a metrics label)."""
     timeout_s: float | None = None
     """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
+
+
+RECENT_REQUESTS = 32
+RECENT_MAX_BYTES = 1 << 20
+
+
+async def _compare(
+    model: str, first: LoadedVersion, second: LoadedVersion, samples: list[Tensors]
+) -> dict[str, Any]:
+    for loaded in (first, second):
+        try:
+            loaded.signature.check_inputs(samples[0])
+        except InvalidInput as exc:
+            raise InvalidInput(
+                f"version {loaded.version} cannot take the recent requests: {exc}", field="version"
+            ) from None
+    times: dict[int, list[float]] = {first.version: [], second.version: []}
+    diffs: dict[str, dict[str, float]] = {}
+    for inputs in samples:
+        outputs = []
+        for loaded in (first, second):
+            started = time.perf_counter()
+            outputs.append(await loaded.batcher.predict(inputs))
+            times[loaded.version].append(time.perf_counter() - started)
+        for name, x in outputs[0].items():
+            y = outputs[1].get(name)
+            d = diffs.setdefault(
+                name, {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "rows_differing": 0.0}
+            )
+            if y is None or x.shape != y.shape:
+                d["rows_differing"] += len(x)
+                continue
+            if x.dtype == object or y.dtype == object:
+                d["rows_differing"] += float(np.sum(np.any((x != y).reshape(len(x), -1), axis=1)))
+                continue
+            delta = np.abs(x.astype(np.float64) - y.astype(np.float64))
+            scale = np.maximum(np.abs(x.astype(np.float64)), 1e-12)
+            d["max_abs_diff"] = max(d["max_abs_diff"], float(delta.max(initial=0.0)))
+            d["max_rel_diff"] = max(d["max_rel_diff"], float((delta / scale).max(initial=0.0)))
+            d["rows_differing"] += float(np.sum(np.any((delta > 0).reshape(len(x), -1), axis=1)))
+    return {
+        "model": model,
+        "a": first.version,
+        "b": second.version,
+        "samples": len(samples),
+        "outputs": diffs,
+        "latency_ms": {
+            str(v): {"p50": 1000 * float(np.median(t)), "max": 1000 * max(t)}
+            for v, t in times.items()
+        },
+    }
 
 
 def timeout_parameter(parameters: dict[str, Any]) -> float | None:
@@ -133,6 +186,7 @@ class InferenceService:
         self.started = False
         self.metrics = Metrics()
         self.metrics.watch(self._gauges)
+        self._recent: dict[str, deque[Tensors]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -406,7 +460,38 @@ class InferenceService:
             exc.counted = True
             raise
         self._count(request.model, response.version, request.protocol, "ok", started)
+        self._remember(request)
         return response
+
+    def _remember(self, request: InferRequest) -> None:
+        # A sample of recent traffic, to compare versions on (small requests only).
+        size = sum(a.nbytes for a in request.inputs.values() if a.dtype != object)
+        if size <= RECENT_MAX_BYTES:
+            with self._lock:
+                self._recent.setdefault(request.model, deque(maxlen=RECENT_REQUESTS)).append(
+                    request.inputs
+                )
+
+    async def compare(self, model: str, a: int, b: int) -> dict[str, Any]:
+        """Run versions `a` and `b` on the model's recent requests and say how their outputs
+        and latencies differ."""
+        with self._lock:
+            samples = list(self._recent.get(model, ()))
+        if not samples:
+            raise InvalidInput(
+                f"model '{model}' has no recent requests to compare versions on", field="model"
+            )
+        first = await anyio.to_thread.run_sync(self.acquire, model, a)
+        try:
+            second = await anyio.to_thread.run_sync(self.acquire, model, b)
+        except BaseException:
+            self.release(first)
+            raise
+        try:
+            return await _compare(model, first, second, samples)
+        finally:
+            self.release(first)
+            self.release(second)
 
     def refused(self, model: str, version: int | None, protocol: str, exc: TorchportError) -> None:
         """Count a request a transport refused before it reached `infer` (once)."""

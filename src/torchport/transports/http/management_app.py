@@ -165,6 +165,19 @@ def build_management_app(management: Management, token: str) -> Starlette:
         entries = await run_in_threadpool(store.audit, model, max(1, min(limit, 10_000)))
         return json_response({"audit": [asdict(e) for e in entries]})
 
+    async def compare(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        if inference is None:
+            raise InvalidInput("comparing versions needs a running server", field="model")
+        await run_in_threadpool(store.get_model, model)  # 404 for an unknown model
+        versions = []
+        for key in ("a", "b"):
+            raw = request.query_params.get(key, "")
+            if not raw.isdigit() or int(raw) < 1:
+                raise InvalidInput(f"query parameter '{key}' must be a version number", field=key)
+            versions.append(int(raw))
+        return json_response(await inference.compare(model, versions[0], versions[1]))
+
     async def repository_index(_request: Request) -> Response:
         if inference is None:
             return json_response([])
@@ -197,6 +210,7 @@ def build_management_app(management: Management, token: str) -> Starlette:
         Route("/models/{model}/rollback", rollback, methods=["POST"]),
         Route("/models/{model}/versions/{version}", delete_version, methods=["DELETE"]),
         Route("/models/{model}/versions/{version}/config", set_config, methods=["PUT"]),
+        Route("/models/{model}/compare", compare),
         Route("/audit", audit),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
