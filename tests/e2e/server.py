@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -89,6 +92,18 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+@contextlib.contextmanager
+def running(
+    tmp_path_factory: pytest.TempPathFactory, name: str, packages: list[Path], **env: str
+) -> Iterator[ServerProcess]:
+    """A server on a fresh store of its own, stopped when the block ends."""
+    proc = ServerProcess(tmp_path_factory.mktemp(name) / "store", packages, **env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 def oip_body(name: str, x: Any) -> dict[str, Any]:

@@ -11,15 +11,13 @@ import pytest
 import torch
 
 import torchport
-from tests.e2e.server import ServerProcess, oip_body
+from tests.e2e.server import ServerProcess, oip_body, running
 
 
 @pytest.fixture(scope="module")
 def cserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
-    store = tmp_path_factory.mktemp("compare") / "store"
-    proc = ServerProcess(store, [mlp_package]).start()
-    yield proc
-    proc.stop()
+    with running(tmp_path_factory, "compare", [mlp_package]) as proc:
+        yield proc
 
 
 def test_two_versions_are_compared_on_the_recent_requests(

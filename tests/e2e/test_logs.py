@@ -14,18 +14,21 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.server import ServerProcess, oip_body
+from tests.e2e.server import ServerProcess, oip_body, running
 from torchport.transports.grpc.convert import pb, stub
 from torchport.types import to_raw
 
 
 @pytest.fixture(scope="module")
 def lserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
-    store = tmp_path_factory.mktemp("logs") / "store"
-    env = {"TORCHPORT_ACCESS_LOG": "true", "TORCHPORT_LOG_FORMAT": "json"}
-    proc = ServerProcess(store, [mlp_package], **env).start()
-    yield proc
-    proc.stop()
+    with running(
+        tmp_path_factory,
+        "logs",
+        [mlp_package],
+        TORCHPORT_ACCESS_LOG="true",
+        TORCHPORT_LOG_FORMAT="json",
+    ) as proc:
+        yield proc
 
 
 def request_lines(server: ServerProcess, request_id: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.server import TOKEN, ServerProcess
+from tests.e2e.server import TOKEN, ServerProcess, running
 from tests.helpers import edit_manifest, rewrite
 
 ROW = [0.5] * 32
@@ -23,12 +23,13 @@ ROW = [0.5] * 32
 
 @pytest.fixture(scope="module")
 def mserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
-    store = tmp_path_factory.mktemp("management") / "store"
-    proc = ServerProcess(
-        store, [mlp_package], TORCHPORT_MAX_PACKAGE_BYTES=str(50 * 1024 * 1024)
-    ).start()
-    yield proc
-    proc.stop()
+    with running(
+        tmp_path_factory,
+        "management",
+        [mlp_package],
+        TORCHPORT_MAX_PACKAGE_BYTES=str(50 * 1024 * 1024),
+    ) as proc:
+        yield proc
 
 
 def api(server: ServerProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -11,15 +11,13 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import ServerProcess, oip_body
+from tests.e2e.server import ServerProcess, oip_body, running
 
 
 @pytest.fixture(scope="module")
 def mserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
-    store = tmp_path_factory.mktemp("metrics") / "store"
-    proc = ServerProcess(store, [mlp_package]).start()
-    yield proc
-    proc.stop()
+    with running(tmp_path_factory, "metrics", [mlp_package]) as proc:
+        yield proc
 
 
 def scrape(server: ServerProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -14,17 +14,15 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.server import ServerProcess, check_mlp_under_concurrency, oip_body
+from tests.e2e.server import ServerProcess, check_mlp_under_concurrency, oip_body, running
 
 
 @pytest.fixture(scope="module")
 def wserver(
     tmp_path_factory: pytest.TempPathFactory, mlp_package: Path, slow_package: Path
 ) -> Iterator[ServerProcess]:
-    store = tmp_path_factory.mktemp("workers") / "store"
-    proc = ServerProcess(store, [mlp_package, slow_package]).start()
-    yield proc
-    proc.stop()
+    with running(tmp_path_factory, "workers", [mlp_package, slow_package]) as proc:
+        yield proc
 
 
 def configure(server: ServerProcess, model: str, **config: Any) -> dict[str, Any]:
