@@ -256,11 +256,12 @@ class BatchingRunner:
             self._executor, self._predict, inputs, threads
         )
         seconds = time.monotonic() - started
+        rows = batch_size(inputs)
         self._batch_seconds += 0.2 * (seconds - self._batch_seconds)
         if self.observer is not None:
-            self.observer.batch(batch_size(inputs), seconds)
+            self.observer.batch(rows, seconds)
         if self.policy.target_p99_ms is not None:
-            self._service.observe(batch_size(inputs), seconds)
+            self._service.observe(rows, seconds)
             self._resize()
         return outputs
 

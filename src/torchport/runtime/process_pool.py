@@ -8,6 +8,7 @@ only the batch it held (`Unavailable`, a 503 to the client) and is restarted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing
@@ -207,19 +208,16 @@ class ProcessPoolRunner:
         compile: bool = False,
         on_restart: Callable[[], None] | None = None,
     ) -> None:
-        self.package = package
         self.on_restart = on_restart
-        self.limits = limits
-        self.torch_threads = torch_threads
-        """Intra-op threads of each worker process (0: torch's default)."""
-        self.compile = compile
+        # How every worker, first or replacement, is started (torch_threads 0: torch's).
+        self._spawn = functools.partial(WorkerProcess, package, limits, torch_threads, compile)
         self.manifest: Manifest = read_package(package, limits).manifest
         self._idle: queue.Queue[WorkerProcess] = queue.Queue()
         self._all: list[WorkerProcess] = []
         self._lock = threading.Lock()
         self._closed = False
         for _ in range(workers):
-            self._add(WorkerProcess(package, limits, torch_threads, compile))
+            self._add(self._spawn())
 
     @property
     def signature(self) -> Signature:
@@ -261,9 +259,7 @@ class ProcessPoolRunner:
             if self._closed:
                 return
             try:
-                self._add(
-                    WorkerProcess(self.package, self.limits, self.torch_threads, self.compile)
-                )
+                self._add(self._spawn())
             except TorchportError:
                 log.exception("a replacement worker process failed to start")
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unavailable
 from torchport.runtime import (
@@ -34,6 +33,7 @@ from torchport.runtime import (
     ThreadBudget,
     open_runner,
 )
+from torchport.service.compare import RECENT_MAX_BYTES, RECENT_REQUESTS, compare_versions
 from torchport.service.logs import new_request_id, request_id, requests_log
 from torchport.service.metrics import Metrics, VersionGauges
 from torchport.settings import Limits
@@ -56,57 +56,6 @@ class InferRequest:
     """The protocol the request came in by (a metrics label)."""
     timeout_s: float | None = None
     """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
-
-
-RECENT_REQUESTS = 32
-RECENT_MAX_BYTES = 1 << 20
-
-
-async def _compare(
-    model: str, first: LoadedVersion, second: LoadedVersion, samples: list[Tensors]
-) -> dict[str, Any]:
-    for loaded in (first, second):
-        try:
-            loaded.signature.check_inputs(samples[0])
-        except InvalidInput as exc:
-            raise InvalidInput(
-                f"version {loaded.version} cannot take the recent requests: {exc}", field="version"
-            ) from None
-    times: dict[int, list[float]] = {first.version: [], second.version: []}
-    diffs: dict[str, dict[str, float]] = {}
-    for inputs in samples:
-        outputs = []
-        for loaded in (first, second):
-            started = time.perf_counter()
-            outputs.append(await loaded.batcher.predict(inputs))
-            times[loaded.version].append(time.perf_counter() - started)
-        for name, x in outputs[0].items():
-            y = outputs[1].get(name)
-            d = diffs.setdefault(
-                name, {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "rows_differing": 0.0}
-            )
-            if y is None or x.shape != y.shape:
-                d["rows_differing"] += len(x)
-                continue
-            if x.dtype == object or y.dtype == object:
-                d["rows_differing"] += float(np.sum(np.any((x != y).reshape(len(x), -1), axis=1)))
-                continue
-            delta = np.abs(x.astype(np.float64) - y.astype(np.float64))
-            scale = np.maximum(np.abs(x.astype(np.float64)), 1e-12)
-            d["max_abs_diff"] = max(d["max_abs_diff"], float(delta.max(initial=0.0)))
-            d["max_rel_diff"] = max(d["max_rel_diff"], float((delta / scale).max(initial=0.0)))
-            d["rows_differing"] += float(np.sum(np.any((delta > 0).reshape(len(x), -1), axis=1)))
-    return {
-        "model": model,
-        "a": first.version,
-        "b": second.version,
-        "samples": len(samples),
-        "outputs": diffs,
-        "latency_ms": {
-            str(v): {"p50": 1000 * float(np.median(t)), "max": 1000 * max(t)}
-            for v, t in times.items()
-        },
-    }
 
 
 def timeout_parameter(parameters: dict[str, Any]) -> float | None:
@@ -315,10 +264,10 @@ class InferenceService:
         current = loaded.batcher.policy
         info = self.store.get_version(model, version)
         compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
-        same_workers = (policy.worker_kind, policy.workers) == (
-            current.worker_kind,
-            current.workers,
-        ) or (policy.worker_kind == current.worker_kind == "thread")
+        # Thread workers change live; worker processes are started anew for a new count.
+        same_workers = policy.worker_kind == current.worker_kind and (
+            policy.worker_kind == "thread" or policy.workers == current.workers
+        )
         if same_workers and compile == loaded.compiled:
             loaded.batcher.set_policy(policy)
             return
@@ -459,7 +408,7 @@ class InferenceService:
             self._count(request.model, request.version, request.protocol, exc.code, started)
             exc.counted = True
             raise
-        self._count(request.model, response.version, request.protocol, "ok", started)
+        self._count(request.model, response.version, request.protocol, "ok", started, known=True)
         self._remember(request)
         return response
 
@@ -488,7 +437,7 @@ class InferenceService:
             self.release(first)
             raise
         try:
-            return await _compare(model, first, second, samples)
+            return await compare_versions(model, first, second, samples)
         finally:
             self.release(first)
             self.release(second)
@@ -500,16 +449,19 @@ class InferenceService:
             exc.counted = True
 
     def _count(
-        self, model: str, version: int | None, protocol: str, outcome: str, started: float
+        self,
+        model: str,
+        version: int | None,
+        protocol: str,
+        outcome: str,
+        started: float,
+        *,
+        known: bool = False,
     ) -> None:
-        # Labels stay bounded: a model or version the store does not hold is counted as "".
-        if not self._known(model):
-            model, version = "", None
-        if model and version is None:
-            with self._lock:
-                version = self._defaults.get(model)
-        if version is not None and not self._known(model, version):
-            version = None
+        # Labels stay bounded: a model or version the server does not hold is counted as
+        # "" (an answered request's model and version are `known`: no lookups per request).
+        if not known:
+            model, version = self._bounded(model, version)
         labels = (model, "" if version is None else str(version), protocol)
         seconds = time.perf_counter() - started
         self.metrics.requests.labels(*labels, outcome).inc()
@@ -527,11 +479,14 @@ class InferenceService:
                 },
             )
 
-    def _known(self, model: str, version: int | None = None) -> bool:
+    def _bounded(self, model: str, version: int | None) -> tuple[str, int | None]:
+        """The model and version as labels: those the server holds, else ""/None."""
         with self._lock:
+            if model not in self._defaults and not any(m == model for m, _ in self._loaded):
+                return "", None
             if version is None:
-                return model in self._defaults or any(m == model for m, _ in self._loaded)
-            return (model, version) in self._loaded
+                version = self._defaults.get(model)
+            return model, version if (model, version) in self._loaded else None
 
     def _gauges(self) -> list[VersionGauges]:
         with self._lock:

@@ -47,31 +47,39 @@ pb = SimpleNamespace(
 """The protocol's message classes, by name (`pb.ModelInferRequest`)."""
 
 
+METHODS: dict[str, tuple[Any, Any]] = {
+    method.name: (
+        message_factory.GetMessageClass(method.input_type),
+        message_factory.GetMessageClass(method.output_type),
+    )
+    for method in SERVICE.methods
+}
+"""Each method of the service: its request and response message classes."""
+
+
 def method_handlers(servicer: object) -> grpc.GenericRpcHandler:
     """The service's methods, each bound to the servicer's coroutine of the same name."""
-    handlers = {}
-    for method in SERVICE.methods:
-        request = message_factory.GetMessageClass(method.input_type)
-        response = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
             request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,
         )
+        for name, (request, response) in METHODS.items()
+    }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 def stub(channel: grpc.Channel) -> SimpleNamespace:
     """A plain client of the service: `stub(channel).ModelInfer(pb.ModelInferRequest(...))`."""
-    calls: dict[str, Callable[..., Any]] = {}
-    for method in SERVICE.methods:
-        request = message_factory.GetMessageClass(method.input_type)
-        response = message_factory.GetMessageClass(method.output_type)
-        calls[method.name] = channel.unary_unary(
-            f"/{SERVICE_NAME}/{method.name}",
+    calls: dict[str, Callable[..., Any]] = {
+        name: channel.unary_unary(
+            f"/{SERVICE_NAME}/{name}",
             request_serializer=request.SerializeToString,
             response_deserializer=response.FromString,
         )
+        for name, (request, response) in METHODS.items()
+    }
     return SimpleNamespace(**calls)
 
 

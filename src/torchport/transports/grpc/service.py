@@ -103,7 +103,7 @@ class InferenceServicer:
 
     @answers_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        given = _text(dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY))
+        given = _metadata(context, REQUEST_ID_KEY)
         request_id.set(new_request_id(given) if given else None)
         try:
             response = await self._infer(request, context)
@@ -127,8 +127,7 @@ class InferenceServicer:
     # -- the model repository extension (management token) ------------------------------
 
     def _authorize(self, context: Context) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        check_bearer(_text(metadata.get("authorization")), self.token)
+        check_bearer(_metadata(context, "authorization"), self.token)
 
     @answers_errors
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
@@ -157,5 +156,7 @@ def _name(name: str) -> str:
     return name
 
 
-def _text(value: str | bytes | None) -> str | None:
+def _metadata(context: Context, key: str) -> str | None:
+    """A value the client sent as metadata (keys arrive lower-case)."""
+    value = dict(context.invocation_metadata() or ()).get(key)
     return value.decode() if isinstance(value, bytes) else value
