@@ -10,7 +10,7 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint typecheck unit bench protos clean
+.PHONY: install serve test lint typecheck unit bench protos vendor clean
 
 install: $(STAMP)
 
@@ -33,7 +33,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The dashboard tests drive Debian's Chromium; installed here when we may (root), else the
+# tests say what is missing.
 unit: install
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
@@ -52,6 +56,19 @@ PROTO_DIR := src/torchport/transports/grpc/proto
 protos: install
 	$(BIN)/python -m grpc_tools.protoc -I$(PROTO_DIR) \
 		--descriptor_set_out=$(PROTO_DIR)/inference.binpb $(PROTO_DIR)/inference.proto
+
+# The dashboard's chart library, from the npm registry (vendored and committed, so the page
+# works offline; a test checks the files against SHA256SUMS).
+UPLOT ?= uplot@1.6.32
+DASHBOARD_VENDOR := src/torchport/dashboard/static/vendor
+vendor:
+	rm -rf build/vendor && mkdir -p build/vendor
+	cd build/vendor && npm pack $(UPLOT) --silent && tar xzf uplot-*.tgz
+	cp build/vendor/package/dist/uPlot.iife.min.js build/vendor/package/dist/uPlot.min.css \
+		$(DASHBOARD_VENDOR)/
+	cp build/vendor/package/LICENSE $(DASHBOARD_VENDOR)/uPlot.LICENSE
+	cd $(DASHBOARD_VENDOR) && echo "# $(UPLOT) from the npm registry (make vendor)" > SHA256SUMS \
+		&& sha256sum uPlot.iife.min.js uPlot.min.css uPlot.LICENSE >> SHA256SUMS
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

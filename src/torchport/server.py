@@ -21,6 +21,7 @@ from torchport.examples import register_examples
 from torchport.service import Management
 from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.inference import InferenceService
+from torchport.service.live import LiveStats
 from torchport.service.logs import configure_logging
 from torchport.settings import Settings, available_cores
 from torchport.store import SQLiteStore
@@ -106,7 +107,8 @@ def serve(
     gc.freeze()
 
     http = _uvicorn(build_inference_app(inference, max_body=settings.max_request_bytes))
-    mgmt = _uvicorn(build_management_app(management, token))
+    live = LiveStats(inference.metrics.registry)
+    mgmt = _uvicorn(build_management_app(management, token, live))
     info = ServerInfo(
         inference_url=_url(settings.host, http_socket),
         grpc_address="",
@@ -149,11 +151,15 @@ def serve(
                     seconds_to_ready=time.perf_counter() - started,
                 )
             )
-        refresher = asyncio.create_task(_refresh(inference, servers, grpc))
+        background = [
+            asyncio.create_task(_refresh(inference, servers, grpc)),
+            asyncio.create_task(_sample(live, servers)),
+        ]
         try:
             await asyncio.gather(*tasks)
         finally:
-            refresher.cancel()
+            for task in background:
+                task.cancel()
             await grpc.stop(grace=10)
 
     try:
@@ -196,6 +202,16 @@ async def _refresh(inference: InferenceService, servers: list[_Server], grpc: Gr
             await grpc.update_health()
         except Exception:
             log.exception("refreshing aliases from the store failed")
+
+
+async def _sample(live: LiveStats, servers: list[_Server]) -> None:
+    # On the loop itself: reading the registry takes well under a millisecond per model.
+    while not any(s.should_exit for s in servers):
+        try:
+            live.sample()
+        except Exception:
+            log.exception("sampling the live figures failed")
+        await asyncio.sleep(live.interval)
 
 
 def _run(coro: object) -> None:

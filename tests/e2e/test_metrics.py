@@ -11,30 +11,13 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import ServerProcess, oip_body, running
+from tests.e2e.server import ServerProcess, oip_body, running, scrape, value
 
 
 @pytest.fixture(scope="module")
 def mserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
     with running(tmp_path_factory, "metrics", [mlp_package]) as proc:
         yield proc
-
-
-def scrape(server: ServerProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = httpx.get(f"{server.url}/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_counters_and_histograms_match_the_traffic_sent(mserver: ServerProcess) -> None:

@@ -14,7 +14,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.server import ServerProcess, check_mlp_under_concurrency, oip_body, running
+from tests.e2e.server import (
+    ServerProcess,
+    check_mlp_under_concurrency,
+    oip_body,
+    running,
+    scrape,
+    value,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,23 @@ def test_process_workers_answer_like_the_embedded_model(
     assert workers["kind"] == "process"
     assert len(workers["pids"]) == 2
     assert os.getpid() not in workers["pids"]
+    before = scrape(wserver)
     check_mlp_under_concurrency(wserver, mlp_package, seed=3, count=40, max_rows=4, threads=8)
+    after = scrape(wserver)
+    # Batches run in the worker processes are counted by the server, once each.
+    mlp = {"model": "mlp", "version": "1"}
+    ok = {**mlp, "protocol": "oip_rest", "outcome": "ok"}
+    assert (
+        value(after, "torchport_requests_total", **ok)
+        - value(before, "torchport_requests_total", **ok)
+        == 40
+    )
+    assert (
+        value(after, "torchport_queue_wait_seconds_count", **mlp)
+        - value(before, "torchport_queue_wait_seconds_count", **mlp)
+        == 40
+    )
+    assert value(after, "torchport_workers", **mlp, kind="process") == 2
     back = configure(wserver, "mlp", worker_kind="thread", workers=1)
     assert back == {"kind": "thread", "count": 1, "pids": [], "compiled": False}
 
@@ -86,3 +109,9 @@ def test_a_killed_worker_fails_its_batch_with_503_and_is_replaced(wserver: Serve
     shown = httpx.get(f"{wserver.management_url}/models/slow", headers=wserver.auth).json()
     [new_pid] = shown["versions"][0]["workers"]["pids"]
     assert new_pid != pid
+    metrics = scrape(wserver)
+    slow = {"model": "slow", "version": "1"}
+    assert value(metrics, "torchport_worker_restarts_total", **slow) == 1
+    assert value(metrics, "torchport_workers", **slow, kind="process") == 1
+    assert value(metrics, "torchport_requests_total", **slow, protocol="oip_rest",
+                 outcome="unavailable") >= 1  # fmt: skip

@@ -1,5 +1,6 @@
-"""The management port: models, versions, promote/rollback, config, the OIP repository
-extension. Every route needs `Authorization: Bearer <token>`."""
+"""The management port: models, versions, promote/rollback, config, live figures, the OIP
+repository extension, and the dashboard page. Every route needs `Authorization: Bearer
+<token>` but the page's own files, which hold no data (the page asks for the token)."""
 
 from __future__ import annotations
 
@@ -17,24 +18,46 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from torchport import dashboard
 from torchport.errors import InvalidInput, TorchportError
 from torchport.service.auth import check_bearer
+from torchport.service.live import LiveStats
 from torchport.service.management import Management
 from torchport.store import ModelInfo
 from torchport.transports.http.body import read_body, save_body
 from torchport.transports.http.errors import HANDLERS, error_response, json_response
 from torchport.transports.http.params import model_and_version
 
+DASHBOARD = "/dashboard"
+# The page talks only to this origin, draws with its own script and styles, and is never
+# framed (promote and rollback buttons must not be clickjacked).
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _is_page(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (
+        path == DASHBOARD or path.startswith(DASHBOARD + "/")
+    )
+
 
 class BearerAuth:
-    """Refuses every request without the right bearer token, before any route runs."""
+    """Refuses every request without the right bearer token, before any route runs (the
+    dashboard's static files excepted)."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not _is_page(scope):
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"").decode("latin-1")
             try:
@@ -79,7 +102,9 @@ async def _json_body(request: Request) -> Any:
         raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
 
 
-def build_management_app(management: Management, token: str) -> Starlette:
+def build_management_app(
+    management: Management, token: str, live: LiveStats | None = None
+) -> Starlette:
     store = management.store
     inference = management.inference
 
@@ -178,6 +203,28 @@ def build_management_app(management: Management, token: str) -> Starlette:
             versions.append(int(raw))
         return json_response(await inference.compare(model, versions[0], versions[1]))
 
+    async def overview(_request: Request) -> Response:
+        return json_response(
+            {"interval_s": live.interval if live else 0, "versions": live.latest() if live else []}
+        )
+
+    async def model_stats(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        await run_in_threadpool(store.get_model, model)  # 404 for an unknown model
+        return json_response(
+            {
+                "model": model,
+                "interval_s": live.interval if live else 0,
+                "keep": live.keep if live else 0,
+                "versions": live.series(model) if live else {},
+            }
+        )
+
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("path") or "index.html"
+        content, media_type = dashboard.asset(name)
+        return Response(content, media_type=media_type, headers=DASHBOARD_HEADERS)
+
     async def repository_index(_request: Request) -> Response:
         if inference is None:
             return json_response([])
@@ -212,6 +259,10 @@ def build_management_app(management: Management, token: str) -> Starlette:
         Route("/models/{model}/versions/{version}/config", set_config, methods=["PUT"]),
         Route("/models/{model}/compare", compare),
         Route("/audit", audit),
+        Route("/stats", overview),
+        Route("/models/{model}/stats", model_stats),
+        Route(DASHBOARD, page),
+        Route(DASHBOARD + "/{path:path}", page),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
