@@ -73,6 +73,38 @@ class Example(_Strict):
     outputs: dict[str, Any]
 
 
+class OutputParity(_Strict):
+    """How far one output of an export is from the original model's, over every case."""
+
+    name: str
+    max_abs_error: float
+    max_rel_error: float
+    atol: float
+    rtol: float
+    mismatched: int = 0
+    """Elements past `atol + rtol * |expected|` (for exact types: elements that differ)."""
+    passed: bool
+
+
+class Parity(_Strict):
+    """The parity check an export ran against the model it came from."""
+
+    passed: bool
+    cases: int
+    """Input batches compared: the package's examples, then random inputs."""
+    batch_sizes: list[int]
+    outputs: list[OutputParity]
+
+
+class ExportInfo(_Strict):
+    """Where an exported package came from and how closely it matches it."""
+
+    source_digest: str
+    """sha256 of the package it was exported from."""
+    source_kind: ModelKind
+    parity: Parity
+
+
 class Manifest(_Strict):
     format_version: int
     name: str = Field(pattern=NAME_PATTERN)
@@ -87,6 +119,8 @@ class Manifest(_Strict):
     files: dict[str, str]
     """sha256 (hex) of every file in the package other than this manifest."""
     examples: list[Example] = Field(default_factory=list)
+    export: ExportInfo | None = None
+    """Set on packages written by `torchport export`: the source and the parity report."""
 
     @field_validator("files")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,13 +19,14 @@ def print_json(data: Any) -> None:
 
 
 @contextmanager
-def status(message: str) -> Iterator[None]:
-    """A spinner on stderr while slow work runs (silent when stderr is not a terminal)."""
+def status(message: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr while slow work runs; the step it shows can be updated with
+    the function it yields (silent when stderr is not a terminal)."""
     if err.is_terminal:
-        with err.status(message):
-            yield
+        with err.status(message) as spinner:
+            yield lambda step: spinner.update(f"{message}: {step}")
     else:
-        yield
+        yield lambda _step: None
 
 
 def human_size(n: int) -> str:

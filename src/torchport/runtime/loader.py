@@ -22,7 +22,7 @@ def load_model(entry: ModelEntry, files: Path) -> Any:
     """The callable model described by `entry`, on CPU, in eval mode.
 
     Nothing is unpickled: weights are safetensors, programs are read by torch's own
-    exported-program and TorchScript loaders.
+    exported-program, AOTInductor and TorchScript loaders, ONNX files by ONNX Runtime.
     """
     path = files / entry.file
     try:
@@ -32,6 +32,12 @@ def load_model(entry: ModelEntry, files: Path) -> Any:
             return torch.export.load(str(path)).module()
         if entry.kind is ModelKind.TORCHSCRIPT:
             return torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
+        if entry.kind is ModelKind.AOTI:
+            return torch._inductor.aoti_load_package(str(path))
+        if entry.kind is ModelKind.ONNX:
+            from torchport.runtime.onnx_model import OnnxModel
+
+            return OnnxModel(path)
     except (ModelLoadError, UnsafeContent):
         raise
     except Exception as exc:
@@ -49,7 +55,10 @@ def compile_model(model: Any) -> Any:
             "package the module (code and weights, or exported) instead"
         )
     if not isinstance(model, torch.nn.Module):
-        raise ModelLoadError(f"compile: the model is a {type(model).__name__}, not a Module")
+        raise ModelLoadError(
+            f"compile: the model is a {type(model).__name__} (already compiled or not torch), "
+            "not a Module that torch.compile can take"
+        )
     return torch.compile(model)
 
 

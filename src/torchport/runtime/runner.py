@@ -63,6 +63,11 @@ class LocalRunner:
     def signature(self) -> Signature:
         return self.manifest.signature
 
+    @property
+    def files(self) -> Path | None:
+        """The directory of the package's unpacked files, while the runner is open."""
+        return self._unpacked.files if self._unpacked is not None else None
+
     def predict(self, batch: Tensors) -> Tensors:
         with torch.inference_mode():
             outputs = self.handler(batch)

@@ -21,7 +21,14 @@ from pydantic import ValidationError
 from torchport.archive import Manifest, RuntimeDefaults
 from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import describe_validation_error
-from torchport.errors import InvalidInput, ModelLoadError, NotFound, TooLarge, TorchportError
+from torchport.errors import (
+    InvalidInput,
+    ModelLoadError,
+    NotFound,
+    PackageError,
+    TooLarge,
+    TorchportError,
+)
 from torchport.runtime import LocalRunner, check_examples, open_runner
 from torchport.service.inference import InferenceService
 from torchport.settings import Limits
@@ -104,6 +111,7 @@ class Management:
             try:
                 assert runner is not None
                 manifest = runner.manifest
+                _refuse_failed_export(manifest)
                 problems = check_examples(runner)
                 if problems:
                     raise ModelLoadError(
@@ -185,6 +193,25 @@ class Management:
     def _go_live(self, info: ModelInfo) -> None:
         if self.inference is not None and info.default is not None:
             self.inference.switch_default(info.name, info.default)
+
+
+def _refuse_failed_export(manifest: Manifest) -> None:
+    """An export whose parity check failed answers differently from its source model."""
+    export = manifest.export
+    if export is None or export.parity.passed:
+        return
+    worst = next((o for o in export.parity.outputs if not o.passed), None)
+    detail = (
+        f": output '{worst.name}' differs by up to {worst.max_abs_error:.3g} "
+        f"(tolerance {worst.atol:.3g} + {worst.rtol:.3g} x |value|)"
+        if worst
+        else ""
+    )
+    raise PackageError(
+        f"package '{manifest.name}' is a {manifest.model.kind.value} export whose parity check "
+        f"against its {export.source_kind.value} model failed{detail}; it is not registered",
+        field="export.parity",
+    )
 
 
 def _metadata(manifest: Manifest) -> dict[str, Any]:

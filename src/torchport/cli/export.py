@@ -1,0 +1,87 @@
+"""`torchport export`: the same package with its model exported, checked for parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from torchport.cli.output import err, human_size, out, print_json, status
+from torchport.errors import InvalidInput
+
+Opt = typer.Option
+TARGETS = ("torchscript", "exported", "aoti", "onnx")
+
+
+def export_cmd(
+    package: Annotated[Path, typer.Argument(help="The package to export (.tpa).")],
+    to: Annotated[str, Opt("--to", help="torchscript, exported, aoti or onnx.")],
+    out_path: Annotated[
+        Path | None, Opt("-o", "--out", help="The package to write (default: NAME.TARGET.tpa).")
+    ] = None,
+    check: Annotated[
+        bool, Opt("--check", help="Print the parity report for every output.")
+    ] = False,
+    atol: Annotated[
+        float | None, Opt(help="Absolute tolerance for float outputs (default per dtype).")
+    ] = None,
+    rtol: Annotated[
+        float | None, Opt(help="Relative tolerance for float outputs (default per dtype).")
+    ] = None,
+    keep_failed: Annotated[
+        bool,
+        Opt("--keep-failed", help="Write an export whose parity fails (servers refuse it)."),
+    ] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Export a package's model (TorchScript, torch.export, AOTInductor, ONNX) into a new
+    package with the same handler, and check that it answers like the original."""
+    from torchport.export import Tolerance, export_package
+
+    if to not in TARGETS:
+        raise InvalidInput(f"--to {to!r}: choose one of {', '.join(TARGETS)}", field="to")
+    if not package.is_file():
+        raise InvalidInput(f"package {package} does not exist", field="package")
+    if (atol is None) != (rtol is None):
+        raise InvalidInput("give --atol and --rtol together", field="atol")
+    if atol is not None and rtol is not None and (atol < 0 or rtol < 0):
+        raise InvalidInput("tolerances must be zero or more", field="atol")
+    tolerance = Tolerance(atol, rtol) if atol is not None and rtol is not None else None
+    target = out_path or package.with_name(f"{package.stem}.{to}.tpa")
+    with status(f"exporting {package.name} to {to}") as say:
+        result = export_package(
+            package, to, target, tolerance=tolerance, keep_failed=keep_failed, progress=say
+        )
+    parity = result.parity
+    if as_json:
+        print_json(
+            {
+                "out": str(result.out),
+                "target": to,
+                "export_seconds": result.export_seconds,
+                "parity_seconds": result.check_seconds,
+                "parity": parity.model_dump(mode="json"),
+            }
+        )
+    else:
+        size = human_size(target.stat().st_size)
+        verdict = "passed" if parity.passed else "FAILED"
+        out.print(
+            f"wrote {target} ({size}): {to} export in {result.export_seconds:.1f} s, parity "
+            f"{verdict} on {parity.cases} batches (batch sizes "
+            f"{', '.join(map(str, parity.batch_sizes))})",
+            markup=False,
+        )
+        if check or not parity.passed:
+            table = Table("output", "max abs error", "max rel error", "atol", "rtol",
+                          "mismatched", "", box=None, pad_edge=False)  # fmt: skip
+            for o in parity.outputs:
+                table.add_row(o.name, f"{o.max_abs_error:.3g}", f"{o.max_rel_error:.3g}",
+                              f"{o.atol:.3g}", f"{o.rtol:.3g}", str(o.mismatched),
+                              "ok" if o.passed else "FAILED")  # fmt: skip
+            out.print(table)
+    if not parity.passed:
+        err.print("error: parity failed: servers will refuse this package", highlight=False)
+        raise typer.Exit(1)

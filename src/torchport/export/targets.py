@@ -1,0 +1,145 @@
+"""Writing a model as each export target: TorchScript, a `torch.export` program, an
+AOTInductor package, ONNX. Each takes the module and sample positional arguments (what
+the package's handler passes its model) and returns the package's new model entry."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchport.archive import ModelEntry, ModelKind
+from torchport.errors import TorchportError
+
+
+class Target(enum.StrEnum):
+    TORCHSCRIPT = "torchscript"
+    EXPORTED = "exported"
+    AOTI = "aoti"
+    ONNX = "onnx"
+
+    @property
+    def kind(self) -> ModelKind:
+        return ModelKind(self.value)
+
+    @property
+    def file(self) -> str:
+        return _FILES[self]
+
+
+_FILES = {
+    Target.TORCHSCRIPT: "model.pt",
+    Target.EXPORTED: "model.pt2",
+    Target.AOTI: "model_aoti.pt2",
+    Target.ONNX: "model.onnx",
+}
+
+
+class ExportFailed(TorchportError):
+    """The model could not be written as the requested target."""
+
+    code = "export_failed"
+
+
+def write_model(target: Target, model: Any, args: tuple[Any, ...], dest: Path) -> ModelEntry:
+    """Write `model` as `target` into directory `dest`; raises `ExportFailed` naming why."""
+    path = dest / target.file
+    try:
+        with warnings.catch_warnings(), _quiet(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if target is Target.TORCHSCRIPT:
+                _torchscript(model, args, path)
+            elif target is Target.EXPORTED:
+                torch.export.save(_program(model, args), str(path))
+            elif target is Target.AOTI:
+                torch._inductor.aoti_compile_and_package(
+                    _program(model, args), package_path=str(path)
+                )
+            else:
+                _onnx(model, args, path)
+    except ExportFailed:
+        raise
+    except Exception as exc:
+        raise ExportFailed(f"{_label(target)} failed: {cause(exc)}") from exc
+    return ModelEntry(kind=target.kind, file=target.file)
+
+
+def _torchscript(model: Any, args: tuple[Any, ...], path: Path) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        scripted = model
+    else:
+        if not isinstance(model, torch.nn.Module):
+            raise ExportFailed(f"TorchScript needs a torch.nn.Module, not {type(model).__name__}")
+        # Tracing records the operations run on the sample; the parity check then tries
+        # other batch sizes and lengths, which catches a trace that specialised on them.
+        scripted = torch.jit.trace(model.eval(), args, check_trace=False)  # type: ignore[no-untyped-call]
+    torch.jit.save(scripted, str(path))
+
+
+def dynamic_shapes(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Every axis of every tensor argument left for torch.export to decide (batch and
+    sequence axes stay dynamic; the sample has no axis of size 1 to specialise on)."""
+    return tuple(
+        {i: torch.export.Dim.AUTO for i in range(a.dim())} if isinstance(a, torch.Tensor) else None
+        for a in args
+    )
+
+
+def _program(model: Any, args: tuple[Any, ...]) -> torch.export.ExportedProgram:
+    if isinstance(model, torch.export.ExportedProgram):
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise ExportFailed(f"torch.export needs a torch.nn.Module, not {type(model).__name__}")
+    return torch.export.export(model.eval(), args, dynamic_shapes=dynamic_shapes(args))
+
+
+def _onnx(model: Any, args: tuple[Any, ...], path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError:
+        raise ExportFailed(
+            "ONNX export needs onnx and onnxscript: pip install 'torchport[onnx]'"
+        ) from None
+    program = _program(model, args)
+    onnx_program = torch.onnx.export(program, args, dynamo=True, verbose=False, optimize=True)
+    if onnx_program is None:
+        raise ExportFailed("the ONNX exporter returned nothing")
+    onnx_program.save(str(path), external_data=False)
+
+
+def cause(exc: BaseException) -> str:
+    """The line of an exporter's error that says why (a graph break, an operator)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    keys = ("unsupported", "data-dependent", "not supported", "could not", "cannot", "guard")
+    why = next((line for line in lines if any(k in line.lower() for k in keys)), None)
+    text = why or (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _label(target: Target) -> str:
+    return {
+        Target.TORCHSCRIPT: "TorchScript tracing",
+        Target.EXPORTED: "torch.export",
+        Target.AOTI: "AOTInductor compilation",
+        Target.ONNX: "ONNX export",
+    }[target]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Exporters log at warning for things the parity check judges anyway."""
+    loggers = [logging.getLogger(n) for n in ("torch", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -1,0 +1,42 @@
+"""An ONNX model run by ONNX Runtime, called like a module (torch tensors in and out), so
+a package's handler runs unchanged whichever runtime holds its model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchport.errors import InvalidInput, ModelLoadError
+
+
+class OnnxModel:
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelLoadError(
+                "this package's model is ONNX: install ONNX Runtime (pip install 'torchport[onnx]')"
+            ) from None
+        options = ort.SessionOptions()
+        # Like torch's: the server's thread budget, not every core per call.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only; they are raised, not logged
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *args: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if len(args) != len(self.input_names):
+            raise InvalidInput(
+                f"the ONNX model takes {len(self.input_names)} inputs "
+                f"({', '.join(self.input_names)}), got {len(args)}"
+            )
+        feeds = {
+            name: arg.detach().cpu().numpy() if isinstance(arg, torch.Tensor) else np.asarray(arg)
+            for name, arg in zip(self.input_names, args, strict=True)
+        }
+        outputs = tuple(torch.from_numpy(np.asarray(o)) for o in self.session.run(None, feeds))
+        return outputs[0] if len(outputs) == 1 else outputs
