@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,10 @@ import pytest
 import torchport
 from tests.cli.test_cli import assert_one_line_error, run
 from tests.e2e.server import running
+from tests.export.conftest import Exporter
 from torchport.archive import ModelKind, read_package
 from torchport.archive.hashing import sha256_file
-from torchport.export import ExportFailed, ExportResult, ParityFailed, export_package
+from torchport.export import ExportFailed, ParityFailed, export_package
 from torchport.export.parity import Tolerance, compare, parity_cases
 from torchport.runtime import example_inputs
 from torchport.types import Datatype, Signature
@@ -49,23 +49,6 @@ class Branchy(torch.nn.Module):
 def build():
     return Branchy()
 """
-
-Exporter = Callable[[str, str], ExportResult]
-
-
-@pytest.fixture(scope="session")
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exporter:
-    """Exports made once per test session and shared by the tests that need them."""
-    done: dict[tuple[str, str], ExportResult] = {}
-    out = tmp_path_factory.mktemp("exports")
-
-    def get(model: str, target: str) -> ExportResult:
-        if (model, target) not in done:
-            source = request.getfixturevalue(f"{model}_package")
-            done[model, target] = export_package(source, target, out / f"{model}.{target}.tpa")
-        return done[model, target]
-
-    return get
 
 
 @pytest.mark.parametrize(("model", "target"), CASES)

@@ -34,6 +34,14 @@ def export_cmd(
         bool,
         Opt("--keep-failed", help="Write an export whose parity fails (servers refuse it)."),
     ] = False,
+    write_inputs: Annotated[
+        Path | None,
+        Opt(
+            "--write-inputs",
+            help="Also write the model's inputs for the first example as a tensors file "
+            "(what examples/cpp's torchport-run reads).",
+        ),
+    ] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a package's model (TorchScript, torch.export, AOTInductor, ONNX) into a new
@@ -55,6 +63,11 @@ def export_cmd(
             package, to, target, tolerance=tolerance, keep_failed=keep_failed, progress=say
         )
     parity = result.parity
+    if write_inputs is not None:
+        from torchport.export.tensor_file import format_tensors
+
+        named = [(f"input_{i}", a) for i, a in enumerate(result.example_args)]
+        write_inputs.write_text(format_tensors(named))
     if as_json:
         print_json(
             {

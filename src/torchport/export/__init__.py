@@ -26,7 +26,7 @@ from torchport.errors import TorchportError
 from torchport.export.parity import BATCH_SIZES, Tolerance, compare, parity_cases
 from torchport.export.targets import ExportFailed, Target, cause, write_model
 from torchport.runtime import LocalRunner, example_inputs, open_runner
-from torchport.types import Tensors
+from torchport.types import Array, Tensors
 
 Progress = Callable[[str], None]
 
@@ -50,6 +50,9 @@ class ExportResult:
     parity: Parity
     export_seconds: float
     check_seconds: float
+    example_args: tuple[Array, ...] = ()
+    """What the handler passes the model for the package's first example: the inputs
+    a program calling the exported model directly (C++, ONNX Runtime) gives it."""
 
 
 def export_package(
@@ -72,7 +75,7 @@ def export_package(
     say = progress or (lambda _m: None)
     say(f"loading {source.name}")
     with _open(source) as runner, tempfile.TemporaryDirectory(prefix="torchport-export-") as tmp:
-        cases, expected, args = _reference(runner, batch_sizes)
+        cases, expected, args, first = _reference(runner, batch_sizes)
         say(f"exporting to {target.value}")
         try:
             trial = _export_and_check(runner, target, Path(tmp), cases, expected, args,
@@ -90,7 +93,9 @@ def export_package(
         say(f"writing {out}")
         manifest = write_package(out, trial.manifest.model_copy(update={"export": info}),
                                  trial.files)  # fmt: skip
-    return ExportResult(target, out, manifest, parity, trial.export_seconds, trial.check_seconds)
+    return ExportResult(
+        target, out, manifest, parity, trial.export_seconds, trial.check_seconds, first
+    )
 
 
 def describe_failure(parity: Parity, target: Target) -> str:
@@ -114,10 +119,10 @@ def _open(source: Path) -> Iterator[LocalRunner]:
 
 def _reference(
     runner: LocalRunner, batch_sizes: tuple[int, ...]
-) -> tuple[list[Tensors], list[Tensors], tuple[Any, ...]]:
-    """The parity cases, the source's outputs for them, and sample model arguments: what
-    the handler passed the model on the case whose smallest axis is largest (an axis of
-    size 1 would be specialised by the exporters)."""
+) -> tuple[list[Tensors], list[Tensors], tuple[Any, ...], tuple[Array, ...]]:
+    """The parity cases, the source's outputs for them, sample model arguments (what the
+    handler passed the model on the case whose smallest axis is largest: an axis of size
+    1 would be specialised by the exporters), and the model arguments of the first case."""
     manifest = runner.manifest
     examples = [example_inputs(manifest, i) for i in range(len(manifest.examples))]
     cases = parity_cases(manifest.signature, examples, batch_sizes=batch_sizes)
@@ -143,8 +148,9 @@ def _reference(
     if not tensors:
         raise ExportFailed("the handler passes its model something other than tensors")
     sample = max(tensors, key=lambda c: min(d for a in c for d in (*a.shape, 1 << 30)))
+    first = tuple(a.numpy().copy() for a in tensors[0])
     # Tensors made under inference mode cannot be traced or exported: plain copies can.
-    return cases, expected, tuple(a.clone() for a in sample)
+    return cases, expected, tuple(a.clone() for a in sample), first
 
 
 @dataclass(frozen=True)
