@@ -4,10 +4,27 @@ tests that need them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+import torchport
 from torchport.export import ExportResult, export_package
+
+BRANCHY = """
+import torch
+
+class Branchy(torch.nn.Module):
+    # Python control flow on the data: tracing keeps one branch, torch.export refuses.
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return -x
+
+def build():
+    return Branchy()
+"""
 
 Exporter = Callable[[str, str], ExportResult]
 
@@ -25,3 +42,14 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         return done[model, target]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def branchy_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("branchy")
+    (work / "model.py").write_text(BRANCHY)
+    out = work / "branchy.tpa"
+    # The example spans both signs, so random parity inputs take the other branch too.
+    example = {"input": np.array([[-1.0, 0.5, 0.75, 0.25]], np.float32)}
+    torchport.package(name="branchy", code=f"{work / 'model.py'}:build", example=example, out=out)
+    return out

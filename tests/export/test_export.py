@@ -36,20 +36,6 @@ CASES = [
     ("minilm", "onnx"),
 ]
 
-BRANCHY = """
-import torch
-
-class Branchy(torch.nn.Module):
-    # Python control flow on the data: tracing keeps one branch, torch.export refuses.
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2
-        return -x
-
-def build():
-    return Branchy()
-"""
-
 
 @pytest.mark.parametrize(("model", "target"), CASES)
 def test_every_runtime_answers_like_the_eager_model(
@@ -142,17 +128,6 @@ print("ok", y.shape)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok (2, 8)")  # the example's two rows
-
-
-@pytest.fixture(scope="module")
-def branchy_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("branchy")
-    (work / "model.py").write_text(BRANCHY)
-    out = work / "branchy.tpa"
-    # The example spans both signs, so random parity inputs take the other branch too.
-    example = {"input": np.array([[-1.0, 0.5, 0.75, 0.25]], np.float32)}
-    torchport.package(name="branchy", code=f"{work / 'model.py'}:build", example=example, out=out)
-    return out
 
 
 def test_a_model_that_cannot_be_exported_names_the_cause_and_what_works(

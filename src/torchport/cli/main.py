@@ -8,6 +8,7 @@ import sys
 import typer
 
 from torchport.cli import examples, models, store
+from torchport.cli.bench import bench_cmd
 from torchport.cli.export import export_cmd
 from torchport.cli.output import err
 from torchport.cli.packages import inspect_cmd, package_cmd, predict_cmd
@@ -28,6 +29,7 @@ app.command("inspect")(inspect_cmd)
 app.command("predict")(predict_cmd)
 app.command("serve")(serve_cmd)
 app.command("export")(export_cmd)
+app.command("bench")(bench_cmd)
 app.add_typer(models.app, name="models")
 app.add_typer(store.app, name="store")
 app.add_typer(examples.app, name="examples")

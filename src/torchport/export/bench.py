@@ -1,0 +1,194 @@
+"""`torchport bench`: how fast a package runs on this machine in each runtime that works
+for it: eager, eager + `torch.compile`, TorchScript, `torch.export`, AOTInductor, ONNX
+Runtime. Each export passes the parity check first; each runtime runs the package's
+handler, as the server does, in this process with torch's own thread settings.
+
+Latency: p50/p99 of single-row calls. Throughput: rows per second at the best batch size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchport.archive import read_package, unpack_package, write_package
+from torchport.errors import InvalidInput, TorchportError
+from torchport.export import ExportFailed, ParityFailed, export_package
+from torchport.export.targets import Target
+from torchport.runtime import LocalRunner, example_inputs, open_runner
+from torchport.types import Tensors
+
+RUNTIMES = ("eager", "compiled", "torchscript", "exported", "aoti", "onnx")
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+QUICK_BATCH_SIZES = (1, 8, 32)
+
+Progress = Callable[[str, int], None]
+"""Called with what runs now and how many steps are done."""
+
+
+@dataclass(frozen=True)
+class RuntimeResult:
+    runtime: str
+    ok: bool
+    reason: str = ""
+    """Why it did not run (the export failed, or its parity)."""
+    parity_max_abs_error: float | None = None
+    load_seconds: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    rows_per_s: float = 0.0
+    best_batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    package: str
+    torch_threads: int
+    seconds_per_measure: float
+    results: list[RuntimeResult]
+
+    @property
+    def fastest(self) -> RuntimeResult | None:
+        ok = [r for r in self.results if r.ok]
+        return max(ok, key=lambda r: r.rows_per_s) if ok else None
+
+    def to_dict(self) -> dict[str, Any]:
+        fastest = self.fastest
+        return {
+            "package": self.package,
+            "torch_threads": self.torch_threads,
+            "seconds_per_measure": self.seconds_per_measure,
+            "fastest": fastest.runtime if fastest else None,
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+def steps(runtimes: Sequence[str], batch_sizes: Sequence[int]) -> int:
+    """The progress total: per runtime, preparing it, latency, and each batch size."""
+    return len(runtimes) * (2 + len(batch_sizes))
+
+
+def bench_package(
+    package: Path,
+    *,
+    runtimes: Sequence[str] = RUNTIMES,
+    seconds: float = 1.0,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    work: Path | None = None,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Measure every runtime in `runtimes`; exports are written under `work` (kept, so
+    the fastest can be saved) or a temporary directory."""
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise InvalidInput(
+            f"unknown runtime {unknown[0]!r} (choose from {', '.join(RUNTIMES)})", field="runtime"
+        )
+    manifest = read_package(package).manifest
+    if not manifest.examples:
+        raise InvalidInput("bench needs a package with an example to run", field="package")
+    row = {k: v[:1] for k, v in example_inputs(manifest, 0).items()}
+    done = 0
+    say = progress or (lambda _m, _n: None)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="torchport-bench-") as tmp:
+        where = work or Path(tmp)
+        for runtime in runtimes:
+            say(f"{runtime}: preparing", done)
+            try:
+                runner, load_seconds, error = _prepare(package, runtime, where)
+            except (ExportFailed, ParityFailed) as exc:
+                results.append(RuntimeResult(runtime, ok=False, reason=str(exc)))
+                done += 2 + len(batch_sizes)
+                continue
+            done += 1
+            try:
+                say(f"{runtime}: latency at batch 1", done)
+                p50, p99 = _latency(runner, row, seconds)
+                done += 1
+                best, best_size = 0.0, 0
+                for size in batch_sizes:
+                    say(f"{runtime}: throughput at batch {size}", done)
+                    rate = _rows_per_s(runner, _tile(row, size), seconds)
+                    if rate > best:
+                        best, best_size = rate, size
+                    done += 1
+            finally:
+                runner.close()
+            results.append(
+                RuntimeResult(runtime, True, "", error, load_seconds, p50, p99, best, best_size)
+            )
+    say("done", done)
+    return BenchReport(str(package), torch.get_num_threads(), seconds, results)
+
+
+def exported_path(work: Path, runtime: str) -> Path:
+    return work / f"{runtime}.tpa"
+
+
+def _prepare(package: Path, runtime: str, work: Path) -> tuple[LocalRunner, float, float | None]:
+    """The runner of `runtime` (exporting first when it is an export), its load time, and
+    the export's largest parity error."""
+    error: float | None = None
+    path = package
+    if runtime not in ("eager", "compiled"):
+        result = export_package(package, Target(runtime), exported_path(work, runtime))
+        error = max((o.max_abs_error for o in result.parity.outputs), default=0.0)
+        assert result.out is not None
+        path = result.out
+    started = time.perf_counter()
+    runner = open_runner(path, compile=runtime == "compiled")
+    return runner, time.perf_counter() - started, error
+
+
+def _tile(row: Tensors, size: int) -> Tensors:
+    return {k: np.concatenate([v] * size) for k, v in row.items()}
+
+
+def _latency(runner: LocalRunner, row: Tensors, seconds: float) -> tuple[float, float]:
+    for _ in range(3):
+        runner.predict(row)
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 20:
+        started = time.perf_counter()
+        runner.predict(row)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return 1000 * times[len(times) // 2], 1000 * times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def _rows_per_s(runner: LocalRunner, batch: Tensors, seconds: float) -> float:
+    rows = len(next(iter(batch.values())))
+    runner.predict(batch)  # a first call at a new size may allocate or specialise
+    calls = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or calls < 3:
+        runner.predict(batch)
+        calls += 1
+    return calls * rows / (time.perf_counter() - started)
+
+
+def save_fastest(package: Path, report: BenchReport, work: Path, out: Path) -> str:
+    """Write the package as it runs fastest: the export that was fastest (it passed its
+    parity check), the original with `compile` on, or the original as it is."""
+    fastest = report.fastest
+    if fastest is None:
+        raise TorchportError("no runtime ran: nothing to save")
+    if fastest.runtime in ("eager", "compiled"):
+        with tempfile.TemporaryDirectory(prefix="torchport-save-") as tmp:
+            files_dir = Path(tmp) / "files"
+            manifest = unpack_package(package, files_dir).manifest
+            runtime = manifest.runtime.model_copy(update={"compile": fastest.runtime == "compiled"})
+            files = {name: files_dir / name for name in manifest.files}
+            write_package(out, manifest.model_copy(update={"runtime": runtime}), files)
+    else:
+        out.write_bytes(exported_path(work, fastest.runtime).read_bytes())
+    return fastest.runtime
