@@ -20,6 +20,7 @@ from torchport.archive import ModelKind, read_package
 from torchport.archive.hashing import sha256_file
 from torchport.export import ExportFailed, ParityFailed, export_package
 from torchport.export.parity import Tolerance, compare, parity_cases
+from torchport.export.tensor_file import parse_tensors
 from torchport.runtime import example_inputs
 from torchport.types import Datatype, Signature
 
@@ -204,9 +205,12 @@ def test_tolerances_are_per_datatype_and_exact_for_integers() -> None:
 def test_the_cli_prints_the_report_and_refuses_a_failing_export(
     mlp_package: Path, branchy_package: Path, tmp_path: Path
 ) -> None:
-    done = run("export", mlp_package, "--to", "exported", "-o", tmp_path / "m.tpa", "--check")
+    done = run("export", mlp_package, "--to", "exported", "-o", tmp_path / "m.tpa", "--check",
+               "--write-inputs", tmp_path / "inputs.txt")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "parity passed" in done.stdout
+    [(name, x)] = parse_tensors((tmp_path / "inputs.txt").read_text())
+    assert (name, x.shape, x.dtype) == ("input_0", (2, 32), np.float32)
     assert "max abs error" in done.stdout
     failing = run("export", branchy_package, "--to", "torchscript", "-o", tmp_path / "b.tpa")
     assert_one_line_error(failing, "does not match the original model", "nothing was written")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -133,13 +134,15 @@ def _label(target: Target) -> str:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Exporters log at warning for things the parity check judges anyway."""
+    """Exporters log at warning for things the parity check judges anyway, and
+    torch.export prints the partial graph to stderr when it fails: the error says why."""
     loggers = [logging.getLogger(n) for n in ("torch", "onnxscript")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
