@@ -50,6 +50,9 @@ bench: install
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
+	for m in mlp digits minilm; do \
+		$(BIN)/torchport bench build/examples/$$m.tpa --json > benchmarks/results/runtimes-$$m.json \
+		&& $(BIN)/python -m json.tool benchmarks/results/runtimes-$$m.json > /dev/null; done
 
 # The gRPC messages' descriptors, compiled from the .proto (committed; a test checks they match).
 PROTO_DIR := src/torchport/transports/grpc/proto

@@ -13,7 +13,15 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Locator,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 import torchport
 from tests.e2e.server import TOKEN, ServerProcess, oip_body, running
@@ -108,6 +116,15 @@ def infer_mlp(server: ServerProcess, count: int, version: int | None = None) -> 
             assert client.post(path, json=oip_body("input", x)).status_code == 200
 
 
+def promote_button(page: Page, version: int) -> Locator:
+    """Unlock the page, open `mlp`, and find the Promote button of `version`."""
+    unlock(page)
+    page.click("#models li[data-model=mlp]")
+    button = page.locator(f"#versions tr[data-version='{version}'] button.promote")
+    expect(button).to_be_visible()
+    return button
+
+
 def default_of(server: ServerProcess, model: str) -> int:
     r = httpx.get(f"{server.management_url}/models/{model}", headers=server.auth)
     return int(r.json()["default"])
@@ -193,10 +210,7 @@ def test_promote_and_rollback_from_the_page(
     watched: Watched, dserver: ServerProcess, mlp_v2: int
 ) -> None:
     page = watched.page
-    unlock(page)
-    page.click("#models li[data-model=mlp]")
-    promote = page.locator(f"#versions tr[data-version='{mlp_v2}'] button.promote")
-    expect(promote).to_be_visible()
+    promote = promote_button(page, mlp_v2)
 
     promote.click()  # asks first; Cancel changes nothing
     expect(page.locator("#confirm")).to_be_visible()
@@ -223,10 +237,7 @@ def test_actions_are_refused_without_the_right_token(
     watched: Watched, dserver: ServerProcess, mlp_v2: int
 ) -> None:
     page = watched.page
-    unlock(page)
-    page.click("#models li[data-model=mlp]")
-    promote = page.locator(f"#versions tr[data-version='{mlp_v2}'] button.promote")
-    expect(promote).to_be_visible()
+    promote = promote_button(page, mlp_v2)
     # The token is changed under the page (say, the server restarted with another one).
     page.evaluate("sessionStorage.setItem('torchport-token', 'a-stale-token')")
     promote.click()
