@@ -109,3 +109,15 @@ class DeadlineExceeded(TorchportError):
     """A request's deadline passed before it could be served."""
 
     code = "deadline_exceeded"
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body in a content type the route does not read."""
+
+    code = "unsupported_media_type"
+
+
+class NotAcceptable(InvalidInput):
+    """An `Accept` header asking for an answer in no format the route can write."""
+
+    code = "not_acceptable"

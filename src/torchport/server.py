@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
+import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -52,7 +55,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn(app: object) -> _Server:
+def _uvicorn(app: object, drain_seconds: float) -> _Server:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         log_level="warning",
@@ -61,7 +64,7 @@ def _uvicorn(app: object) -> _Server:
         server_header=False,
         http="httptools",
         loop="none",
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=math.ceil(drain_seconds),
     )
     return _Server(config)
 
@@ -71,24 +74,40 @@ def serve(
     packages: list[Path] | None = None,
     *,
     examples: bool = False,
+    microservice: bool = False,
     announce: Callable[[ServerInfo], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the model server until SIGINT or SIGTERM. Blocks."""
+    """Run the model server until SIGINT or SIGTERM. Blocks.
+
+    With `microservice`, serve the one package given, read-only: no management port, no
+    store kept (the package is verified into a private one, removed at exit), SageMaker's
+    `/invocations` beside the other protocols, and the HTTP port from
+    `SAGEMAKER_BIND_TO_PORT` when set.
+
+    On SIGTERM (or SIGINT) readiness turns false at once; requests are still served for
+    `unready_seconds`, then the ports close and requests in flight get `drain_seconds` to
+    finish. A second signal stops at once.
+    """
     started = time.perf_counter()
     say = progress or (lambda _m: None)
     configure_logging(settings.log_format, settings.access_log)
+    if microservice:
+        settings = _microservice_settings(settings, packages or [], examples)
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)  # once, for the process, at start
     # Ports first: a port in use fails at once, before minutes of model loading.
     http_socket = bind(settings.host, settings.http_port)
-    mgmt_socket = bind(settings.host, settings.management_port)
+    mgmt_socket = None if microservice else bind(settings.host, settings.management_port)
     if settings.grpc_port:
         bind(settings.host, settings.grpc_port).close()  # gRPC binds its own, once loaded
-    store = SQLiteStore(settings.store)
-    token = resolve_token(settings.token, store.root)
+    private_store = (
+        Path(tempfile.mkdtemp(prefix="torchport-microservice-")) if microservice else None
+    )
+    store = SQLiteStore(private_store or settings.store)
+    token = None if microservice else resolve_token(settings.token, store.root)
     inference = InferenceService(
         store, settings.limits, cores=available_cores(), torch_threads=settings.torch_threads
     )
@@ -106,22 +125,37 @@ def serve(
     gc.collect()
     gc.freeze()
 
-    http = _uvicorn(build_inference_app(inference, max_body=settings.max_request_bytes))
+    models = [(m.name, m.default) for m in store.list_models()]
+    http = _uvicorn(
+        build_inference_app(
+            inference,
+            max_body=settings.max_request_bytes,
+            sagemaker_model=models[0][0] if microservice else None,
+        ),
+        settings.drain_seconds,
+    )
     live = LiveStats(inference.metrics.registry)
-    mgmt = _uvicorn(build_management_app(management, token, live))
+    servers = [http]
+    if token is not None and mgmt_socket is not None:
+        servers.append(
+            _uvicorn(build_management_app(management, token, live), settings.drain_seconds)
+        )
     info = ServerInfo(
         inference_url=_url(settings.host, http_socket),
         grpc_address="",
-        management_url=_url(settings.host, mgmt_socket),
+        management_url=_url(settings.host, mgmt_socket) if mgmt_socket else "",
         store=store.root,
-        token_source="TORCHPORT_TOKEN" if settings.token else str(store.root / TOKEN_FILE),
-        models=[(m.name, m.default) for m in store.list_models()],
+        token_source=""
+        if microservice
+        else "TORCHPORT_TOKEN"
+        if settings.token
+        else str(store.root / TOKEN_FILE),
+        models=models,
         seconds_to_ready=0.0,
     )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        servers = [http, mgmt]
         grpc = GrpcServer(
             inference,
             token,
@@ -130,16 +164,35 @@ def serve(
             max_message_bytes=settings.max_request_bytes,
         )
 
-        def stop() -> None:
+        pending: set[asyncio.Task[None]] = set()
+
+        def close() -> None:
             for server in servers:
                 server.should_exit = True
+
+        def stop() -> None:
+            if inference.draining:  # a second signal: no more waiting
+                for server in servers:
+                    server.force_exit = True
+                close()
+                return
+            inference.draining = True
+            log.info(
+                "stopping: not ready now, serving %.1f s more, then up to %.1f s for "
+                "requests in flight",
+                settings.unready_seconds,
+                settings.drain_seconds,
+            )
+            pending.add(loop.create_task(grpc.update_health()))
+            loop.call_later(settings.unready_seconds, close)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         await grpc.start()
+        sockets = [http_socket] if mgmt_socket is None else [http_socket, mgmt_socket]
         tasks = [
-            asyncio.create_task(http.serve(sockets=[http_socket])),
-            asyncio.create_task(mgmt.serve(sockets=[mgmt_socket])),
+            asyncio.create_task(server.serve(sockets=[sock]))
+            for server, sock in zip(servers, sockets, strict=True)
         ]
         while not all(server.started for server in servers) and not any(t.done() for t in tasks):
             await asyncio.sleep(0.005)
@@ -160,13 +213,28 @@ def serve(
         finally:
             for task in background:
                 task.cancel()
-            await grpc.stop(grace=10)
+            await grpc.stop(grace=settings.drain_seconds)
 
     try:
         _run(main())
     finally:
         inference.close()
         store.close()
+        if private_store is not None:
+            shutil.rmtree(private_store, ignore_errors=True)
+
+
+def _microservice_settings(settings: Settings, packages: list[Path], examples: bool) -> Settings:
+    if examples or len(packages) != 1:
+        raise TorchportError(
+            "a microservice serves exactly one package: torchport serve PACKAGE.tpa --microservice"
+        )
+    port = os.environ.get("SAGEMAKER_BIND_TO_PORT")
+    if port is None:
+        return settings
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise TorchportError(f"SAGEMAKER_BIND_TO_PORT={port!r} is not a port number")
+    return settings.model_copy(update={"http_port": int(port)})
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     """`json`: one JSON object a line, for log collectors."""
     access_log: bool = False
     """Log one line per inference request (request id, model, version, outcome, timings)."""
+    unready_seconds: float = Field(default=0.0, ge=0, le=600)
+    """On SIGTERM: how long to go on serving while reporting not ready, so that a load
+    balancer (a Kubernetes Service) stops sending requests before the ports close."""
+    drain_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """On SIGTERM, after `unready_seconds`: the longest wait for requests in flight."""
     limits: Limits = Field(default_factory=Limits)
 
 

@@ -27,9 +27,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, store: Path, packages: list[Path] | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        store: Path,
+        packages: list[Path] | None = None,
+        *,
+        microservice: bool = False,
+        **env: str,
+    ) -> None:
         self.store = store
         self.packages = packages or []
+        self.microservice = microservice
         self.env = env
         self.http_port = free_port()
         self.grpc_port = free_port()
@@ -55,12 +63,18 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         env = {**os.environ, "TORCHPORT_TOKEN": TOKEN, **self.env}
+        if self.microservice:  # as a SageMaker container is started: the port from the env
+            env["SAGEMAKER_BIND_TO_PORT"] = str(self.http_port)
+            where = ["--microservice"]
+        else:
+            where = [
+                "--store", str(self.store),
+                "--http-port", str(self.http_port),
+                "--management-port", str(self.management_port),
+            ]  # fmt: skip
         command = [
-            sys.executable, "-m", "torchport", "serve",
-            "--store", str(self.store),
-            "--http-port", str(self.http_port),
+            sys.executable, "-m", "torchport", "serve", *where,
             "--grpc-port", str(self.grpc_port),
-            "--management-port", str(self.management_port),
             *map(str, self.packages),
         ]  # fmt: skip
         self.proc = subprocess.Popen(

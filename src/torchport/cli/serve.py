@@ -26,8 +26,17 @@ def serve_cmd(
     examples: Annotated[
         bool, Opt("--examples", help="Build and register the example models first.")
     ] = False,
+    microservice: Annotated[
+        bool,
+        Opt(
+            "--microservice",
+            help="Serve the one PACKAGE given, read-only: no management port, no store kept; "
+            "SageMaker's /invocations too (port from SAGEMAKER_BIND_TO_PORT if set).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the model server: inference on one port, management (token) on another."""
+    """Run the model server: inference on one port, management (token) on another; or,
+    with --microservice, one model behind its endpoints."""
     # Read by OpenMP when torch loads: idle torch threads sleep instead of spinning, so
     # they do not take the event loop's core between batches. A user's value wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -44,13 +53,18 @@ def serve_cmd(
     )
 
     def announce(info: ServerInfo) -> None:
-        out.print(f"torchport ready in {info.seconds_to_ready:.1f} s — store {info.store}")
+        if microservice:
+            out.print(f"torchport microservice ready in {info.seconds_to_ready:.1f} s")
+        else:
+            out.print(f"torchport ready in {info.seconds_to_ready:.1f} s — store {info.store}")
+        sagemaker = ", SageMaker /invocations" if microservice else ""
         out.print(
             f"  inference   {info.inference_url}   "
-            "(OIP v2 /v2, KServe v1 /v1, TorchServe /predictions)"
+            f"(OIP v2 /v2, KServe v1 /v1, TorchServe /predictions{sagemaker})"
         )
         out.print(f"  grpc        {info.grpc_address}   (OIP v2 inference.GRPCInferenceService)")
-        out.print(f"  management  {info.management_url}   (bearer token: {info.token_source})")
+        if info.management_url:
+            out.print(f"  management  {info.management_url}   (bearer token: {info.token_source})")
         served = ", ".join(f"{name} v{version}" for name, version in info.models) or "none yet"
         out.print(f"  models      {served}")
         for line in try_lines(info):
@@ -61,6 +75,7 @@ def serve_cmd(
         settings,
         packages or [],
         examples=examples,
+        microservice=microservice,
         announce=announce,
         progress=lambda message: err.print(f"  {message}", markup=False),
     )
@@ -84,7 +99,9 @@ def try_lines(info: object) -> list[str]:
         lines.append(
             f"curl {url}/predictions/minilm -H 'Content-Type: text/plain' -d 'hello world'"
         )
-    lines.append(
-        f'curl -H "Authorization: Bearer $(cat {info.token_source})" {info.management_url}/models'
-    )
+    if info.management_url:
+        lines.append(
+            f'curl -H "Authorization: Bearer $(cat {info.token_source})" '
+            f"{info.management_url}/models"
+        )
     return lines

@@ -133,6 +133,8 @@ class InferenceService:
         self._unloaded: set[str] = set()
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self.started = False
+        self.draining = False
+        """Set when the server is shutting down: it reports not ready from then on."""
         self.metrics = Metrics()
         self.metrics.watch(self._gauges)
         self._recent: dict[str, deque[Tensors]] = {}
@@ -562,8 +564,12 @@ class InferenceService:
 
     def server_ready(self) -> bool:
         with self._lock:
-            return self.started and all(
-                (model, version) in self._loaded for model, version in self._defaults.items()
+            return (
+                self.started
+                and not self.draining
+                and all(
+                    (model, version) in self._loaded for model, version in self._defaults.items()
+                )
             )
 
     def states(self) -> list[VersionState]:

@@ -18,7 +18,7 @@ class GrpcServer:
     def __init__(
         self,
         service: InferenceService,
-        token: str,
+        token: str | None,
         *,
         host: str,
         port: int,

@@ -106,6 +106,8 @@ STATUS: dict[str, grpc.StatusCode] = {
     "unsafe_content": grpc.StatusCode.INVALID_ARGUMENT,
     "model_load_failed": grpc.StatusCode.INVALID_ARGUMENT,
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unsupported_media_type": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_acceptable": grpc.StatusCode.INVALID_ARGUMENT,
     "not_found": grpc.StatusCode.NOT_FOUND,
     "conflict": grpc.StatusCode.FAILED_PRECONDITION,
     "unauthorized": grpc.StatusCode.UNAUTHENTICATED,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import grpc
 
-from torchport.errors import InvalidInput, NotFound, TorchportError
+from torchport.errors import InvalidInput, NotFound, TorchportError, Unauthorized
 from torchport.service.auth import check_bearer
 from torchport.service.inference import InferenceService, timeout_parameter
 from torchport.service.logs import new_request_id, request_id
@@ -64,7 +64,7 @@ def answers_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
 class InferenceServicer:
     """One coroutine per method of the service; `convert.method_handlers` registers them."""
 
-    def __init__(self, service: InferenceService, token: str) -> None:
+    def __init__(self, service: InferenceService, token: str | None) -> None:
         self.service = service
         self.token = token
 
@@ -127,6 +127,8 @@ class InferenceServicer:
     # -- the model repository extension (management token) ------------------------------
 
     def _authorize(self, context: Context) -> None:
+        if self.token is None:
+            raise Unauthorized("this is a read-only microservice: it has no model repository")
         check_bearer(_metadata(context, "authorization"), self.token)
 
     @answers_errors

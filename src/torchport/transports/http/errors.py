@@ -20,6 +20,8 @@ STATUS = {
     "unsafe_content": 400,
     "model_load_failed": 400,
     "too_large": 413,
+    "unsupported_media_type": 415,
+    "not_acceptable": 406,
     "unauthorized": 401,
     "not_found": 404,
     "conflict": 409,

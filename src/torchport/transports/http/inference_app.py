@@ -11,13 +11,15 @@ from torchport.errors import TorchportError
 from torchport.service.inference import InferenceService
 from torchport.service.logs import new_request_id, request_id
 from torchport.service.metrics import CONTENT_TYPE
-from torchport.transports.http import kserve_v1, oip, torchserve
+from torchport.transports.http import kserve_v1, oip, sagemaker, torchserve
 from torchport.transports.http.errors import HANDLERS, error_response
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
-def _observed(service: InferenceService, route: BaseRoute, protocol: str) -> BaseRoute:
+def _observed(
+    service: InferenceService, route: BaseRoute, protocol: str, model: str = ""
+) -> BaseRoute:
     """An inference route with a request id (`X-Request-ID` in, and back on the answer)
     and the requests it refuses before inference counted in the metrics."""
     if not isinstance(route, Route) or "POST" not in (route.methods or ()):
@@ -33,7 +35,7 @@ def _observed(service: InferenceService, route: BaseRoute, protocol: str) -> Bas
             except TorchportError as exc:
                 version = request.path_params.get("version")
                 wanted = int(version) if version and version.isdigit() else None
-                service.refused(request.path_params.get("model", ""), wanted, protocol, exc)
+                service.refused(request.path_params.get("model", model), wanted, protocol, exc)
                 response = error_response(exc)
             response.headers[REQUEST_ID_HEADER] = request_id.get() or new_request_id()
             return response
@@ -43,7 +45,12 @@ def _observed(service: InferenceService, route: BaseRoute, protocol: str) -> Bas
     return Route(route.path, observed, methods=list(route.methods or ()))
 
 
-def build_inference_app(service: InferenceService, *, max_body: int) -> Starlette:
+def build_inference_app(
+    service: InferenceService, *, max_body: int, sagemaker_model: str | None = None
+) -> Starlette:
+    """Every inference protocol; with `sagemaker_model` (the microservice), SageMaker's
+    `POST /invocations` for that model too."""
+
     async def metrics(_request: Request) -> Response:
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
@@ -53,4 +60,9 @@ def build_inference_app(service: InferenceService, *, max_body: int) -> Starlett
         *(_observed(service, r, "kserve_v1") for r in kserve_v1.routes(service, max_body)),
         *(_observed(service, r, "torchserve") for r in torchserve.routes(service, max_body)),
     ]
+    if sagemaker_model is not None:
+        routes += [
+            _observed(service, r, "sagemaker", sagemaker_model)
+            for r in sagemaker.routes(service, max_body, sagemaker_model)
+        ]
     return Starlette(routes=routes, exception_handlers=dict(HANDLERS))
