@@ -9,6 +9,7 @@ import typer
 
 from torchport.cli import examples, models, store
 from torchport.cli.bench import bench_cmd
+from torchport.cli.build import build_cmd
 from torchport.cli.export import export_cmd
 from torchport.cli.output import err
 from torchport.cli.packages import inspect_cmd, package_cmd, predict_cmd
@@ -30,6 +31,7 @@ app.command("predict")(predict_cmd)
 app.command("serve")(serve_cmd)
 app.command("export")(export_cmd)
 app.command("bench")(bench_cmd)
+app.command("build")(build_cmd)
 app.add_typer(models.app, name="models")
 app.add_typer(store.app, name="store")
 app.add_typer(examples.app, name="examples")
