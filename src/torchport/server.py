@@ -108,8 +108,18 @@ def serve(
     )
     store = SQLiteStore(private_store or settings.store)
     token = None if microservice else resolve_token(settings.token, store.root)
+    ray_started = False
+    if settings.backend == "ray":
+        from torchport.runtime import ray_backend
+
+        say("connecting to Ray" + (f" at {settings.ray_address}" if settings.ray_address else ""))
+        ray_started = ray_backend.connect(settings.ray_address, available_cores())
     inference = InferenceService(
-        store, settings.limits, cores=available_cores(), torch_threads=settings.torch_threads
+        store,
+        settings.limits,
+        cores=available_cores(),
+        torch_threads=settings.torch_threads,
+        backend=settings.backend,
     )
     management = Management(store, settings.limits, inference)
     if examples:
@@ -220,6 +230,10 @@ def serve(
     finally:
         inference.close()
         store.close()
+        if settings.backend == "ray":
+            from torchport.runtime import ray_backend
+
+            ray_backend.disconnect(ray_started)
         if private_store is not None:
             shutil.rmtree(private_store, ignore_errors=True)
 

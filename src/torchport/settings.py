@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     balancer (a Kubernetes Service) stops sending requests before the ports close."""
     drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM, after `unready_seconds`: the longest wait for requests in flight."""
+    backend: Literal["local", "ray"] = "local"
+    """Where versions run: `local` (threads or worker processes of this server) or `ray`
+    (a Ray Serve deployment per version; torchport stays the front end)."""
+    ray_address: str | None = None
+    """With `backend = "ray"`: the cluster to join (`auto`, `ray://host:10001`); none
+    starts a local Ray on 127.0.0.1."""
     limits: Limits = Field(default_factory=Limits)
 
 

@@ -26,6 +26,12 @@ def serve_cmd(
     examples: Annotated[
         bool, Opt("--examples", help="Build and register the example models first.")
     ] = False,
+    backend: Annotated[
+        str | None, Opt(help="local (default) or ray: each version a Ray Serve deployment.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, Opt(help="With --backend ray: auto, ray://HOST:10001 (default: a local Ray).")
+    ] = None,
     microservice: Annotated[
         bool,
         Opt(
@@ -50,6 +56,8 @@ def serve_cmd(
         http_port=http_port,
         grpc_port=grpc_port,
         management_port=management_port,
+        backend=backend,
+        ray_address=ray_address,
     )
 
     def announce(info: ServerInfo) -> None:

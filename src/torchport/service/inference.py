@@ -118,8 +118,11 @@ class InferenceService:
         *,
         cores: int = 1,
         torch_threads: int = 0,
+        backend: str = "local",
     ) -> None:
         self.store = store
+        self.backend = backend
+        """`local` (threads or worker processes here) or `ray` (Ray Serve deployments)."""
         self.limits = limits or Limits()
         self.torch_threads = torch_threads
         """Intra-op threads of a batch under load (0: torch's settings are left alone)."""
@@ -221,7 +224,22 @@ class InferenceService:
         serving: PackageRunner = runner
         threads = self.threads
         labels = (model, str(version))
-        if policy.worker_kind == "process":
+        if self.backend == "ray":
+            from torchport.runtime.ray_backend import RayServeRunner
+
+            threads = None  # the replicas run the model, each with its own threads
+            path = self.store.package_path(self.store.get_version(model, version))
+            serving = RayServeRunner(
+                path,
+                model,
+                version,
+                policy.workers,
+                self.limits,
+                torch_threads=self.torch_threads,
+                compile=runner.compiled,
+            )
+            runner.close()
+        elif policy.worker_kind == "process":
             threads = None  # each worker process sets its own
             # The in-process load verified the package; the workers each load their own.
             path = self.store.package_path(self.store.get_version(model, version))
@@ -286,9 +304,9 @@ class InferenceService:
         if loaded is None:
             return {}
         policy = loaded.batcher.policy
-        pids = loaded.runner.pids if isinstance(loaded.runner, ProcessPoolRunner) else []
+        pids: list[int] = getattr(loaded.runner, "pids", [])  # worker processes, Ray replicas
         return {
-            "kind": policy.worker_kind,
+            "kind": "ray" if self.backend == "ray" else policy.worker_kind,
             "count": policy.workers,
             "pids": pids,
             "compiled": loaded.compiled,

@@ -126,8 +126,8 @@ def build_management_app(
         audit = await run_in_threadpool(store.audit, model, 20)
         body = model_json(info, states(model))
         if inference is not None:
-            for v in body["versions"]:
-                v["workers"] = inference.workers(model, v["version"])
+            for v in body["versions"]:  # Ray replicas are asked: not on the event loop
+                v["workers"] = await run_in_threadpool(inference.workers, model, v["version"])
         body["audit"] = [asdict(e) for e in audit]
         return json_response(body)
 

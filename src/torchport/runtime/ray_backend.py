@@ -1,0 +1,188 @@
+"""The Ray Serve backend: each model version runs as a Ray Serve deployment whose replicas
+load the same package, with the same handler, as the local server; torchport stays the
+front end (protocols, batching, routing, management) and reaches a version through a
+`Runner` that sends each batch to the deployment. Ray places and restarts the replicas.
+
+Ray is optional (`pip install 'torchport[ray]'`): this module is imported only when the
+server runs with `backend = "ray"`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+
+from torchport.archive import Manifest, read_package
+from torchport.errors import ModelLoadError, Overloaded, TorchportError, Unavailable
+from torchport.runtime.runner import LocalRunner, open_runner
+from torchport.settings import Limits
+from torchport.types import Signature, Tensors
+
+log = logging.getLogger("torchport.ray")
+
+REQUEST_TIMEOUT_S = 300.0
+DEPLOY_TIMEOUT_S = 300.0
+LOCAL_CPU_SHARES = 8
+
+
+class Replica:
+    """One replica of a version: the package unpacked and loaded in a Ray worker process."""
+
+    def __init__(self, package: bytes, torch_threads: int, compile: bool) -> None:
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self._dir = tempfile.TemporaryDirectory(prefix="torchport-replica-")
+        path = Path(self._dir.name) / "package.tpa"
+        path.write_bytes(package)
+        self.runner: LocalRunner = open_runner(path, compile=compile)
+
+    def __call__(self, batch: Tensors) -> Tensors:
+        return self.runner.predict(batch)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def connect(address: str | None, cores: int = 1) -> bool:
+    """Join the Ray cluster at `address` (`auto`, `ray://host:10001`), or start a local
+    one bound to 127.0.0.1 with no dashboard; then Serve, without its HTTP proxy (torchport
+    is the front end). Returns whether a local Ray was started (and so is ours to stop).
+
+    A local Ray counts each core LOCAL_CPU_SHARES times: the replicas of every loaded
+    version must fit on this one machine, which they share as the local backend's
+    versions share its cores. On a cluster a replica reserves its torch threads' CPUs."""
+    started = False
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no INFO line per deployment
+    if not ray.is_initialized():
+        quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                num_cpus=cores * LOCAL_CPU_SHARES,
+                **quiet,
+            )
+            started = True
+    serve.start(http_options={"location": "NoServer"})
+    return started
+
+
+def disconnect(started: bool) -> None:
+    """Stop the local Ray this process started (its Serve applications with it)."""
+    if started:
+        ray.shutdown()
+
+
+def app_name(model: str, version: int) -> str:
+    return f"torchport-{model}-v{version}"
+
+
+class RayServeRunner:
+    """A `Runner` of one package whose batches run on a Ray Serve deployment of it."""
+
+    def __init__(
+        self,
+        package: Path,
+        model: str,
+        version: int,
+        replicas: int,
+        limits: Limits | None = None,
+        *,
+        torch_threads: int = 1,
+        compile: bool = False,
+    ) -> None:
+        self.manifest: Manifest = read_package(package, limits).manifest
+        self.name = app_name(model, version)
+        deployment = serve.deployment(
+            name=self.name,
+            num_replicas=replicas,
+            ray_actor_options={"num_cpus": max(1, torch_threads)},
+            # Batches are already formed by torchport: a replica runs one at a time.
+            max_ongoing_requests=2,
+        )(Replica)
+        app = deployment.bind(package.read_bytes(), torch_threads, compile)
+        _deploy(app, self.name, replicas)
+        self._handle = serve.get_app_handle(self.name)
+
+    @property
+    def signature(self) -> Signature:
+        return self.manifest.signature
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the replicas (those that answer now)."""
+        seen: set[int] = set()
+        for _ in range(8):  # requests spread over replicas: a few reach them all
+            try:
+                seen.add(int(self._handle.pid.remote().result(timeout_s=10)))
+            except Exception:  # a replica restarting answers later
+                break
+        return sorted(seen)
+
+    def predict(self, batch: Tensors) -> Tensors:
+        try:
+            outputs: Tensors = self._handle.remote(batch).result(timeout_s=REQUEST_TIMEOUT_S)
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, TorchportError):
+                raise cause from None
+            raise TorchportError(f"the model failed on a Ray replica: {_first_line(exc)}") from exc
+        except RayActorError as exc:
+            raise Unavailable(
+                f"the Ray replica running this batch died ({_first_line(exc)}); retry"
+            ) from exc
+        except BackPressureError as exc:
+            raise Overloaded(f"every Ray replica of {self.name} is busy") from exc
+        except TimeoutError as exc:
+            raise Unavailable(f"no Ray replica of {self.name} answered in time") from exc
+        return outputs
+
+    def close(self) -> None:
+        try:
+            serve.delete(self.name, _blocking=False)
+        except Exception:  # the cluster may already be gone at shutdown
+            log.debug("deleting %s failed", self.name, exc_info=True)
+
+
+def _deploy(app: Any, name: str, replicas: int) -> None:
+    """`serve.run`, bounded: a cluster without room for the replicas would wait forever."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve.run(app, name=name, route_prefix=None)
+        except BaseException as exc:  # reported in the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"deploy-{name}", daemon=True).start()
+    if not done.wait(DEPLOY_TIMEOUT_S):
+        with contextlib.suppress(Exception):
+            serve.delete(name, _blocking=False)
+        raise ModelLoadError(
+            f"Ray Serve could not start {replicas} replica(s) of {name} in "
+            f"{DEPLOY_TIMEOUT_S:.0f} s: is there room (CPUs) for them in the cluster?"
+        )
+    if failure:
+        raise ModelLoadError(f"Ray Serve failed to deploy {name}: {_first_line(failure[0])}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

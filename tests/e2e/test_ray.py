@@ -1,0 +1,112 @@
+"""`torchport serve --backend ray`: each version a Ray Serve deployment on a real local Ray
+(started by the server on 127.0.0.1, no dashboard, Ray's token authentication on),
+torchport still the front end for every protocol and the management API."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as triton_grpc
+
+import torchport
+from tests.e2e.server import ServerProcess, check_mlp_under_concurrency, oip_body
+
+X = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def rserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        tmp_path_factory.mktemp("ray") / "store", [mlp_package], TORCHPORT_BACKEND="ray"
+    ).start(timeout=300)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def workers(server: ServerProcess, version: int = 1) -> dict[str, Any]:
+    shown = httpx.get(f"{server.management_url}/models/mlp", headers=server.auth, timeout=60)
+    by_version = {v["version"]: v for v in shown.json()["versions"]}
+    info: dict[str, Any] = by_version[version]["workers"]
+    return info
+
+
+def infer(server: ServerProcess, x: np.ndarray = X, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{server.url}/v2/models/mlp/infer", json=oip_body("input", x),
+                      timeout=timeout)  # fmt: skip
+
+
+def output(response: httpx.Response) -> np.ndarray:
+    out = response.json()["outputs"][0]
+    return np.array(out["data"], np.float32).reshape(out["shape"])
+
+
+def test_a_version_runs_on_ray_replicas_and_answers_like_the_embedded_model(
+    rserver: ServerProcess, mlp_package: Path
+) -> None:
+    info = workers(rserver)
+    assert info["kind"] == "ray"
+    assert info["count"] == 2
+    assert len(info["pids"]) == 2  # two replica processes, neither the server
+    assert rserver.proc is not None
+    assert rserver.proc.pid not in info["pids"]
+    with torchport.load(mlp_package) as model:
+        want = model.predict({"input": X})["output"]
+    np.testing.assert_allclose(output(infer(rserver)), want, atol=1e-5)
+    with triton_grpc.InferenceServerClient(rserver.grpc_address) as client:
+        tensor = triton_grpc.InferInput("input", [3, 32], "FP32")
+        tensor.set_data_from_numpy(X)
+        np.testing.assert_allclose(client.infer("mlp", [tensor]).as_numpy("output"), want,
+                                   atol=1e-5)  # fmt: skip
+    check_mlp_under_concurrency(rserver, mlp_package, seed=9, count=40, max_rows=4, threads=8)
+
+
+def test_an_upload_deploys_on_ray_and_promote_and_rollback_switch_live(
+    rserver: ServerProcess, tmp_path: Path
+) -> None:
+    torch.manual_seed(3)
+    other = torch.nn.Sequential(torch.nn.Linear(32, 8)).eval()
+    package = tmp_path / "mlp2.tpa"
+    torchport.package(other, name="mlp", example={"input": X[:1]}, out=package)
+    with torch.no_grad():
+        want = other(torch.from_numpy(X)).numpy()
+    before = output(infer(rserver))
+    r = httpx.post(f"{rserver.management_url}/models/mlp?promote=true",
+                   content=package.read_bytes(), headers=rserver.auth, timeout=300)  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert workers(rserver, 2)["kind"] == "ray"
+    np.testing.assert_allclose(output(infer(rserver)), want, atol=1e-5)
+    back = httpx.post(f"{rserver.management_url}/models/mlp/rollback", headers=rserver.auth,
+                      timeout=300)  # fmt: skip
+    assert back.status_code == 200
+    np.testing.assert_allclose(output(infer(rserver)), before, atol=1e-6)
+
+
+def test_a_killed_replica_fails_cleanly_and_comes_back(rserver: ServerProcess) -> None:
+    [victim, _] = workers(rserver)["pids"]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        load = [pool.submit(infer, rserver, X, 120) for _ in range(40)]
+        time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        statuses = [f.result().status_code for f in load]  # none hangs: each is answered
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 1
+    deadline = time.monotonic() + 180
+    while True:  # Ray Serve replaces the replica; requests succeed meanwhile or after
+        info = workers(rserver)
+        if len(info["pids"]) == 2 and victim not in info["pids"]:
+            break
+        assert time.monotonic() < deadline, f"the replica did not come back: {info}"
+        time.sleep(1)
+    assert all(infer(rserver).status_code == 200 for _ in range(5))
