@@ -9,6 +9,10 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchserve`, `torchserve-batch`: TorchServe 0.12.0 (set up in build/torchserve-venv on first
   use, Java 17), 2 workers, the same model code and weights; batch size 1, and 8 (mlp) / 32
   (minilm) with a 5 ms delay;
+- `torchport-ray-1`, `torchport-ray-2` (`--targets` to add them): `torchport serve --backend
+  ray` on a local Ray, the version on 1 or 2 replicas (torchport's front end and batching);
+- `ray-plain`: Ray Serve's own plain deployment of the same model, 2 replicas, its HTTP
+  proxy, no batching (peers/ray_app.py): the anchor for the Ray path;
 - `in-process`: `runner.predict` in a loop (benchmarks/in_process.py), batch 1 and the best
   batch size, one caller over every core or one per core with a torch thread each (the limit).
 Workloads: `mlp` (one 32-float row as JSON per request) and `minilm` (one short sentence
@@ -45,6 +49,7 @@ BIN = Path(sys.executable).parent
 LUA = ROOT / "benchmarks" / "wrk_post.lua"
 SENTENCE = "torchport serves PyTorch models."
 CONCURRENCY = (1, 8, 32)
+TOKEN = "benchmark-token-0123456789"
 
 
 def free_port() -> int:
@@ -82,17 +87,22 @@ def wait_ready(
     raise SystemExit(f"a benchmark target was not ready in {timeout} s")
 
 
-def start_torchport(model: str, package: Path, work: Path, *, grpc: bool = False) -> Started:
+def start_torchport(
+    model: str, package: Path, work: Path, *, grpc: bool = False, ray_replicas: int = 0
+) -> Started:
     http, grpc_port, mgmt = free_port(), free_port(), free_port()
     store = Path(tempfile.mkdtemp(dir=work)) / "store"
     started = time.perf_counter()
     proc = subprocess.Popen(
         [str(BIN / "torchport"), "serve", "--store", str(store), "--http-port", str(http),
          "--grpc-port", str(grpc_port), "--management-port", str(mgmt), str(package)],
-        env={**os.environ, "TORCHPORT_TOKEN": "benchmark-token-0123456789"},
+        env={**os.environ, "TORCHPORT_TOKEN": TOKEN,
+             **({"TORCHPORT_BACKEND": "ray"} if ray_replicas else {})},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ready = wait_ready(proc, f"http://127.0.0.1:{http}/v2/health/ready", started)
+    if ray_replicas:
+        set_workers(mgmt, model, ray_replicas)
     if grpc:
         body, answer = grpc_body(model, work, f"127.0.0.1:{grpc_port}")
         url = f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"
@@ -114,6 +124,32 @@ def start_torchport(model: str, package: Path, work: Path, *, grpc: bool = False
     body = work / "sentence.txt"
     body.write_text(SENTENCE)
     return Started(proc, f"http://127.0.0.1:{http}/predictions/minilm", "text/plain", body, ready)
+
+
+def set_workers(management_port: int, model: str, workers: int) -> None:
+    """Redeploy the served version with `workers` workers (Ray replicas), and wait."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{management_port}/models/{model}/versions/1/config",
+        data=json.dumps({"workers": workers}).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        assert response.status == 200
+
+
+def start_ray_plain(model: str, files: Path, work: Path) -> Started:
+    port = free_port()
+    env = {**os.environ, "MODEL_KIND": model, "MODEL_FILES": str(files), "PORT": str(port),
+           "REPLICAS": "2", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.peers.ray_app"], env=env, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ready = wait_ready(proc, f"http://127.0.0.1:{port}/predict", started)
+    body, content_type = _plain_body(model, work)
+    return Started(proc, f"http://127.0.0.1:{port}/predict", content_type, body, ready)
 
 
 def grpc_body(model: str, work: Path, address: str) -> tuple[Path, int]:
@@ -221,6 +257,11 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
         try:
             if target in ("torchport", "torchport-grpc"):
                 return start_torchport(model, package, work, grpc=target == "torchport-grpc")
+            if target.startswith("torchport-ray-"):
+                replicas = int(target.rsplit("-", 1)[1])
+                return start_torchport(model, package, work, ray_replicas=replicas)
+            if target == "ray-plain":
+                return start_ray_plain(model, files, work)
             if target.startswith("torchserve"):
                 return start_torchserve(model, files, work, batching=target == "torchserve-batch")
             return start_plain(target, model, files, work)
