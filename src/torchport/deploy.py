@@ -46,6 +46,8 @@ class BuildOptions:
     cpu_limit: str | None = None
     wheel: Path | None = None
     """A torchport wheel to install in the image instead of the release from PyPI."""
+    ray: bool = False
+    """Also write a KubeRay RayService (the image then installs torchport[ray])."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,10 @@ def build(package: Path, out: Path, options: BuildOptions | None = None) -> Buil
     image = opts.image or f"torchport-{name}:{__version__}"
     memory = opts.memory or _memory_for(package.stat().st_size)
     cpu_limit = opts.cpu_limit or _double(opts.cpu)
-    extras = "[onnx]" if manifest.model.kind is ModelKind.ONNX else ""
+    wanted = (["onnx"] if manifest.model.kind is ModelKind.ONNX else []) + (
+        ["ray"] if opts.ray else []
+    )
+    extras = f"[{','.join(wanted)}]" if wanted else ""
     out.mkdir(parents=True, exist_ok=True)
     package_name = f"{name}.tpa"
     shutil.copyfile(package, out / package_name)
@@ -98,6 +103,11 @@ def build(package: Path, out: Path, options: BuildOptions | None = None) -> Buil
         "sagemaker/endpoint-config.json": _json(sagemaker_endpoint_config(name, opts.replicas)),
         "README.md": _readme(name, image, package_name),
     }
+    if opts.ray:
+        written["ray/rayservice.yaml"] = _yaml(
+            ray_service(name, image, package_name, opts.replicas, opts.max_replicas,
+                        opts.cpu, cpu_limit, memory)
+        )  # fmt: skip
     files = []
     for relative, text in written.items():
         path = out / relative
@@ -369,6 +379,111 @@ def inference_service(name: str, replicas: int, max_replicas: int) -> dict[str, 
                     "protocolVersion": "v2",
                 },
             }
+        },
+    }
+
+
+# -- Ray Serve and KubeRay ---------------------------------------------------------------
+
+RAY_VERSION = "2.60.0"
+SERVE_PORT = 8000
+RAY_IMPORT_PATH = "torchport.transports.ray_serve:build_app"
+
+
+def serve_config(
+    name: str,
+    package: str,
+    *,
+    replicas: int = 1,
+    torch_threads: int = 1,
+    route_prefix: str | None = None,
+    http_port: int = 8000,
+) -> dict[str, Any]:
+    """A Serve config (`serve deploy` / KubeRay's `serveConfigV2`) for one package."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": http_port},
+        "applications": [
+            {
+                "name": f"torchport-{name}",
+                "route_prefix": route_prefix or f"/{name}",
+                "import_path": RAY_IMPORT_PATH,
+                "args": {
+                    "package": package,
+                    "name": name,
+                    "replicas": replicas,
+                    "torch_threads": torch_threads,
+                },
+            }
+        ],
+    }
+
+
+def ray_service(
+    name: str,
+    image: str,
+    package_name: str,
+    replicas: int,
+    max_replicas: int,
+    cpu: str,
+    cpu_limit: str,
+    memory: str,
+) -> dict[str, Any]:
+    """A KubeRay `RayService`: a Ray cluster running this image, and the package as a
+    Ray Serve application on it (`torchport ray deploy`'s Serve config)."""
+    config = serve_config(name, f"{MODELS_DIR}/{package_name}", replicas=replicas,
+                          http_port=SERVE_PORT)  # fmt: skip
+
+    def pod(container: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
+        resources = {
+            "requests": {"cpu": cpu, "memory": memory},
+            "limits": {"cpu": cpu_limit, "memory": memory},
+        }
+        return {
+            "spec": {
+                "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "fsGroup": UID},
+                "containers": [
+                    {
+                        "name": container,
+                        "image": image,
+                        "ports": [{"name": n, "containerPort": p} for n, p in ports],
+                        "resources": resources,
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }
+                ],
+            }
+        }
+
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": name, "labels": _labels(name)},
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
+            "rayClusterConfig": {
+                "rayVersion": RAY_VERSION,
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": {
+                    # The head runs no replicas; its dashboard stays inside the pod.
+                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "127.0.0.1"},
+                    "template": pod(
+                        "ray-head", [("gcs", 6379), ("client", 10001), ("serve", SERVE_PORT)]
+                    ),
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "replicas",
+                        "replicas": replicas,
+                        "minReplicas": replicas,
+                        "maxReplicas": max_replicas,
+                        "rayStartParams": {},
+                        "template": pod("ray-worker", []),
+                    }
+                ],
+            },
         },
     }
 

@@ -25,6 +25,7 @@ import yaml
 from tests.cli.test_cli import assert_one_line_error, run
 from tests.e2e.server import oip_body
 from torchport.deploy import GRPC_PORT, HTTP_PORT, parse_dockerfile
+from torchport.version import __version__
 
 KUBERNETES = "1.30.0"  # the oldest release still in wide use that has every API we write
 ROW = np.linspace(-1, 1, 32, dtype=np.float32)[None]
@@ -210,3 +211,30 @@ def test_build_refuses_bad_options(mlp_package: Path, tmp_path: Path) -> None:
         "at most --max-replicas",
     )
     assert_one_line_error(run("build", tmp_path / "none.tpa"), "does not exist")
+
+
+def test_build_ray_writes_a_kuberay_rayservice(mlp_package: Path, tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "mlp-ray"
+    done = run("build", mlp_package, "-o", out, "--ray", "--replicas", "2", "--max-replicas", "4")
+    assert done.returncode == 0, done.stderr
+    assert "torchport[ray]==" in (out / "Dockerfile").read_text()
+    service = load(out / "ray" / "rayservice.yaml")
+    # KubeRay's CRD schema does not ship with kubernetes-validate: check its structure, and
+    # validate what is Kubernetes in it (the pod templates) and what is Ray (the Serve config).
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config)
+    [application] = config["applications"]
+    assert application["args"]["package"] == "/models/mlp.tpa"  # where the image puts it
+    assert application["args"]["replicas"] == 2
+    cluster = service["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    [workers] = cluster["workerGroupSpecs"]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (2, 4)
+    for template in (head["template"], workers["template"]):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, **template}
+        kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+        assert template["spec"]["containers"][0]["image"] == f"torchport-mlp:{__version__}"

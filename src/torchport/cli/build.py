@@ -30,6 +30,9 @@ def build_cmd(
     wheel: Annotated[
         Path | None, Opt(help="A torchport wheel to install in the image (default: PyPI).")
     ] = None,
+    ray: Annotated[
+        bool, Opt("--ray", help="Also write a KubeRay RayService (Ray Serve on Kubernetes).")
+    ] = False,
 ) -> None:
     """Write a Dockerfile (the microservice, non-root, read-only root filesystem),
     Kubernetes manifests (Deployment, Service, HPA, PodDisruptionBudget), KServe
@@ -52,6 +55,7 @@ def build_cmd(
             cpu_limit=cpu_limit,
             memory=memory,
             wheel=wheel,
+            ray=ray,
         ),
     )
     out.print(f"wrote {len(result.files)} files to {result.out} (image {result.image}):",

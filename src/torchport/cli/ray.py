@@ -52,7 +52,8 @@ def deploy_cmd(
     name = read_package(package).manifest.name
     from ray.serve.schema import ServeDeploySchema
 
-    from torchport.transports.ray_serve import build_app, serve_config
+    from torchport.deploy import serve_config
+    from torchport.transports.ray_serve import build_app
 
     config = serve_config(name, str(package.resolve()), replicas=replicas,
                           torch_threads=torch_threads, route_prefix=route_prefix,

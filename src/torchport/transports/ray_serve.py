@@ -34,8 +34,6 @@ from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, e
 from torchport.types import Tensors
 from torchport.version import __version__
 
-IMPORT_PATH = "torchport.transports.ray_serve:build_app"
-
 
 class TorchportModel:
     """One replica: the package's model and handler, batching requests with Ray's
@@ -130,32 +128,3 @@ def build_app(args: dict[str, Any]) -> Application:
     )(TorchportModel)
     app: Application = deployment.bind(package, threads)
     return app
-
-
-def serve_config(
-    name: str,
-    package: str,
-    *,
-    replicas: int = 1,
-    torch_threads: int = 1,
-    route_prefix: str | None = None,
-    http_port: int = 8000,
-) -> dict[str, Any]:
-    """A Serve config (`serve deploy` / KubeRay's `serveConfigV2`) for one package."""
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": http_port},
-        "applications": [
-            {
-                "name": f"torchport-{name}",
-                "route_prefix": route_prefix or f"/{name}",
-                "import_path": IMPORT_PATH,
-                "args": {
-                    "package": package,
-                    "name": name,
-                    "replicas": replicas,
-                    "torch_threads": torch_threads,
-                },
-            }
-        ],
-    }
