@@ -51,7 +51,7 @@ bench: install
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
 	$(BIN)/python benchmarks/serving.py --targets torchport torchport-ray-1 torchport-ray-2 \
-		ray-plain --duration 4 --out benchmarks/results/ray.json
+		ray-app ray-plain --duration 4 --out benchmarks/results/ray.json
 	for m in mlp digits minilm; do \
 		$(BIN)/torchport bench build/examples/$$m.tpa --json > benchmarks/results/runtimes-$$m.json \
 		&& $(BIN)/python -m json.tool benchmarks/results/runtimes-$$m.json > /dev/null; done

@@ -11,6 +11,8 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
   (minilm) with a 5 ms delay;
 - `torchport-ray-1`, `torchport-ray-2` (`--targets` to add them): `torchport serve --backend
   ray` on a local Ray, the version on 1 or 2 replicas (torchport's front end and batching);
+- `ray-app`: `torchport ray deploy` (the package as a plain Ray Serve application: Ray's
+  proxy and Ray's `@serve.batch` in the replicas), 2 replicas;
 - `ray-plain`: Ray Serve's own plain deployment of the same model, 2 replicas, its HTTP
   proxy, no batching (peers/ray_app.py): the anchor for the Ray path;
 - `in-process`: `runner.predict` in a loop (benchmarks/in_process.py), batch 1 and the best
@@ -138,6 +140,25 @@ def set_workers(management_port: int, model: str, workers: int) -> None:
         assert response.status == 200
 
 
+def start_ray_app(model: str, package: Path, work: Path) -> Started:
+    port = free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(BIN / "torchport"), "ray", "deploy", str(package), "--http-port", str(port),
+         "--replicas", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/{model}"
+    ready = wait_ready(proc, f"{base}/v2/health/ready", started)
+    body = work / f"{model}-ray-oip.json"
+    if model == "mlp":
+        tensor = {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
+    else:
+        tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}
+    body.write_text(json.dumps({"inputs": [tensor]}))
+    return Started(proc, f"{base}/v2/models/{model}/infer", "application/json", body, ready)
+
+
 def start_ray_plain(model: str, files: Path, work: Path) -> Started:
     port = free_port()
     env = {**os.environ, "MODEL_KIND": model, "MODEL_FILES": str(files), "PORT": str(port),
@@ -260,6 +281,8 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
             if target.startswith("torchport-ray-"):
                 replicas = int(target.rsplit("-", 1)[1])
                 return start_torchport(model, package, work, ray_replicas=replicas)
+            if target == "ray-app":
+                return start_ray_app(model, package, work)
             if target == "ray-plain":
                 return start_ray_plain(model, files, work)
             if target.startswith("torchserve"):
