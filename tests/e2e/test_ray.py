@@ -110,3 +110,21 @@ def test_a_killed_replica_fails_cleanly_and_comes_back(rserver: ServerProcess) -
         assert time.monotonic() < deadline, f"the replica did not come back: {info}"
         time.sleep(1)
     assert all(infer(rserver).status_code == 200 for _ in range(5))
+
+
+def test_a_new_replica_count_redeploys_beside_the_old_then_swaps(rserver: ServerProcess) -> None:
+    def configure(workers: int) -> None:
+        r = httpx.put(f"{rserver.management_url}/models/mlp/versions/1/config",
+                      json={"workers": workers}, headers=rserver.auth, timeout=300)  # fmt: skip
+        assert r.status_code == 200, r.text
+
+    before = output(infer(rserver))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        during = [pool.submit(infer, rserver, X, 120) for _ in range(20)]
+        configure(1)
+        assert [f.result().status_code for f in during] == [200] * 20  # none lost in the swap
+    info = workers(rserver)
+    assert (info["count"], len(info["pids"])) == (1, 1)
+    np.testing.assert_allclose(output(infer(rserver)), before, atol=1e-6)
+    configure(2)
+    assert len(workers(rserver)["pids"]) == 2

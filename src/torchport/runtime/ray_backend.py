@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from pathlib import Path
@@ -88,7 +89,9 @@ def disconnect(started: bool) -> None:
 
 
 def app_name(model: str, version: int) -> str:
-    return f"torchport-{model}-v{version}"
+    """A Serve application name for one load of a version: a reload (new replica count,
+    compiled or not) deploys beside the old one before the swap, so each load is unique."""
+    return f"torchport-{model}-v{version}-{secrets.token_hex(3)}"
 
 
 class RayServeRunner:

@@ -284,9 +284,11 @@ class InferenceService:
         current = loaded.batcher.policy
         info = self.store.get_version(model, version)
         compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
-        # Thread workers change live; worker processes are started anew for a new count.
+        # Thread workers change live; worker processes and Ray replicas are started anew
+        # for a new count.
         same_workers = policy.worker_kind == current.worker_kind and (
-            policy.worker_kind == "thread" or policy.workers == current.workers
+            (policy.worker_kind == "thread" and self.backend != "ray")
+            or policy.workers == current.workers
         )
         if same_workers and compile == loaded.compiled:
             loaded.batcher.set_policy(policy)
