@@ -177,6 +177,8 @@ class InferenceService:
             if info.default is None:
                 continue
             with self._lock:
+                if info.name in self._unloaded:  # unloaded on purpose: stays so until loaded
+                    continue
                 known = self._defaults.get(info.name)
             if known != info.default:
                 try:
