@@ -155,11 +155,7 @@ def serve(
         grpc_address="",
         management_url=_url(settings.host, mgmt_socket) if mgmt_socket else "",
         store=store.root,
-        token_source=""
-        if microservice
-        else "TORCHPORT_TOKEN"
-        if settings.token
-        else str(store.root / TOKEN_FILE),
+        token_source=_token_source(settings, store.root) if token is not None else "",
         models=models,
         seconds_to_ready=0.0,
     )
@@ -236,6 +232,11 @@ def serve(
             ray_backend.disconnect(ray_started)
         if private_store is not None:
             shutil.rmtree(private_store, ignore_errors=True)
+
+
+def _token_source(settings: Settings, store_root: Path) -> str:
+    """Where the management token comes from, as `serve` tells the person starting it."""
+    return "TORCHPORT_TOKEN" if settings.token else str(store_root / TOKEN_FILE)
 
 
 def _microservice_settings(settings: Settings, packages: list[Path], examples: bool) -> Settings:

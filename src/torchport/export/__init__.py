@@ -44,8 +44,8 @@ class ParityFailed(TorchportError):
 @dataclass(frozen=True)
 class ExportResult:
     target: Target
-    out: Path | None
-    """The package written (None when parity failed and nothing was kept)."""
+    out: Path
+    """The package written (marked failed when parity failed and `keep_failed` kept it)."""
     manifest: Manifest
     parity: Parity
     export_seconds: float

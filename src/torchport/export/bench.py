@@ -141,7 +141,6 @@ def _prepare(package: Path, runtime: str, work: Path) -> tuple[LocalRunner, floa
     if runtime not in ("eager", "compiled"):
         result = export_package(package, Target(runtime), exported_path(work, runtime))
         error = max((o.max_abs_error for o in result.parity.outputs), default=0.0)
-        assert result.out is not None
         path = result.out
     started = time.perf_counter()
     runner = open_runner(path, compile=runtime == "compiled")
