@@ -394,12 +394,15 @@ def serve_config(
     name: str,
     package: str,
     *,
-    replicas: int = 1,
+    replicas: int | None = None,
+    max_replicas: int | None = None,
     torch_threads: int = 1,
     route_prefix: str | None = None,
     http_port: int = 8000,
 ) -> dict[str, Any]:
-    """A Serve config (`serve deploy` / KubeRay's `serveConfigV2`) for one package."""
+    """A Serve config (`serve deploy` / KubeRay's `serveConfigV2`) for one package.
+    Replicas and autoscaling left out come from the package's runtime config."""
+    scale = {"replicas": replicas, "max_replicas": max_replicas}
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": http_port},
@@ -411,7 +414,7 @@ def serve_config(
                 "args": {
                     "package": package,
                     "name": name,
-                    "replicas": replicas,
+                    **{k: v for k, v in scale.items() if v is not None},
                     "torch_threads": torch_threads,
                 },
             }
@@ -431,8 +434,9 @@ def ray_service(
 ) -> dict[str, Any]:
     """A KubeRay `RayService`: a Ray cluster running this image, and the package as a
     Ray Serve application on it (`torchport ray deploy`'s Serve config)."""
+    # Serve scales replicas between the bounds; KubeRay adds worker pods to hold them.
     config = serve_config(name, f"{MODELS_DIR}/{package_name}", replicas=replicas,
-                          http_port=SERVE_PORT)  # fmt: skip
+                          max_replicas=max_replicas, http_port=SERVE_PORT)  # fmt: skip
 
     def pod(container: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
         resources = {

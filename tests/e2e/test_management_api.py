@@ -99,6 +99,13 @@ def test_upload_promote_rollback_delete_and_config(
     unknown = api(mserver, "PUT", "/models/mlp/versions/1/config", json={"turbo": True})
     assert unknown.status_code == 400
     assert "unknown key 'turbo'" in unknown.json()["error"]
+    crossed = api(mserver, "PUT", "/models/mlp/versions/1/config",
+                  json={"workers": 3, "max_workers": 2})  # fmt: skip
+    assert crossed.status_code == 400
+    assert "max_workers (2) is below workers (3)" in crossed.json()["error"]
+    assert api(mserver, "GET", "/models/mlp").json()["versions"][0]["config"] == {
+        "max_batch_size": 16
+    }  # the refused change left the stored config as it was
     actions = [e["action"] for e in api(mserver, "GET", "/audit").json()["audit"]]
     for action in ("upload", "promote", "rollback", "delete", "config"):
         assert action in actions

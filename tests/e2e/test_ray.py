@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,19 +113,53 @@ def test_a_killed_replica_fails_cleanly_and_comes_back(rserver: ServerProcess) -
     assert all(infer(rserver).status_code == 200 for _ in range(5))
 
 
-def test_a_new_replica_count_redeploys_beside_the_old_then_swaps(rserver: ServerProcess) -> None:
-    def configure(workers: int) -> None:
-        r = httpx.put(f"{rserver.management_url}/models/mlp/versions/1/config",
-                      json={"workers": workers}, headers=rserver.auth, timeout=300)  # fmt: skip
-        assert r.status_code == 200, r.text
+def configure(server: ServerProcess, **config: Any) -> None:
+    r = httpx.put(f"{server.management_url}/models/mlp/versions/1/config",
+                  json=config, headers=server.auth, timeout=300)  # fmt: skip
+    assert r.status_code == 200, r.text
 
+
+def wait_for(server: ServerProcess, replicas: int, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while (info := workers(server))["count"] != replicas:
+        assert time.monotonic() < deadline, f"never {replicas} replica(s): {info}"
+        time.sleep(0.5)
+
+
+def test_a_new_replica_count_redeploys_beside_the_old_then_swaps(rserver: ServerProcess) -> None:
     before = output(infer(rserver))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         during = [pool.submit(infer, rserver, X, 120) for _ in range(20)]
-        configure(1)
+        configure(rserver, workers=1)
         assert [f.result().status_code for f in during] == [200] * 20  # none lost in the swap
     info = workers(rserver)
     assert (info["count"], len(info["pids"])) == (1, 1)
     np.testing.assert_allclose(output(infer(rserver)), before, atol=1e-6)
-    configure(2)
+    configure(rserver, workers=2)
     assert len(workers(rserver)["pids"]) == 2
+
+
+def test_replicas_autoscale_with_load_within_the_configured_range(rserver: ServerProcess) -> None:
+    configure(rserver, workers=1, max_workers=2, scale_up_delay_s=0, scale_down_delay_s=2)
+    info = workers(rserver)
+    assert (info["count"], info["min"], info["max"]) == (1, 1, 2)
+    stop = threading.Event()
+
+    def load() -> list[int]:
+        statuses = []
+        while not stop.is_set():
+            statuses.append(infer(rserver).status_code)
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(load) for _ in range(8)]
+        try:
+            wait_for(rserver, 2)  # batches queue for the one replica: Ray adds one
+        finally:
+            stop.set()
+        statuses = [s for c in clients for s in c.result()]
+    assert set(statuses) == {200}, statuses  # scaling up lost no request
+    wait_for(rserver, 1)  # idle: back to the minimum
+    assert infer(rserver).status_code == 200
+    configure(rserver, workers=2, max_workers=None)
+    assert workers(rserver)["count"] == 2

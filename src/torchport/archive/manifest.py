@@ -8,7 +8,14 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from torchport.errors import PackageError
 from torchport.types import Signature
@@ -64,6 +71,20 @@ class RuntimeDefaults(_Strict):
     worker_kind: Literal["thread", "process"] = "thread"
     """`thread`: batches run on threads of the server (models that release the GIL);
     `process`: in worker processes, for heavy Python pre/post-processing."""
+    max_workers: int | None = Field(default=None, ge=1, le=64)
+    """On Ray (`--backend ray`, `torchport ray deploy`): replicas scale with load between
+    `workers` and this; None: always `workers`. The local backend runs `workers`."""
+    scale_up_delay_s: float = Field(default=10.0, ge=0, le=3600)
+    """How long load must call for more Ray replicas before one is added."""
+    scale_down_delay_s: float = Field(default=300.0, ge=0, le=86_400)
+    """How long load must allow fewer Ray replicas before one is removed."""
+
+    @model_validator(mode="after")
+    def _max_workers_at_least_workers(self) -> RuntimeDefaults:
+        most, least = self.max_workers, self.workers
+        if most is not None and least is not None and most < least:
+            raise ValueError(f"max_workers ({most}) is below workers ({least})")
+        return self
 
 
 class Example(_Strict):
@@ -181,4 +202,6 @@ def describe_validation_error(exc: ValidationError) -> str:
         return f"unknown key '{where}'"
     if err["type"] == "missing":
         return f"missing key '{where}'"
+    if not where:  # a check across fields
+        return str(err["msg"]).removeprefix("Value error, ")
     return f"field '{where}': {err['msg']}"

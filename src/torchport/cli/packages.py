@@ -46,6 +46,9 @@ def package_cmd(
     max_batch_size: Annotated[int | None, Opt(help="Default max batch size.")] = None,
     max_batch_delay_ms: Annotated[float | None, Opt(help="Default max batch delay.")] = None,
     workers: Annotated[int | None, Opt(help="Default number of workers.")] = None,
+    max_workers: Annotated[
+        int | None, Opt(help="On Ray: autoscale replicas from --workers up to this.")
+    ] = None,
     max_queue: Annotated[int | None, Opt(help="Default queue bound (503 past it).")] = None,
     target_p99_ms: Annotated[
         float | None, Opt(help="A latency target: batch sizes chosen to keep p99 under it.")
@@ -67,6 +70,7 @@ def package_cmd(
             "max_batch_size": max_batch_size,
             "max_batch_delay_ms": max_batch_delay_ms,
             "workers": workers,
+            "max_workers": max_workers,
             "max_queue": max_queue,
             "target_p99_ms": target_p99_ms,
             "worker_kind": worker_kind,

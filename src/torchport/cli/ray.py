@@ -27,7 +27,13 @@ def deploy_cmd(
             "on 127.0.0.1 that lives until Ctrl-C."
         ),
     ] = None,
-    replicas: Annotated[int, Opt(help="Replicas.", min=1)] = 1,
+    replicas: Annotated[
+        int | None, Opt(help="Replicas (default: the package's workers, else 1).", min=1)
+    ] = None,
+    max_replicas: Annotated[
+        int | None,
+        Opt(help="Autoscale up to this many replicas (default: the package's max_workers).", min=1),
+    ] = None,
     torch_threads: Annotated[int, Opt(help="torch threads (and CPUs) per replica.", min=1)] = 1,
     http_port: Annotated[int, Opt(help="Ray Serve's HTTP port.")] = 8000,
     route_prefix: Annotated[str | None, Opt(help="URL prefix (default: /NAME).")] = None,
@@ -49,15 +55,20 @@ def deploy_cmd(
         raise InvalidInput(f"package {package} does not exist", field="package")
     if config_only and config_out is None:
         raise InvalidInput("--config-only needs --config-out FILE", field="config_out")
-    name = read_package(package).manifest.name
+    manifest = read_package(package).manifest
+    name = manifest.name
+    least = replicas or manifest.runtime.workers or 1
+    if max_replicas is not None and max_replicas < least:
+        raise InvalidInput(f"--max-replicas ({max_replicas}) is below the replicas ({least})",
+                           field="max_replicas")  # fmt: skip
     from ray.serve.schema import ServeDeploySchema
 
     from torchport.deploy import serve_config
     from torchport.transports.ray_serve import build_app
 
     config = serve_config(name, str(package.resolve()), replicas=replicas,
-                          torch_threads=torch_threads, route_prefix=route_prefix,
-                          http_port=http_port)  # fmt: skip
+                          max_replicas=max_replicas, torch_threads=torch_threads,
+                          route_prefix=route_prefix, http_port=http_port)  # fmt: skip
     ServeDeploySchema.model_validate(config)  # Ray's own check of the config
     if config_out is not None:
         config_out.write_text(

@@ -15,6 +15,8 @@ import os
 import secrets
 import tempfile
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,55 @@ log = logging.getLogger("torchport.ray")
 REQUEST_TIMEOUT_S = 300.0
 DEPLOY_TIMEOUT_S = 300.0
 LOCAL_CPU_SHARES = 8
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many replicas a version runs: `replicas`, or, with `max_replicas` above it, a
+    range Ray Serve's autoscaler moves in with load (from the package's runtime config:
+    `workers`, `max_workers`, `scale_up_delay_s`, `scale_down_delay_s`)."""
+
+    replicas: int
+    max_replicas: int | None = None
+    scale_up_delay_s: float = 10.0
+    scale_down_delay_s: float = 300.0
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], workers: int) -> Scaling:
+        most = settings.get("max_workers")
+        return cls(
+            workers,
+            max(int(most), workers) if most else None,
+            float(settings.get("scale_up_delay_s", cls.scale_up_delay_s)),
+            float(settings.get("scale_down_delay_s", cls.scale_down_delay_s)),
+        )
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_replicas is not None and self.max_replicas > self.replicas
+
+    @property
+    def most(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+    def serve_options(self, target_ongoing: float) -> dict[str, Any]:
+        """Ray Serve deployment options: a fixed `num_replicas`, or an autoscaling config
+        aiming at `target_ongoing` requests in flight per replica."""
+        if not self.autoscaled:
+            return {"num_replicas": self.replicas}
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.replicas,
+                "initial_replicas": self.replicas,
+                "max_replicas": self.most,
+                "target_ongoing_requests": target_ongoing,
+                "upscale_delay_s": self.scale_up_delay_s,
+                "downscale_delay_s": self.scale_down_delay_s,
+                # React within seconds: Ray's defaults report every 10 s over 30 s.
+                "metrics_interval_s": 1.0,
+                "look_back_period_s": 5.0,
+            }
+        }
 
 
 class Replica:
@@ -102,7 +153,7 @@ class RayServeRunner:
         package: Path,
         model: str,
         version: int,
-        replicas: int,
+        scaling: Scaling,
         limits: Limits | None = None,
         *,
         torch_threads: int = 1,
@@ -110,15 +161,18 @@ class RayServeRunner:
     ) -> None:
         self.manifest: Manifest = read_package(package, limits).manifest
         self.name = app_name(model, version)
+        self.scaling = scaling
+        # Batches are already formed by torchport, one per replica at a time. Autoscaled,
+        # torchport keeps up to `most` batches in flight: those waiting in Ray's router
+        # for a free replica are the load Ray's autoscaler sees (one batch per replica).
         deployment = serve.deployment(
             name=self.name,
-            num_replicas=replicas,
             ray_actor_options={"num_cpus": max(1, torch_threads)},
-            # Batches are already formed by torchport: a replica runs one at a time.
-            max_ongoing_requests=2,
+            max_ongoing_requests=1 if scaling.autoscaled else 2,
+            **scaling.serve_options(target_ongoing=1),
         )(Replica)
         app = deployment.bind(package.read_bytes(), torch_threads, compile)
-        _deploy(app, self.name, replicas)
+        _deploy(app, self.name, scaling.replicas)
         self._handle = serve.get_app_handle(self.name)
 
     @property
@@ -126,10 +180,20 @@ class RayServeRunner:
         return self.manifest.signature
 
     @property
+    def replicas(self) -> int:
+        """Replicas running now (autoscaled: somewhere between the scaling's bounds)."""
+        try:
+            app = serve.status().applications[self.name]
+            states = app.deployments[self.name].replica_states
+        except Exception:  # the cluster is going away, or the app is being replaced
+            return 0
+        return sum(n for state, n in states.items() if state == "RUNNING")
+
+    @property
     def pids(self) -> list[int]:
         """Process ids of the replicas (those that answer now)."""
         seen: set[int] = set()
-        for _ in range(8):  # requests spread over replicas: a few reach them all
+        for _ in range(4 * self.scaling.most):  # requests spread: a few reach them all
             try:
                 seen.add(int(self._handle.pid.remote().result(timeout_s=10)))
             except Exception:  # a replica restarting answers later

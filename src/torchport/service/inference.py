@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import anyio.to_thread
@@ -222,25 +222,28 @@ class InferenceService:
     def _new_loaded(
         self, model: str, version: int, runner: LocalRunner, load_seconds: float
     ) -> LoadedVersion:
-        policy = self._policy(model, version, runner)
+        settings = self._settings(model, version, runner)
+        policy = _policy(settings)
         serving: PackageRunner = runner
         threads = self.threads
         labels = (model, str(version))
         if self.backend == "ray":
-            from torchport.runtime.ray_backend import RayServeRunner
+            from torchport.runtime.ray_backend import RayServeRunner, Scaling
 
             threads = None  # the replicas run the model, each with its own threads
             path = self.store.package_path(self.store.get_version(model, version))
+            scaling = Scaling.of(settings, policy.workers)
             serving = RayServeRunner(
                 path,
                 model,
                 version,
-                policy.workers,
+                scaling,
                 self.limits,
                 torch_threads=self.torch_threads,
                 compile=runner.compiled,
             )
             runner.close()
+            policy = replace(policy, workers=scaling.most)  # batches in flight
         elif policy.worker_kind == "process":
             threads = None  # each worker process sets its own
             # The in-process load verified the package; the workers each load their own.
@@ -267,14 +270,14 @@ class InferenceService:
         loaded.batcher.set_policy(policy)
         return loaded
 
-    def _policy(self, model: str, version: int, runner: PackageRunner) -> BatchPolicy:
+    def _settings(self, model: str, version: int, runner: PackageRunner) -> dict[str, Any]:
         """The package's runtime defaults, overridden by the version's config in the store."""
         settings = runner.manifest.runtime.model_dump()
         with suppress(NotFound):
             settings.update(self.store.get_version(model, version).config)
         if settings["workers"] is None:
             settings["workers"] = self.default_workers
-        return BatchPolicy(**{f.name: settings[f.name] for f in fields(BatchPolicy)})
+        return settings
 
     def apply_config(self, model: str, version: int) -> None:
         """Apply a version's changed config to live traffic (if it is loaded)."""
@@ -282,16 +285,23 @@ class InferenceService:
             loaded = self._loaded.get((model, version))
         if loaded is None:
             return
-        policy = self._policy(model, version, loaded.runner)
+        settings = self._settings(model, version, loaded.runner)
+        policy = _policy(settings)
         current = loaded.batcher.policy
         info = self.store.get_version(model, version)
         compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
-        # Thread workers change live; worker processes and Ray replicas are started anew
-        # for a new count.
-        same_workers = policy.worker_kind == current.worker_kind and (
-            (policy.worker_kind == "thread" and self.backend != "ray")
-            or policy.workers == current.workers
-        )
+        # Thread workers change live; worker processes are started anew for a new count,
+        # Ray replicas for a new count or autoscaling range.
+        if self.backend == "ray":
+            from torchport.runtime.ray_backend import Scaling
+
+            scaling = Scaling.of(settings, policy.workers)
+            same_workers = scaling == getattr(loaded.runner, "scaling", None)
+            policy = replace(policy, workers=scaling.most)
+        else:
+            same_workers = policy.worker_kind == current.worker_kind and (
+                policy.worker_kind == "thread" or policy.workers == current.workers
+            )
         if same_workers and compile == loaded.compiled:
             loaded.batcher.set_policy(policy)
             return
@@ -309,12 +319,17 @@ class InferenceService:
             return {}
         policy = loaded.batcher.policy
         pids: list[int] = getattr(loaded.runner, "pids", [])  # worker processes, Ray replicas
-        return {
+        shown: dict[str, Any] = {
             "kind": "ray" if self.backend == "ray" else policy.worker_kind,
             "count": policy.workers,
             "pids": pids,
             "compiled": loaded.compiled,
         }
+        scaling = getattr(loaded.runner, "scaling", None)
+        if scaling is not None:  # Ray: the replicas running now, within their range
+            live = getattr(loaded.runner, "replicas", 0)
+            shown.update(count=live, min=scaling.replicas, max=scaling.most)
+        return shown
 
     def preload(self, model: str, version: int) -> None:
         """Load a version now (e.g. before it is promoted), so no request waits for it."""
@@ -609,3 +624,7 @@ class InferenceService:
                     else:
                         out.append(VersionState(info.name, v.version, "UNLOADED"))
         return out
+
+
+def _policy(settings: dict[str, Any]) -> BatchPolicy:
+    return BatchPolicy(**{f.name: settings[f.name] for f in fields(BatchPolicy)})

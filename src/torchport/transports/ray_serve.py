@@ -25,7 +25,9 @@ from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import Response
 
+from torchport.archive import read_package
 from torchport.errors import InvalidInput, NotFound, TorchportError
+from torchport.runtime.ray_backend import Scaling
 from torchport.runtime.runner import LocalRunner, open_runner
 from torchport.service.inference import InferResponse
 from torchport.transports.http.errors import error_response, json_response
@@ -46,6 +48,10 @@ class TorchportModel:
             torch.set_num_threads(torch_threads)
         self.runner: LocalRunner = open_runner(Path(package))
         self.name = self.runner.manifest.name
+        runtime = self.runner.manifest.runtime  # the package's batching settings
+        batching: Any = self._predict  # serve.batch's wrapper has these setters
+        batching.set_max_batch_size(runtime.max_batch_size)
+        batching.set_batch_wait_timeout_s(runtime.max_batch_delay_ms / 1000)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _predict(self, batches: list[Tensors]) -> list[Tensors]:
@@ -113,18 +119,25 @@ class TorchportModel:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """The Serve application builder named in the config's `import_path`."""
+    """The Serve application builder named in the config's `import_path`. Replicas and
+    autoscaling come from the package's runtime config (`workers`, `max_workers`, the
+    scale delays); `replicas` and `max_replicas` in `args` override them."""
     package = args.get("package")
     if not isinstance(package, str) or not package:
         raise InvalidInput("args.package: the path of the .tpa on the cluster's nodes",
                            field="package")  # fmt: skip
-    replicas = int(args.get("replicas", 1))
+    runtime = read_package(Path(package)).manifest.runtime
+    settings = runtime.model_dump()
+    if args.get("max_replicas") is not None:
+        settings["max_workers"] = int(args["max_replicas"])
+    scaling = Scaling.of(settings, int(args.get("replicas") or runtime.workers or 1))
     threads = int(args.get("torch_threads", 1))
     deployment = serve.deployment(
         name=str(args.get("name", "torchport")),
-        num_replicas=replicas,
         ray_actor_options={"num_cpus": max(1, threads)},
-        max_ongoing_requests=64,
+        max_ongoing_requests=4 * runtime.max_batch_size,
+        # Scale on requests in flight: a replica is busy with one full batch.
+        **scaling.serve_options(target_ongoing=runtime.max_batch_size),
     )(TorchportModel)
     app: Application = deployment.bind(package, threads)
     return app
