@@ -99,6 +99,6 @@ def test_grpc_request_ids_travel_as_metadata(lserver: ServerProcess) -> None:
         _, call = stub(channel).ModelInfer.with_call(
             request, metadata=(("x-request-id", "grpc-1"),)
         )
-    assert ("x-request-id", "grpc-1") in list(call.initial_metadata())
+    assert ("x-request-id", "grpc-1") in list(call.trailing_metadata())
     [line] = request_lines(lserver, "grpc-1")
     assert (line["protocol"], line["outcome"]) == ("oip_grpc", "ok")

@@ -7,6 +7,7 @@ request's line with it, and the transport returns it to the client.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -26,7 +27,12 @@ def new_request_id(given: str | None = None) -> str:
     """The client's id when it is usable (printable, at most 128 characters), else a new one."""
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return f"{_PREFIX}{next(_COUNTER):08x}"
+
+
+# New ids: a random prefix per process and a counter, unique without a syscall a request.
+_PREFIX = uuid.uuid4().hex[:16]
+_COUNTER = itertools.count()
 
 
 class JsonFormatter(logging.Formatter):

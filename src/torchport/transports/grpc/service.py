@@ -110,7 +110,9 @@ class InferenceServicer:
         except TorchportError as exc:
             self.service.refused(request.model_name, None, "oip_grpc", exc)
             raise
-        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id.get() or ""),))
+        # With the status, in the one batch that ends the call: initial metadata sent on
+        # its own would cost another round through the completion queue (~10 % of a call).
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id.get() or ""),))
         return response
 
     async def _infer(self, request: Any, context: Context) -> Any:
