@@ -27,7 +27,7 @@ def new_request_id(given: str | None = None) -> str:
     """The client's id when it is usable (printable, at most 128 characters), else a new one."""
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return f"{_PREFIX}{next(_COUNTER):08x}"
+    return f"{_PREFIX}{next(_COUNTER):016x}"
 
 
 # New ids: a random prefix per process and a counter, unique without a syscall a request.
