@@ -80,18 +80,12 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, text=True
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log.read_text()}")
+        try:
+            wait_ready(self.proc, self.url, self.log, timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> int:
         if self.proc is None:
@@ -107,6 +101,22 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+def wait_ready(proc: subprocess.Popen[Any], url: str, log: Path, timeout: float = 120.0) -> None:
+    """Wait until `url/v2/health/ready` answers 200; fail with the process's log if it
+    exits first or is not ready in `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the server was not ready in {timeout} s:\n{log.read_text()}")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import tritonclient.grpc as triton_grpc
 import yaml
 
 from tests.cli.test_cli import assert_one_line_error, run
-from tests.e2e.server import oip_body
+from tests.e2e.server import oip_body, wait_ready
 from torchport.deploy import GRPC_PORT, HTTP_PORT, parse_dockerfile
 from torchport.version import __version__
 
@@ -154,16 +153,7 @@ def test_the_image_command_runs_as_the_container_runs_it(
     proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{env['TORCHPORT_HTTP_PORT']}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "container.log").read_text()
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the container command never became ready"
-            time.sleep(0.2)
+        wait_ready(proc, url, tmp_path / "container.log")
         health = subprocess.run(
             [sys.executable, "-c", _healthcheck(deployed)], env=environment, timeout=30
         )

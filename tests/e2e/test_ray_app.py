@@ -23,7 +23,7 @@ from ray.serve.schema import ServeDeploySchema
 
 import torchport
 from tests.cli.test_cli import assert_one_line_error, run
-from tests.e2e.server import free_port, oip_body
+from tests.e2e.server import free_port, oip_body, wait_ready
 from torchport.archive import read_package
 
 
@@ -40,19 +40,10 @@ def ray_app(package: Path, log: Path, *options: str) -> Iterator[str]:
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}/{read_package(package).manifest.name}"
         try:
-            deadline = time.monotonic() + 240
-            while True:
-                assert proc.poll() is None, log.read_text()
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the Ray Serve application never got ready"
-                time.sleep(0.5)
+            wait_ready(proc, url, log, timeout=240)
             yield url
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(120) == 0
+            assert proc.wait(120) == 0, log.read_text()[-4000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
