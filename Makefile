@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
+	$(BIN)/python benchmarks/cpu_cost.py
 	$(BIN)/python benchmarks/serving.py --targets torchport torchport-ray-1 torchport-ray-2 \
 		ray-app ray-plain --duration 4 --out benchmarks/results/ray.json
 	for m in mlp digits minilm; do \
