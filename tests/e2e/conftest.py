@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 import torchport
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.server import ServerProcess
 
 ECHO_MODEL = """
@@ -81,3 +83,18 @@ def server(
     proc = ServerProcess(store, packages, TORCHPORT_MAX_REQUEST_BYTES=str(4 * 1024 * 1024)).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (make test does)")
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()

@@ -4,7 +4,6 @@ server. Screenshots go to build/test-artifacts/dashboard/."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,27 +17,15 @@ from playwright.sync_api import (
     ConsoleMessage,
     Locator,
     Page,
-    Playwright,
     expect,
-    sync_playwright,
 )
 
 import torchport
-from tests.e2e.server import TOKEN, ServerProcess, oip_body, running
+from tests.e2e.browser import unlock
+from tests.e2e.server import ServerProcess, oip_body, running
 
-CHROMIUM = Path(os.environ.get("TORCHPORT_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "dashboard"
 VENDOR = Path(torchport.__file__).parent / "dashboard" / "static" / "vendor"
-# As a locked-down machine needs it: no sandbox (root in CI), no calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +37,6 @@ def dserver(
 ) -> Iterator[ServerProcess]:
     with running(tmp_path_factory, "dashboard", [mlp_package, digits_package, minilm_package]) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (make test does)")
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
 
 
 class Watched:
@@ -95,12 +67,6 @@ def watched(browser: Browser, dserver: ServerProcess) -> Iterator[Watched]:
     page.goto(f"{dserver.management_url}/dashboard")
     yield watched
     context.close()
-
-
-def unlock(page: Page) -> None:
-    page.fill("#token", TOKEN)
-    page.click("#token-form button")
-    expect(page.locator("#app")).to_be_visible()
 
 
 def shot(page: Page, name: str) -> None:

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as triton_grpc
+from playwright.sync_api import Browser, expect
 
 import torchport
+from tests.e2e.browser import unlock
 from tests.e2e.server import ServerProcess, check_mlp_under_concurrency, oip_body
 
 X = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
@@ -139,10 +141,20 @@ def test_a_new_replica_count_redeploys_beside_the_old_then_swaps(rserver: Server
     assert len(workers(rserver)["pids"]) == 2
 
 
-def test_replicas_autoscale_with_load_within_the_configured_range(rserver: ServerProcess) -> None:
+def test_replicas_autoscale_with_load_within_the_configured_range(
+    rserver: ServerProcess, browser: Browser
+) -> None:
     configure(rserver, workers=1, max_workers=2, scale_up_delay_s=0, scale_down_delay_s=2)
     info = workers(rserver)
     assert (info["count"], info["min"], info["max"]) == (1, 1, 2)
+    page = browser.new_page()
+    page.goto(f"{rserver.management_url}/dashboard")
+    unlock(page)
+    page.click("#models li[data-model=mlp]")
+    expect(page.locator("#versions tbody")).to_contain_text(
+        "1 \u00d7 ray (1\u20132)"  # the live count, the kind and the range
+    )
+    page.close()
     stop = threading.Event()
 
     def load() -> list[int]:

@@ -215,8 +215,11 @@ function renderModel(detail) {
 
   const rows = detail.versions.map((v) => {
     const isDefault = v.version === detail.default;
-    const workers = v.workers && v.workers.count
-      ? `${v.workers.count} × ${v.workers.kind}${v.workers.compiled ? ", compiled" : ""}` : "–";
+    const w = v.workers || {};
+    // Ray versions that autoscale also carry their replica range.
+    const range = w.max && w.max > w.min ? ` (${w.min}–${w.max})` : "";
+    const workers = w.count
+      ? `${w.count} × ${w.kind}${range}${w.compiled ? ", compiled" : ""}` : "–";
     const config = v.config || {};
     const batching = [
       config.max_batch_size ? `≤ ${config.max_batch_size} rows` : null,
