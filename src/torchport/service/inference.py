@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
@@ -39,6 +39,9 @@ from torchport.service.metrics import Metrics, VersionGauges
 from torchport.settings import Limits
 from torchport.store import ModelStore, VersionInfo
 from torchport.types import Signature, Tensors
+
+if TYPE_CHECKING:  # ray is imported only by a server on the Ray backend
+    from torchport.runtime.ray_backend import Scaling
 
 log = logging.getLogger("torchport.inference")
 
@@ -222,17 +225,15 @@ class InferenceService:
     def _new_loaded(
         self, model: str, version: int, runner: LocalRunner, load_seconds: float
     ) -> LoadedVersion:
-        settings = self._settings(model, version, runner)
-        policy = _policy(settings)
+        policy, scaling = self._plan(self._settings(model, version, runner))
         serving: PackageRunner = runner
         threads = self.threads
         labels = (model, str(version))
-        if self.backend == "ray":
-            from torchport.runtime.ray_backend import RayServeRunner, Scaling
+        if scaling is not None:
+            from torchport.runtime.ray_backend import RayServeRunner
 
             threads = None  # the replicas run the model, each with its own threads
             path = self.store.package_path(self.store.get_version(model, version))
-            scaling = Scaling.of(settings, policy.workers)
             serving = RayServeRunner(
                 path,
                 model,
@@ -243,7 +244,6 @@ class InferenceService:
                 compile=runner.compiled,
             )
             runner.close()
-            policy = replace(policy, workers=scaling.most)  # batches in flight
         elif policy.worker_kind == "process":
             threads = None  # each worker process sets its own
             # The in-process load verified the package; the workers each load their own.
@@ -279,25 +279,31 @@ class InferenceService:
             settings["workers"] = self.default_workers
         return settings
 
+    def _plan(self, settings: dict[str, Any]) -> tuple[BatchPolicy, Scaling | None]:
+        """The batcher's policy; on Ray also the replicas' scaling, with as many batches in
+        flight as there may be replicas."""
+        policy = _policy(settings)
+        if self.backend != "ray":
+            return policy, None
+        from torchport.runtime.ray_backend import Scaling
+
+        scaling = Scaling.of(settings, policy.workers)
+        return replace(policy, workers=scaling.most), scaling
+
     def apply_config(self, model: str, version: int) -> None:
         """Apply a version's changed config to live traffic (if it is loaded)."""
         with self._lock:
             loaded = self._loaded.get((model, version))
         if loaded is None:
             return
-        settings = self._settings(model, version, loaded.runner)
-        policy = _policy(settings)
+        policy, scaling = self._plan(self._settings(model, version, loaded.runner))
         current = loaded.batcher.policy
         info = self.store.get_version(model, version)
         compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
         # Thread workers change live; worker processes are started anew for a new count,
         # Ray replicas for a new count or autoscaling range.
-        if self.backend == "ray":
-            from torchport.runtime.ray_backend import Scaling
-
-            scaling = Scaling.of(settings, policy.workers)
+        if scaling is not None:
             same_workers = scaling == getattr(loaded.runner, "scaling", None)
-            policy = replace(policy, workers=scaling.most)
         else:
             same_workers = policy.worker_kind == current.worker_kind and (
                 policy.worker_kind == "thread" or policy.workers == current.workers

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
@@ -30,6 +29,7 @@ from torchport.errors import InvalidInput, NotFound, TorchportError
 from torchport.runtime.ray_backend import Scaling
 from torchport.runtime.runner import LocalRunner, open_runner
 from torchport.service.inference import InferResponse
+from torchport.transports.http.body import parse_json
 from torchport.transports.http.errors import error_response, json_response
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
@@ -104,10 +104,7 @@ class TorchportModel:
             content, headers = encode_response(InferResponse(self.name, 1, outputs, infer.id), fmt)
             return Response(content, headers=headers)
         if path.endswith(f"/v1/models/{self.name}:predict") and request.method == "POST":
-            try:
-                doc = orjson.loads(await request.body())
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+            doc = parse_json(await request.body())
             if not isinstance(doc, dict) or "instances" not in doc:
                 raise InvalidInput('the request must be {"instances": [...]}', field="instances")
             inputs = instances_to_inputs(doc["instances"], self.runner.signature)

@@ -1,9 +1,11 @@
-"""Reading request bodies within a size limit, to memory or to a file."""
+"""Reading request bodies within a size limit, to memory or to a file, and as JSON."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from torchport.errors import InvalidInput, TooLarge
@@ -46,3 +48,11 @@ async def save_body(request: Request, dest: Path, limit: int) -> int:
     if size == 0:
         raise InvalidInput("the request body is empty: send the package file", field="body")
     return size
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON; a body that is not JSON is bad input naming `body`."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
 from torchport.service.inference import InferenceService, InferRequest
-from torchport.transports.http.body import read_body
+from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.errors import json_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.types import Signature, Tensors, to_array, to_jsonable
@@ -54,10 +53,7 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
     async def predict(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+        doc = parse_json(body)
         if not isinstance(doc, dict) or "instances" not in doc:
             raise InvalidInput('the request must be {"instances": [...]}', field="instances")
         _, signature = service.signature(model, version)

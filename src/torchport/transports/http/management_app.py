@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -24,7 +23,7 @@ from torchport.service.auth import check_bearer
 from torchport.service.live import LiveStats
 from torchport.service.management import Management
 from torchport.store import ModelInfo
-from torchport.transports.http.body import read_body, save_body
+from torchport.transports.http.body import parse_json, read_body, save_body
 from torchport.transports.http.errors import HANDLERS, error_response, json_response
 from torchport.transports.http.params import model_and_version
 
@@ -95,11 +94,7 @@ def _actor(request: Request) -> str:
 
 
 async def _json_body(request: Request) -> Any:
-    body = await read_body(request, 1024 * 1024)
-    try:
-        return orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+    return parse_json(await read_body(request, 1024 * 1024) or b"{}")
 
 
 def build_management_app(

@@ -14,6 +14,7 @@ import orjson
 
 from torchport.errors import InvalidInput
 from torchport.service.inference import InferRequest, InferResponse
+from torchport.transports.http.body import parse_json
 from torchport.types import Array, Datatype, Tensors, element_count, from_raw, to_array, to_raw
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -49,7 +50,13 @@ def decode_request(
         header, binary = body[:split], memoryview(body)[split:]
     else:
         header, binary = body, memoryview(b"")
-    doc = _json_object(header)
+    return decode_document(_json_object(header), binary, model, version)
+
+
+def decode_document(
+    doc: dict[str, Any], binary: memoryview, model: str, version: int | None
+) -> tuple[InferRequest, OutputFormat]:
+    """A request from its parsed JSON header and the binary tensor data after it."""
     inputs_doc = doc.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
         raise InvalidInput("'inputs' must be a non-empty list of tensors", field="inputs")
@@ -85,10 +92,7 @@ def decode_request(
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+    doc = parse_json(raw)
     if not isinstance(doc, dict):
         raise InvalidInput("the request must be a JSON object", field="body")
     return doc

@@ -25,17 +25,16 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from torchport.service.inference import InferenceService, InferRequest
-from torchport.transports.http.body import read_body
+from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.errors import json_response
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
-from torchport.transports.http.oip_codec import decode_request, encode_response
+from torchport.transports.http.oip_codec import decode_document, encode_response
 from torchport.transports.http.params import timeout_seconds
 from torchport.types import Datatype, Signature, Tensors, TensorSpec, to_array, to_jsonable
 
@@ -54,10 +53,10 @@ def routes(service: InferenceService, max_body: int, model: str) -> list[BaseRou
         _, signature = service.signature(model, None)
         timeout = timeout_seconds(request)
         if content_type == JSON and body.lstrip().startswith(b"{") and b'"inputs"' in body:
-            doc = _json(body)
+            doc = parse_json(body)
             if isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
                 # An Open Inference Protocol body: answered as one, unless asked otherwise.
-                infer_request, fmt = decode_request(body, None, model, None)
+                infer_request, fmt = decode_document(doc, memoryview(b""), model, None)
                 response = await service.infer(
                     replace(infer_request, protocol="sagemaker", timeout_s=timeout)
                 )
@@ -65,7 +64,9 @@ def routes(service: InferenceService, max_body: int, model: str) -> list[BaseRou
                     content, headers = encode_response(response, fmt)
                     return Response(content, headers=headers)
                 return _answer(response.outputs, answer, named=False)
-        inputs, named = _decode(body, content_type, signature)
+            inputs, named = _from_json(doc, signature)  # parsed once
+        else:
+            inputs, named = _decode(body, content_type, signature)
         response = await service.infer(
             InferRequest(
                 model=model, version=None, inputs=inputs, protocol="sagemaker", timeout_s=timeout
@@ -97,13 +98,6 @@ def _accepted(header: str | None) -> str:
     )
 
 
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
-
-
 def _single(signature: Signature, what: str) -> TensorSpec:
     if len(signature.inputs) != 1:
         names = ", ".join(s.name for s in signature.inputs)
@@ -119,27 +113,7 @@ def _decode(body: bytes, content_type: str, signature: Signature) -> tuple[Tenso
     if not body:
         raise InvalidInput("the request body is empty", field="body")
     if content_type == JSON or content_type.endswith("+json"):
-        doc = _json(body)
-        if isinstance(doc, dict) and "instances" in doc:
-            return instances_to_inputs(doc["instances"], signature), False
-        if isinstance(doc, list):
-            return instances_to_inputs(doc, signature), False
-        if isinstance(doc, dict) and doc:
-            known = {s.name for s in signature.inputs}
-            unknown = sorted(set(doc) - known)
-            if unknown:
-                raise InvalidInput(
-                    f"unknown input '{unknown[0]}' (inputs: {', '.join(sorted(known))}); or "
-                    'send {"instances": [...]}',
-                    field=unknown[0],
-                )
-            inputs = {k: to_array(v, signature.input(k).datatype, name=k) for k, v in doc.items()}
-            return inputs, True
-        raise InvalidInput(
-            'send {"instances": [...]}, an Open Inference Protocol body, or an object from '
-            "input name to data",
-            field="body",
-        )
+        return _from_json(parse_json(body), signature)
     if content_type == CSV:
         return {(spec := _single(signature, "CSV")).name: _csv_rows(body, spec)}, False
     if content_type == NPY:
@@ -159,6 +133,29 @@ def _decode(body: bytes, content_type: str, signature: Signature) -> tuple[Tenso
     row = np.empty(1, dtype=object)
     row[0] = body
     return {spec.name: row}, False
+
+
+def _from_json(doc: Any, signature: Signature) -> tuple[Tensors, bool]:
+    if isinstance(doc, dict) and "instances" in doc:
+        return instances_to_inputs(doc["instances"], signature), False
+    if isinstance(doc, list):
+        return instances_to_inputs(doc, signature), False
+    if isinstance(doc, dict) and doc:
+        known = {s.name for s in signature.inputs}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown input '{unknown[0]}' (inputs: {', '.join(sorted(known))}); or "
+                'send {"instances": [...]}',
+                field=unknown[0],
+            )
+        inputs = {k: to_array(v, signature.input(k).datatype, name=k) for k, v in doc.items()}
+        return inputs, True
+    raise InvalidInput(
+        'send {"instances": [...]}, an Open Inference Protocol body, or an object from '
+        "input name to data",
+        field="body",
+    )
 
 
 def _csv_rows(body: bytes, spec: TensorSpec) -> np.ndarray:

@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
 from torchport.service.inference import InferenceService, InferRequest
-from torchport.transports.http.body import read_body
+from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.errors import json_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.types import Datatype, Signature, Tensors, to_array, to_jsonable
@@ -32,10 +31,7 @@ def body_to_inputs(body: bytes, content_type: str, signature: Signature) -> tupl
     is_json = "json" in content_type
     doc: Any = None
     if body and (is_json or single is None or single.datatype is not Datatype.BYTES):
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the request is not valid JSON: {exc}", field="body") from None
+        doc = parse_json(body)
     if isinstance(doc, dict) and set(doc) <= set(names) and doc:
         return {k: to_array(v, signature.input(k).datatype, name=k) for k, v in doc.items()}, False
     if single is None:
