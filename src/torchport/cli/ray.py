@@ -81,22 +81,42 @@ def deploy_cmd(
     from ray import serve
 
     application = config["applications"][0]
-    with status(f"deploying {name} on Ray Serve"):
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-        host = "0.0.0.0" if address else "127.0.0.1"
-        serve.start(http_options={"host": host, "port": http_port})
-        serve.run(build_app(application["args"]), name=application["name"],
-                  route_prefix=application["route_prefix"])  # fmt: skip
+    host = "0.0.0.0" if address else "127.0.0.1"
+    stop = threading.Event()
+    deploying = True
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if deploying:  # interrupt the wait for the replicas
+            raise _Stopped
+
+    try:
+        with status(f"deploying {name} on Ray Serve"):
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False)  # fmt: skip
+            # After ray.init, whose own SIGTERM handler aborts the process: a signal stops
+            # cleanly, even while the deployment still waits for its replicas.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, on_signal)
+            serve.start(http_options={"host": host, "port": http_port})
+            serve.run(build_app(application["args"]), name=application["name"],
+                      route_prefix=application["route_prefix"])  # fmt: skip
+            deploying = False
+    except _Stopped:
+        out.print("stopped before the application was ready", markup=False)
+        ray.shutdown()
+        return
     url = f"http://{host if address else '127.0.0.1'}:{http_port}{application['route_prefix']}"
     out.print(f"{name} on Ray Serve: {url}/v2/models/{name}/infer", markup=False)
     if address:
         return  # the application lives on the cluster
     out.print("  Ctrl-C stops it (and the local Ray).", markup=False)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     ray.shutdown()
+
+
+class _Stopped(Exception):
+    """A signal arrived while the application was still deploying."""
