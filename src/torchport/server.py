@@ -170,8 +170,6 @@ def serve(
             max_message_bytes=settings.max_request_bytes,
         )
 
-        pending: set[asyncio.Task[None]] = set()
-
         def close() -> None:
             for server in servers:
                 server.should_exit = True
@@ -189,7 +187,6 @@ def serve(
                 settings.unready_seconds,
                 settings.drain_seconds,
             )
-            pending.add(loop.create_task(grpc.update_health()))
             loop.call_later(settings.unready_seconds, close)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -211,7 +208,7 @@ def serve(
                 )
             )
         background = [
-            asyncio.create_task(_refresh(inference, servers, grpc)),
+            asyncio.create_task(_refresh(inference, servers)),
             asyncio.create_task(_sample(live, servers)),
         ]
         try:
@@ -276,13 +273,12 @@ def _address(host: str, port: int) -> str:
     return f"{shown}:{port}"
 
 
-async def _refresh(inference: InferenceService, servers: list[_Server], grpc: GrpcServer) -> None:
+async def _refresh(inference: InferenceService, servers: list[_Server]) -> None:
     # Another process (`torchport store promote`, a second server) may change the store.
     while not any(s.should_exit for s in servers):
         await asyncio.sleep(REFRESH_SECONDS)
         try:
             await asyncio.to_thread(inference.refresh)
-            await grpc.update_health()
         except Exception:
             log.exception("refreshing aliases from the store failed")
 

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import torchport
 from tests.cli.test_cli import assert_one_line_error, run
@@ -197,7 +198,7 @@ def test_sigterm_turns_readiness_off_then_drains_requests_in_flight(
         tmp_path_factory.mktemp("drain") / "unused",
         [slow_package],
         microservice=True,
-        TORCHPORT_UNREADY_SECONDS="1.5",
+        TORCHPORT_UNREADY_SECONDS="2.5",
         TORCHPORT_DRAIN_SECONDS="20",
     ).start()
     assert server.proc is not None
@@ -207,6 +208,10 @@ def test_sigterm_turns_readiness_off_then_drains_requests_in_flight(
         r = httpx.post(f"{server.url}/v2/models/slow/infer", json=oip_body("x", x), timeout=30)
         return r.status_code
 
+    channel = grpc.insecure_channel(server.grpc_address)
+    health = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         before = [pool.submit(infer) for _ in range(3)]
         time.sleep(0.05)  # inside their 0.2 s batch
@@ -218,14 +223,25 @@ def test_sigterm_turns_readiness_off_then_drains_requests_in_flight(
         assert httpx.get(f"{server.url}/ping").status_code == 503
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
         assert infer() == 200
+        # gRPC too: probes see NOT_SERVING, a watcher is told and its stream ends (it
+        # must not hold the shutdown up for the drain time), calls are still answered.
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health.Check(health_pb2.HealthCheckRequest()).status == not_serving
+        grpc_client = triton_grpc.InferenceServerClient(server.grpc_address)
+        inputs = [triton_grpc.InferInput("x", [1, 4], "FP32")]
+        inputs[0].set_data_from_numpy(x)
+        np.testing.assert_array_equal(grpc_client.infer("slow", inputs).as_numpy("output"), x * 2)
+        assert [reply.status for reply in watch] == [not_serving]
         # Requests that arrive just before the port closes are still in flight after.
-        time.sleep(max(0.0, stopped_at + 1.4 - time.monotonic()))
+        time.sleep(max(0.0, stopped_at + 2.4 - time.monotonic()))
         late = [pool.submit(infer) for _ in range(2)]
         assert [f.result() for f in before + late] == [200] * 5
     code = server.proc.wait(30)
+    channel.close()
     assert code == 0, server.output()
     assert time.monotonic() - stopped_at < 15
     assert refused(server.http_port)
+    assert refused(server.grpc_port)
 
 
 def test_a_microservice_takes_exactly_one_package(mlp_package: Path, digits_package: Path) -> None:
@@ -236,8 +252,6 @@ def test_a_microservice_takes_exactly_one_package(mlp_package: Path, digits_pack
 
 
 def test_the_grpc_health_check_follows_readiness(mlp_service: ServerProcess) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     with grpc.insecure_channel(mlp_service.grpc_address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert status.status == health_pb2.HealthCheckResponse.SERVING

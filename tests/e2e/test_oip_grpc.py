@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -297,3 +299,35 @@ def test_grpc_health_checking_and_reflection(server: ServerProcess) -> None:
         )
         names = {s.name for s in reply.list_services_response.service}
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+
+def test_reflection_answers_each_request_before_the_next_is_sent(server: ServerProcess) -> None:
+    # As grpcurl uses it: one stream, one question at a time, each answer awaited.
+    questions: queue.Queue[Any] = queue.Queue()
+
+    def ask() -> Iterator[Any]:
+        while (question := questions.get()) is not None:
+            yield question
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(ask())
+        questions.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+        listed = next(answers).list_services_response.service
+        assert "inference.GRPCInferenceService" in {s.name for s in listed}
+        symbol = "inference.GRPCInferenceService"
+        questions.put(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+        files = next(answers).file_descriptor_response.file_descriptor_proto
+        described = [descriptor_pb2.FileDescriptorProto.FromString(f) for f in files]
+        [inference] = [f for f in described if f.name == "inference.proto"]
+        methods = {m.name for m in inference.service[0].method}
+        assert {"ModelInfer", "ModelMetadata", "RepositoryIndex"} <= methods
+        questions.put(reflection_pb2.ServerReflectionRequest(file_containing_symbol="no.Such"))
+        assert next(answers).error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+        questions.put(None)
+        assert list(answers) == []

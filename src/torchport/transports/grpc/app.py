@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from torchport.errors import TorchportError
 from torchport.service.inference import InferenceService
 from torchport.transports.grpc import convert
-from torchport.transports.grpc.service import InferenceServicer
+from torchport.transports.grpc.service import HealthServicer, InferenceServicer
 
 
 class GrpcServer:
@@ -24,7 +24,6 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
     ) -> None:
-        self.service = service
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -36,8 +35,7 @@ class GrpcServer:
         self.server.add_generic_rpc_handlers(
             (convert.method_handlers(InferenceServicer(service, token)),)
         )
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), self.server)
         reflection.enable_server_reflection(
             (convert.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
             self.server,
@@ -53,18 +51,6 @@ class GrpcServer:
 
     async def start(self) -> None:
         await self.server.start()
-        await self.update_health()
-
-    async def update_health(self) -> None:
-        """Overall and service health follow the server's readiness (Kubernetes probes)."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.service.server_ready()
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self.health.set("", status)
-        await self.health.set(convert.SERVICE_NAME, status)
 
     async def stop(self, grace: float) -> None:
-        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)

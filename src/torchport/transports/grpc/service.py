@@ -1,4 +1,4 @@
-"""`inference.GRPCInferenceService`: the Open Inference Protocol over gRPC.
+"""`inference.GRPCInferenceService` (the Open Inference Protocol) and `grpc.health.v1.Health`.
 
 Thin: each call converts the message (`convert`), calls the same inference service as
 REST, and converts back. Errors from the one error tree become gRPC status codes with the
@@ -8,14 +8,16 @@ message naming the field; the model repository calls need the management token, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from functools import wraps
 from typing import Any, TypeVar
 
 import anyio.to_thread
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unauthorized
 from torchport.service.auth import check_bearer
@@ -152,6 +154,45 @@ class InferenceServicer:
         await anyio.to_thread.run_sync(self.service.store.get_model, model)  # 404 if unknown
         self.service.unload(model)
         return convert.repository_unloaded()
+
+
+WATCH_INTERVAL_S = 0.5
+"""How often a health `Watch` looks for a change of status."""
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """`grpc.health.v1.Health` for the server ("") and the inference service, read live
+    from the server's readiness: SERVING once the models are loaded, NOT_SERVING while
+    loading or draining (Kubernetes `grpc:` probes)."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    def _status(self, name: str) -> Any:
+        if name not in ("", convert.SERVICE_NAME):
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        if self.service.server_ready():
+            return health_pb2.HealthCheckResponse.SERVING
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(self, request: Any, context: Context) -> Any:
+        status = self._status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        last = None
+        while True:
+            status = self._status(request.service)
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            if self.service.draining:
+                # NOT_SERVING is sent: end the stream rather than hold the shutdown up
+                # for the drain time and be cancelled at its end (UNAVAILABLE).
+                return
+            await asyncio.sleep(WATCH_INTERVAL_S)
 
 
 def _name(name: str) -> str:
