@@ -307,8 +307,12 @@ def test_grpc_health_checking_and_reflection(server: ServerProcess) -> None:
         watch.cancel()
 
 
-def test_reflection_answers_each_request_before_the_next_is_sent(server: ServerProcess) -> None:
-    # As grpcurl uses it: one stream, one question at a time, each answer awaited.
+@pytest.mark.parametrize("package", ["grpc.reflection.v1alpha", "grpc.reflection.v1"])
+def test_reflection_answers_each_request_before_the_next_is_sent(
+    server: ServerProcess, package: str
+) -> None:
+    # As grpcurl uses it: one stream, one question at a time, each answer awaited; newer
+    # tools ask the stable v1 service first, older ones v1alpha (the same messages).
     questions: queue.Queue[Any] = queue.Queue()
 
     def ask() -> Iterator[Any]:
@@ -316,10 +320,21 @@ def test_reflection_answers_each_request_before_the_next_is_sent(server: ServerP
             yield question
 
     with grpc.insecure_channel(server.grpc_address) as channel:
-        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(ask())
+        answers = channel.stream_stream(
+            f"/{package}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )(ask())
         questions.put(reflection_pb2.ServerReflectionRequest(list_services=""))
-        listed = next(answers).list_services_response.service
-        assert "inference.GRPCInferenceService" in {s.name for s in listed}
+        listed = {s.name for s in next(answers).list_services_response.service}
+        assert {"inference.GRPCInferenceService", f"{package}.ServerReflection"} <= listed
+        questions.put(
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol=f"{package}.ServerReflection"
+            )
+        )
+        [own] = next(answers).file_descriptor_response.file_descriptor_proto
+        assert descriptor_pb2.FileDescriptorProto.FromString(own).package == package
         symbol = "inference.GRPCInferenceService"
         questions.put(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
         files = next(answers).file_descriptor_response.file_descriptor_proto

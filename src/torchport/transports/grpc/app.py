@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from torchport.errors import TorchportError
 from torchport.service.inference import InferenceService
@@ -36,11 +36,14 @@ class GrpcServer:
             (convert.method_handlers(InferenceServicer(service, token)),)
         )
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), self.server)
-        reflection.enable_server_reflection(
-            (convert.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self.server,
-            pool=convert.POOL,
+        names = (
+            convert.SERVICE_NAME,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+            convert.REFLECTION_V1,
         )
+        reflection.enable_server_reflection(names, self.server, pool=convert.POOL)
+        self.server.add_generic_rpc_handlers((_reflection_v1(names),))
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             self.port = self.server.add_insecure_port(address)
@@ -54,3 +57,16 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         await self.server.stop(grace)
+
+
+def _reflection_v1(names: tuple[str, ...]) -> grpc.GenericRpcHandler:
+    """Server reflection's stable name, answered as v1alpha (same messages on the wire)."""
+    servicer = reflection.aio.ReflectionServicer(names, pool=convert.POOL)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(
+        convert.REFLECTION_V1, {"ServerReflectionInfo": info}
+    )

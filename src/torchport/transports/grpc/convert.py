@@ -34,6 +34,26 @@ for _file in descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes(
 # Reflection answers from this pool: the health and reflection services are described too.
 for _module in (health_pb2, reflection_pb2):
     POOL.Add(descriptor_pb2.FileDescriptorProto.FromString(_module.DESCRIPTOR.serialized_pb))
+
+
+def _reflection_v1() -> descriptor_pb2.FileDescriptorProto:
+    """`grpc.reflection.v1`: v1alpha's messages under the stable package name (the two are
+    the same on the wire; grpcio ships only v1alpha, newer tools ask v1 first)."""
+    old, new = "grpc.reflection.v1alpha", "grpc.reflection.v1"
+    file = descriptor_pb2.FileDescriptorProto.FromString(reflection_pb2.DESCRIPTOR.serialized_pb)
+    file.name, file.package = "grpc/reflection/v1/reflection.proto", new
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name:  # set only on message fields
+                field.type_name = field.type_name.replace(f".{old}.", f".{new}.")
+    for method in file.service[0].method:
+        method.input_type = method.input_type.replace(f".{old}.", f".{new}.")
+        method.output_type = method.output_type.replace(f".{old}.", f".{new}.")
+    return file
+
+
+POOL.Add(_reflection_v1())
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 FILE: FileDescriptor = POOL.FindFileByName("inference.proto")
 SERVICE = FILE.services_by_name["GRPCInferenceService"]
 SERVICE_NAME: str = SERVICE.full_name
