@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 import torchport
 from tests.e2e.conftest import EVERY_DATATYPE
-from tests.e2e.server import TOKEN, ServerProcess
+from tests.e2e.server import TOKEN, ServerProcess, scrape, value
 from torchport.transports.grpc.convert import CONTENTS_FIELD, pb
 from torchport.transports.grpc.convert import stub as plain_stub
 from torchport.types import Datatype
@@ -222,6 +222,23 @@ def test_shape_and_element_count_mismatch_is_invalid_argument(
     assert "input" in failed.value.details()
     trailing = dict(failed.value.trailing_metadata() or ())
     assert trailing["torchport-error-code"] == "invalid_input"
+
+
+@pytest.mark.parametrize("body", [b"\xff\xff\xff not protobuf", b"\x0a\x05mlp"])
+def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess, body: bytes) -> None:
+    # Garbage, and a message cut short: the caller's error, never UNKNOWN or INTERNAL.
+    labels = {"model": "", "version": "", "protocol": "oip_grpc", "outcome": "invalid_input"}
+    before = value(scrape(server), "torchport_requests_total", **labels)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        send = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as failed:
+            send(body, timeout=30)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest message" in failed.value.details()
+    trailing = dict(failed.value.trailing_metadata() or ())
+    assert trailing["torchport-error-field"] == "request"
+    # Counted as a refused request of no known model, as REST counts a body it cannot read.
+    assert value(scrape(server), "torchport_requests_total", **labels) == before + 1
 
 
 def test_a_full_queue_is_resource_exhausted(client: triton.InferenceServerClient) -> None:

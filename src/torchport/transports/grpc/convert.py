@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -79,13 +80,14 @@ METHODS: dict[str, tuple[Any, Any]] = {
 
 def method_handlers(servicer: object) -> grpc.GenericRpcHandler:
     """The service's methods, each bound to the servicer's coroutine of the same name."""
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),
-            request_deserializer=request.FromString,
+            # The servicer parses (`parse`): bytes that are no message are INVALID_ARGUMENT.
+            request_deserializer=None,
             response_serializer=response.SerializeToString,
         )
-        for name, (request, response) in METHODS.items()
+        for name, (_, response) in METHODS.items()
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
@@ -136,6 +138,18 @@ STATUS: dict[str, grpc.StatusCode] = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "store_error": grpc.StatusCode.UNAVAILABLE,
 }
+
+
+def parse(message_type: Any, raw: bytes) -> Any:
+    """A request message from its bytes; bytes that are not one are the caller's error."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError:
+        name = message_type.DESCRIPTOR.full_name
+        raise InvalidInput(
+            f"the request is not a valid {name} message (protobuf could not parse it)",
+            field="request",
+        ) from None
 
 
 def status_of(exc: TorchportError) -> grpc.StatusCode:

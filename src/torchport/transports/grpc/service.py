@@ -32,20 +32,31 @@ EXTENSIONS = ["model_repository"]
 REQUEST_ID_KEY = "x-request-id"
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Method = Callable[[Any, Req, Context], Awaitable[Resp]]
+Method = Callable[[Any, Any, Context], Awaitable[Resp]]
+Handler = Callable[[Any, bytes, Context], Awaitable[Resp]]
 
 
-def answers_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
-    """Turn torchport's errors into their gRPC status; anything else is INTERNAL, logged,
-    with no internals in the message."""
+def answers_errors(method: Method[Resp]) -> Handler[Resp]:
+    """A method of the inference service as grpcio calls it, with the request's bytes.
+
+    The message is parsed here, so that a malformed one is INVALID_ARGUMENT naming the
+    message (grpcio's own parsing answers UNKNOWN with a Python exception's name).
+    torchport's errors become their gRPC status; anything else is INTERNAL, logged, with
+    no internals in the message. A refused `ModelInfer` is counted in the metrics.
+    """
+    message_type = convert.METHODS[method.__name__][0]
+    counts = method.__name__ == "ModelInfer"
 
     @wraps(method)
-    async def wrapper(self: Any, request: Req, context: Context) -> Resp:
+    async def wrapper(self: Any, raw: bytes, context: Context) -> Resp:
+        request = None
         try:
+            request = convert.parse(message_type, raw)
             return await method(self, request, context)
         except TorchportError as exc:
+            if counts:
+                self.service.refused(getattr(request, "model_name", ""), None, "oip_grpc", exc)
             metadata = [("torchport-error-code", exc.code)]
             if request_id.get():
                 metadata.append((REQUEST_ID_KEY, request_id.get() or ""))
@@ -107,11 +118,7 @@ class InferenceServicer:
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         given = _metadata(context, REQUEST_ID_KEY)
         request_id.set(new_request_id(given) if given else None)
-        try:
-            response = await self._infer(request, context)
-        except TorchportError as exc:
-            self.service.refused(request.model_name, None, "oip_grpc", exc)
-            raise
+        response = await self._infer(request, context)
         # With the status, in the one batch that ends the call: initial metadata sent on
         # its own would cost another round through the completion queue (~10 % of a call).
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id.get() or ""),))
