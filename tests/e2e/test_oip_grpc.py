@@ -241,6 +241,29 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess, b
     assert value(scrape(server), "torchport_requests_total", **labels) == before + 1
 
 
+def test_health_and_reflection_refuse_bytes_that_are_no_message(server: ServerProcess) -> None:
+    garbage = b"\xff\xff\xff not protobuf"
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        calls = [
+            lambda: channel.unary_unary("/grpc.health.v1.Health/Check")(garbage, timeout=30),
+            lambda: next(channel.unary_stream("/grpc.health.v1.Health/Watch")(garbage)),
+            *(
+                lambda name=name: next(
+                    channel.stream_stream(f"/{name}/ServerReflectionInfo")(iter([garbage]))
+                )
+                for name in (
+                    "grpc.reflection.v1alpha.ServerReflection",
+                    "grpc.reflection.v1.ServerReflection",
+                )
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as failed:
+                call()
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid grpc." in failed.value.details()
+
+
 def test_a_full_queue_is_resource_exhausted(client: triton.InferenceServerClient) -> None:
     x = np.ones((1, 4), np.float32)
     tensor = triton.InferInput("x", [1, 4], "FP32")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from torchport.errors import TorchportError
 from torchport.service.inference import InferenceService
 from torchport.transports.grpc import convert
-from torchport.transports.grpc.service import HealthServicer, InferenceServicer
+from torchport.transports.grpc.service import Context, HealthServicer, InferenceServicer, parsed
 
 
 class GrpcServer:
@@ -35,15 +38,20 @@ class GrpcServer:
         self.server.add_generic_rpc_handlers(
             (convert.method_handlers(InferenceServicer(service, token)),)
         )
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), self.server)
         names = (
             convert.SERVICE_NAME,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
             convert.REFLECTION_V1,
         )
-        reflection.enable_server_reflection(names, self.server, pool=convert.POOL)
-        self.server.add_generic_rpc_handlers((_reflection_v1(names),))
+        self.server.add_generic_rpc_handlers(
+            (
+                _health(HealthServicer(service)),
+                # The stable name and v1alpha: the same messages on the wire.
+                _reflection(reflection.SERVICE_NAME, names),
+                _reflection(convert.REFLECTION_V1, names),
+            )
+        )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             self.port = self.server.add_insecure_port(address)
@@ -59,14 +67,39 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def _reflection_v1(names: tuple[str, ...]) -> grpc.GenericRpcHandler:
-    """Server reflection's stable name, answered as v1alpha (same messages on the wire)."""
-    servicer = reflection.aio.ReflectionServicer(names, pool=convert.POOL)
-    info = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
-        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-    )
+# Both take the request's bytes and parse them themselves (`parsed`), so that bytes
+# that are no message are INVALID_ARGUMENT rather than grpcio's UNKNOWN.
+
+
+def _health(servicer: HealthServicer) -> grpc.GenericRpcHandler:
+    response = health_pb2.HealthCheckResponse.SerializeToString
     return grpc.method_handlers_generic_handler(
-        convert.REFLECTION_V1, {"ServerReflectionInfo": info}
+        health.SERVICE_NAME,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                servicer.Check, response_serializer=response
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                servicer.Watch, response_serializer=response
+            ),
+        },
     )
+
+
+def _reflection(name: str, names: tuple[str, ...]) -> grpc.GenericRpcHandler:
+    """grpcio's reflection servicer (answering from torchport's descriptor pool) under
+    `name`."""
+    servicer = reflection.aio.ReflectionServicer(names, pool=convert.POOL)
+
+    async def info(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        async def requests() -> AsyncIterator[Any]:
+            async for message in raw:
+                yield await parsed(reflection_pb2.ServerReflectionRequest, message, context)
+
+        async for answer in servicer.ServerReflectionInfo(requests(), context):  # type: ignore[attr-defined]
+            yield answer
+
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(
+        info, response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unauthorized
 from torchport.service.auth import check_bearer
@@ -167,7 +167,7 @@ WATCH_INTERVAL_S = 0.5
 """How often a health `Watch` looks for a change of status."""
 
 
-class HealthServicer(health_pb2_grpc.HealthServicer):
+class HealthServicer:
     """`grpc.health.v1.Health` for the server ("") and the inference service, read live
     from the server's readiness: SERVING once the models are loaded, NOT_SERVING while
     loading or draining (Kubernetes `grpc:` probes)."""
@@ -182,13 +182,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             return health_pb2.HealthCheckResponse.SERVING
         return health_pb2.HealthCheckResponse.NOT_SERVING
 
-    async def Check(self, request: Any, context: Context) -> Any:
+    async def Check(self, raw: bytes, context: Context) -> Any:
+        request = await parsed(health_pb2.HealthCheckRequest, raw, context)
         status = self._status(request.service)
         if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(self, request: Any, context: Context) -> AsyncIterator[Any]:
+    async def Watch(self, raw: bytes, context: Context) -> AsyncIterator[Any]:
+        request = await parsed(health_pb2.HealthCheckRequest, raw, context)
         last = None
         while True:
             status = self._status(request.service)
@@ -200,6 +202,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
                 # for the drain time and be cancelled at its end (UNAVAILABLE).
                 return
             await asyncio.sleep(WATCH_INTERVAL_S)
+
+
+async def parsed(message_type: Any, raw: bytes, context: Context) -> Any:
+    """A request message from its bytes, or INVALID_ARGUMENT naming the message."""
+    try:
+        return convert.parse(message_type, raw)
+    except InvalidInput as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+    raise AssertionError("unreachable")  # abort() raises
 
 
 def _name(name: str) -> str:
