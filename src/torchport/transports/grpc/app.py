@@ -47,9 +47,7 @@ class GrpcServer:
         self.server.add_generic_rpc_handlers(
             (
                 _health(HealthServicer(service)),
-                # The stable name and v1alpha: the same messages on the wire.
-                _reflection(reflection.SERVICE_NAME, names),
-                _reflection(convert.REFLECTION_V1, names),
+                *_reflection(names),
             )
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -86,9 +84,9 @@ def _health(servicer: HealthServicer) -> grpc.GenericRpcHandler:
     )
 
 
-def _reflection(name: str, names: tuple[str, ...]) -> grpc.GenericRpcHandler:
-    """grpcio's reflection servicer (answering from torchport's descriptor pool) under
-    `name`."""
+def _reflection(names: tuple[str, ...]) -> list[grpc.GenericRpcHandler]:
+    """grpcio's reflection servicer (answering from torchport's descriptor pool) under the
+    stable name and v1alpha: the same messages on the wire."""
     servicer = reflection.aio.ReflectionServicer(names, pool=convert.POOL)
 
     async def info(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
@@ -102,4 +100,7 @@ def _reflection(name: str, names: tuple[str, ...]) -> grpc.GenericRpcHandler:
     handler: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(
         info, response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString
     )
-    return grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+    return [
+        grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+        for name in (reflection.SERVICE_NAME, convert.REFLECTION_V1)
+    ]

@@ -57,13 +57,7 @@ def answers_errors(method: Method[Resp]) -> Handler[Resp]:
         except TorchportError as exc:
             if counts:
                 self.service.refused(getattr(request, "model_name", ""), None, "oip_grpc", exc)
-            metadata = [("torchport-error-code", exc.code)]
-            if request_id.get():
-                metadata.append((REQUEST_ID_KEY, request_id.get() or ""))
-            if exc.field:
-                metadata.append(("torchport-error-field", exc.field))
-            context.set_trailing_metadata(tuple(metadata))
-            await context.abort(convert.status_of(exc), exc.message)
+            await _abort(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -209,8 +203,20 @@ async def parsed(message_type: Any, raw: bytes, context: Context) -> Any:
     try:
         return convert.parse(message_type, raw)
     except InvalidInput as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        await _abort(context, exc)
     raise AssertionError("unreachable")  # abort() raises
+
+
+async def _abort(context: Context, exc: TorchportError) -> None:
+    """End the call with the error's gRPC status, its message, and its code (and field,
+    and the request id) in trailing metadata. Raises."""
+    metadata = [("torchport-error-code", exc.code)]
+    if request_id.get():
+        metadata.append((REQUEST_ID_KEY, request_id.get() or ""))
+    if exc.field:
+        metadata.append(("torchport-error-field", exc.field))
+    context.set_trailing_metadata(tuple(metadata))
+    await context.abort(convert.status_of(exc), exc.message)
 
 
 def _name(name: str) -> str:
