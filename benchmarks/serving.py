@@ -15,6 +15,12 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
   proxy and Ray's `@serve.batch` in the replicas), 2 replicas;
 - `ray-plain`: Ray Serve's own plain deployment of the same model, 2 replicas, its HTTP
   proxy, no batching (peers/ray_app.py): the anchor for the Ray path;
+- `torchport-torchscript`, `torchport-onnx`, `torchport-exported` (`--targets` to add
+  them): `torchport serve` with the package exported by `torchport export --to ...`
+  (same handler and batching; the model runs as TorchScript, on ONNX Runtime, or as a
+  `torch.export` program), with the in-process limit of that export beside it;
+- `grpc-floor` (`--targets` to add it): grpc.aio answering `ModelInfer` with no model
+  behind it (peers/grpc_floor.py): the most calls/s any grpcio service gets here;
 - `in-process`: `runner.predict` in a loop (benchmarks/in_process.py), batch 1 and the best
   batch size, one caller over every core or one per core with a torch thread each (the limit).
 Workloads: `mlp` (one 32-float row as JSON per request) and `minilm` (one short sentence
@@ -52,6 +58,11 @@ LUA = ROOT / "benchmarks" / "wrk_post.lua"
 SENTENCE = "torchport serves PyTorch models."
 CONCURRENCY = (1, 8, 32)
 TOKEN = "benchmark-token-0123456789"
+EXPORTS = {
+    "torchport-torchscript": "torchscript",
+    "torchport-onnx": "onnx",
+    "torchport-exported": "exported",
+}
 
 
 def free_port() -> int:
@@ -197,6 +208,36 @@ def grpc_body(model: str, work: Path, address: str) -> tuple[Path, int]:
     return body, 5 + len(response.SerializeToString())
 
 
+def start_grpc_floor(model: str, package: Path, work: Path) -> Started:
+    """grpc.aio answering `ModelInfer` without a model (peers/grpc_floor.py)."""
+    import grpc
+
+    from torchport.transports.grpc.convert import pb, stub
+
+    port = free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.peers.grpc_floor", str(port), str(package)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    with grpc.insecure_channel(address) as channel:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"grpc-floor exited with {proc.returncode}")
+            try:
+                stub(channel).ServerLive(pb.ServerLiveRequest(), timeout=1)
+                break
+            except grpc.RpcError:
+                if time.perf_counter() - started > 60:
+                    raise SystemExit("grpc-floor was not ready in 60 s") from None
+                time.sleep(0.05)
+    ready = time.perf_counter() - started
+    body, answer = grpc_body(model, work, address)
+    url = f"http://{address}/inference.GRPCInferenceService/ModelInfer"
+    return Started(proc, url, "application/grpc", body, ready, grpc_response_bytes=answer)
+
+
 def _plain_body(model: str, work: Path) -> tuple[Path, str]:
     if model == "mlp":
         body = work / "mlp-plain.json"
@@ -278,9 +319,13 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
         try:
             if target in ("torchport", "torchport-grpc"):
                 return start_torchport(model, package, work, grpc=target == "torchport-grpc")
+            if target in EXPORTS:
+                return start_torchport(model, exported(package, EXPORTS[target], work), work)
             if target.startswith("torchport-ray-"):
                 replicas = int(target.rsplit("-", 1)[1])
                 return start_torchport(model, package, work, ray_replicas=replicas)
+            if target == "grpc-floor":
+                return start_grpc_floor(model, package, work)
             if target == "ray-app":
                 return start_ray_app(model, package, work)
             if target == "ray-plain":
@@ -292,6 +337,17 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
             print(f"{target} failed to start ({exc}); attempt {attempt + 1} of 3", file=sys.stderr)
             time.sleep(1)
     raise SystemExit(f"{target} did not start")
+
+
+def exported(package: Path, kind: str, work: Path) -> Path:
+    """The package exported to `kind` (made once per run, parity checked by the export)."""
+    out = work / f"{package.stem}.{kind}.tpa"
+    if not out.exists():
+        subprocess.run(
+            [str(BIN / "torchport"), "export", str(package), "--to", kind, "-o", str(out)],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return out
 
 
 def rss_bytes(pid: int) -> int:
@@ -462,8 +518,14 @@ def main() -> None:
                 zf.extractall(files)
             runs: dict[str, list[dict[str, Any]]] = {t: [] for t in args.targets}
             inproc: list[dict[str, float]] = []
+            inproc_exports: dict[str, list[dict[str, float]]] = {
+                f"in-process-{EXPORTS[t]}": [] for t in args.targets if t in EXPORTS
+            }
             for rep in range(args.repeat):
                 inproc.append(in_process(package, model, 2.0))
+                for name, export_runs in inproc_exports.items():
+                    kind = name.removeprefix("in-process-")
+                    export_runs.append(in_process(exported(package, kind, work), model, 2.0))
                 order = (
                     args.targets[rep % len(args.targets) :]
                     + args.targets[: rep % len(args.targets)]
@@ -497,7 +559,16 @@ def main() -> None:
                     }
                 summary[target] = med
             summary["in-process"] = {k: statistics.median(r[k] for r in inproc) for k in inproc[0]}
-            results["models"][model] = {"median": summary, "runs": runs, "in_process_runs": inproc}
+            for name, export_runs in inproc_exports.items():
+                summary[name] = {
+                    k: statistics.median(r[k] for r in export_runs) for k in export_runs[0]
+                }
+            results["models"][model] = {
+                "median": summary,
+                "runs": runs,
+                "in_process_runs": inproc,
+                **({"in_process_export_runs": inproc_exports} if inproc_exports else {}),
+            }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -517,7 +588,7 @@ def print_table(results: dict[str, Any]) -> None:
     print("|" + "---|" * len(head))
     for model, data in results["models"].items():
         for target, s in data["median"].items():
-            if target == "in-process":
+            if target.startswith("in-process"):
                 size, rows = s["best_batch_size"], s["best_batch_rows_per_s"]
                 best = f"best batch {size:.0f}: {rows:.0f} rows/s"
                 if "best_callers" in s:
@@ -543,6 +614,23 @@ def print_table(results: dict[str, Any]) -> None:
             f"p50 at c=1 {tp['c1']['p50_ms'] / fa['c1']['p50_ms']:.2f}x; "
             f"torchport at c=32 / in-process best batch {tp['c32']['rps'] / best:.2f}x"
         )
+    for model, data in results["models"].items():
+        s = data["median"]
+        best = s["in-process"]["best_batch_rows_per_s"]
+        for target, kind in EXPORTS.items():
+            if target in s:
+                own = s[f"in-process-{kind}"]["best_batch_rows_per_s"]
+                rps = s[target]["c32"]["rps"]
+                print(
+                    f"{model}: {target} at c=32 / in-process best batch {rps / best:.2f}x "
+                    f"(of the {kind} export in-process: {rps / own:.2f}x)"
+                )
+        if "grpc-floor" in s:
+            floor = s["grpc-floor"]["c32"]["rps"]
+            for target in ("torchport", "torchport-grpc"):
+                if target in s:
+                    ratio = s[target]["c32"]["rps"] / floor
+                    print(f"{model}: {target} at c=32 / grpc-floor {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -227,6 +227,25 @@ def test_two_workers_share_a_burst_evenly(slow_package: Path) -> None:
     batcher.close()
 
 
+def test_two_workers_fill_light_batches_to_the_cap(mlp_package: Path) -> None:
+    # The mlp computes in far less than a request may wait for company: splitting the
+    # waiting rows over both workers would only double the batches the event loop runs.
+    batcher = BatchingRunner(
+        open_runner(mlp_package), BatchPolicy(max_batch_size=64, max_batch_delay_ms=200, workers=2)
+    )
+    x = {"input": np.ones((1, 32), np.float32)}
+
+    async def main() -> None:
+        await batcher.predict(x)  # measured: a light batch
+        # Two run at once, alone (a worker each); the other 19 wait and go as one batch.
+        await asyncio.gather(*(batcher.predict(x) for _ in range(21)))
+
+    asyncio.run(main())
+    assert batcher.stats.requests == 22
+    assert batcher.stats.largest_batch == 19
+    batcher.close()
+
+
 TOKENS_MODEL = """
 import torch
 

@@ -5,7 +5,8 @@ nothing else about it. Requests whose inputs agree on every non-batch axis are p
 along axis 0, run together, and the outputs are split back by row. A request waits for
 company only under load (a batch running, or the last batch shared): at low load it runs
 at once, so batching costs no latency. With several workers each batch takes a fair share
-of the rows in the system, so the workers run batches of similar size side by side.
+of the rows in the system, so the workers run batches of similar size side by side; light
+batches (computing for less than the wait for company) take up to the cap instead.
 
 Inputs whose signature declares a `pad_value` may differ in length on their dynamic axes:
 they are padded to the longest in the batch, and outputs declared `padded_like` such an
@@ -138,6 +139,9 @@ class BatchingRunner:
         self.stats.batch_cap = self._cap
         self._under_load = False
         self._batch_seconds = 0.0  # moving average of a batch's run time
+        self._batch_cpu = 0.0  # ... of the CPU time the worker thread spent on it
+        self._batch_wall = 0.0  # ... and of its time in the worker (GIL waits included)
+        self._measured = False
         signature = runner.signature
         self._pad = {s.name: s.pad_value for s in signature.inputs if s.pad_value is not None}
         self._trim = {s.name: (s.padded_like, s.shape) for s in signature.outputs if s.padded_like}
@@ -252,12 +256,17 @@ class BatchingRunner:
         if self.threads is not None:
             threads = self.threads.cores if alone else self.threads.shared(self.policy.workers)
         started = time.monotonic()
-        outputs = await asyncio.get_running_loop().run_in_executor(
+        outputs, cpu, wall = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._predict, inputs, threads
         )
         seconds = time.monotonic() - started
         rows = batch_size(inputs)
-        self._batch_seconds += 0.2 * (seconds - self._batch_seconds)
+        # Moving averages, from the first batch's own figures (not from zero).
+        weight = 0.2 if self._measured else 1.0
+        self._measured = True
+        self._batch_seconds += weight * (seconds - self._batch_seconds)
+        self._batch_cpu += weight * (cpu - self._batch_cpu)
+        self._batch_wall += weight * (wall - self._batch_wall)
         if self.observer is not None:
             self.observer.batch(rows, seconds)
         if self.policy.target_p99_ms is not None:
@@ -265,11 +274,14 @@ class BatchingRunner:
             self._resize()
         return outputs
 
-    def _predict(self, inputs: Tensors, threads: int) -> Tensors:
-        # On the worker thread: torch's thread count is per calling thread once set here.
+    def _predict(self, inputs: Tensors, threads: int) -> tuple[Tensors, float, float]:
+        """On the worker thread: the outputs, and the thread's CPU and wall time on them."""
+        # torch's thread count is per calling thread once set here.
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return self.runner.predict(inputs)
+        cpu, wall = time.thread_time(), time.monotonic()
+        outputs = self.runner.predict(inputs)
+        return outputs, time.thread_time() - cpu, time.monotonic() - wall
 
     def _resize(self) -> None:
         """With a latency target: the largest batch measured (or, one step past what has
@@ -400,12 +412,29 @@ class BatchingRunner:
     def _batch_limit(self) -> int:
         """Rows for the next batch: the cap, or with several workers a fair share of the
         rows in the system, so that workers run batches of similar size side by side
-        instead of one large batch beside a string of small ones."""
+        instead of one large batch beside a string of small ones.
+
+        A light batch (a small model) takes up to the cap all the same: it computes for
+        less than a request may wait for company, so a second batch beside it gains
+        nothing, while every batch costs the event loop the same hand-offs. Under a
+        transport that hands requests over one at a time (gRPC), the fair share of the few
+        rows in sight kept such batches at 2-3 rows, and the loop, not the model, was the
+        limit."""
         workers = self.policy.workers
-        if workers == 1:
+        if workers == 1 or self._light():
             return self._cap
         rows = self._running_rows + sum(p.rows for p in self._queue)
         return max(1, min(self._cap, -(-rows // workers)))
+
+    def _light(self) -> bool:
+        """Batches compute for less than a request may wait for company (CPU time of the
+        worker thread; a worker process's batch counts by its time alone) and do not wait
+        long on anything else (a sleep, I/O, a device): the event loop's share of each
+        batch outweighs the model's."""
+        if not self._measured or self.policy.target_p99_ms is not None:
+            return False  # nothing measured yet, or batch sizes the latency target sets
+        delay = self.policy.max_batch_delay_ms / 1000
+        return self._batch_cpu < delay and self._batch_wall < 4 * delay
 
     def _drop_dead(self) -> None:
         now = time.monotonic()
