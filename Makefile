@@ -51,6 +51,10 @@ bench: install
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
 	$(BIN)/python benchmarks/cpu_cost.py
+	$(BIN)/python benchmarks/serving.py --models minilm --targets torchport \
+		torchport-torchscript torchport-onnx --out benchmarks/results/serving-exports.json
+	$(BIN)/python benchmarks/serving.py --models mlp --targets torchport torchport-grpc \
+		grpc-floor fastapi --out benchmarks/results/grpc-floor.json
 	$(BIN)/python benchmarks/serving.py --targets torchport torchport-ray-1 torchport-ray-2 \
 		ray-app ray-plain --duration 4 --out benchmarks/results/ray.json
 	for m in mlp digits minilm; do \

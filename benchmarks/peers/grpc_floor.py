@@ -1,19 +1,21 @@
-"""The least a grpcio service must do: a `ModelInfer` that answers without a model.
+"""The least a grpcio model service must do: a `ModelInfer` that answers without a model.
 
     .venv/bin/python -m benchmarks.peers.grpc_floor PORT PACKAGE
 
-grpc.aio's server, as `torchport serve` builds it (bytes in and out, parsed here), parses
-each `ModelInferRequest`, and answers a `ModelInferResponse` of the package's output
-shape and size (zeros) with the request's id: no inference service, no batching, no
-model, no metrics. What it answers in a second is an upper bound for any service written
-on grpcio in one Python process on this machine, torchport's included; the benchmark runs
-it beside torchport's REST and gRPC paths.
+grpc.aio's server on uvloop, as `torchport serve` builds it (bytes in and out, parsed
+here), parses each `ModelInferRequest`, hands it once to a worker thread and back (as any
+service must that keeps a model's work off the event loop; the thread does nothing), and
+answers a `ModelInferResponse` of the package's output shape and size (zeros) with the
+request's id: no inference service, no batching, no model, no metrics. What it answers in
+a second bounds any model service written on grpcio in one Python process on this
+machine, torchport's included; the benchmark runs it beside torchport's REST and gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -38,9 +40,12 @@ def answer_for(package: Path) -> bytes:
 
 async def serve(port: int, package: Path) -> None:
     template = pb.ModelInferResponse.FromString(answer_for(package))
+    workers = ThreadPoolExecutor(2)
+    loop = asyncio.get_running_loop()
 
     async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         parsed = pb.ModelInferRequest.FromString(request)
+        await loop.run_in_executor(workers, int)  # the model's thread, doing nothing
         response = pb.ModelInferResponse()
         response.CopyFrom(template)
         response.id = parsed.id
@@ -64,4 +69,7 @@ async def serve(port: int, package: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), Path(sys.argv[2])))
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(int(sys.argv[1]), Path(sys.argv[2])))

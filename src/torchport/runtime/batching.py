@@ -6,7 +6,7 @@ along axis 0, run together, and the outputs are split back by row. A request wai
 company only under load (a batch running, or the last batch shared): at low load it runs
 at once, so batching costs no latency. With several workers each batch takes a fair share
 of the rows in the system, so the workers run batches of similar size side by side; light
-batches (computing for less than the wait for company) take up to the cap instead.
+batches (computing for less than the wait for company) take all the rows instead.
 
 Inputs whose signature declares a `pad_value` may differ in length on their dynamic axes:
 they are padded to the longest in the batch, and outputs declared `padded_like` such an
@@ -414,16 +414,16 @@ class BatchingRunner:
         rows in the system, so that workers run batches of similar size side by side
         instead of one large batch beside a string of small ones.
 
-        A light batch (a small model) takes up to the cap all the same: it computes for
-        less than a request may wait for company, so a second batch beside it gains
-        nothing, while every batch costs the event loop the same hand-offs. Under a
-        transport that hands requests over one at a time (gRPC), the fair share of the few
-        rows in sight kept such batches at 2-3 rows, and the loop, not the model, was the
-        limit."""
+        A light batch (a small model) takes every row in the system all the same (up to
+        the cap): it computes for less than a request may wait for company, so a second
+        batch beside it gains nothing, while every batch costs the event loop the same
+        hand-offs; the rows a running batch holds come back sooner than the wait ends."""
         workers = self.policy.workers
-        if workers == 1 or self._light():
+        if workers == 1:
             return self._cap
         rows = self._running_rows + sum(p.rows for p in self._queue)
+        if self._light():
+            return max(1, min(self._cap, rows))
         return max(1, min(self._cap, -(-rows // workers)))
 
     def _light(self) -> bool:
