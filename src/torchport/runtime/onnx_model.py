@@ -3,6 +3,7 @@ a package's handler runs unchanged whichever runtime holds its model."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ class OnnxModel:
                 "this package's model is ONNX: install ONNX Runtime (pip install 'torchport[onnx]')"
             ) from None
         options = ort.SessionOptions()
-        # Like torch's: the server's thread budget, not every core per call.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Every core: a request alone runs fastest over all of them, and batches running
+        # side by side share the session's one pool of threads.
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            # As torch's threads (the server sets PASSIVE): idle threads sleep rather
+            # than spin on the cores the event loop needs.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; they are raised, not logged
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
