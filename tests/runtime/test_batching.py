@@ -227,7 +227,7 @@ def test_two_workers_share_a_burst_evenly(slow_package: Path) -> None:
     batcher.close()
 
 
-def test_two_workers_fill_light_batches_to_the_cap(mlp_package: Path) -> None:
+def test_two_workers_give_a_light_batch_every_waiting_row(mlp_package: Path) -> None:
     # The mlp computes in far less than a request may wait for company: splitting the
     # waiting rows over both workers would only double the batches the event loop runs.
     batcher = BatchingRunner(
