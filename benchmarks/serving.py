@@ -519,12 +519,11 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {t: [] for t in args.targets}
             inproc: list[dict[str, float]] = []
             inproc_exports: dict[str, list[dict[str, float]]] = {
-                f"in-process-{EXPORTS[t]}": [] for t in args.targets if t in EXPORTS
+                EXPORTS[t]: [] for t in args.targets if t in EXPORTS
             }
             for rep in range(args.repeat):
                 inproc.append(in_process(package, model, 2.0))
-                for name, export_runs in inproc_exports.items():
-                    kind = name.removeprefix("in-process-")
+                for kind, export_runs in inproc_exports.items():
                     export_runs.append(in_process(exported(package, kind, work), model, 2.0))
                 order = (
                     args.targets[rep % len(args.targets) :]
@@ -559,8 +558,8 @@ def main() -> None:
                     }
                 summary[target] = med
             summary["in-process"] = {k: statistics.median(r[k] for r in inproc) for k in inproc[0]}
-            for name, export_runs in inproc_exports.items():
-                summary[name] = {
+            for kind, export_runs in inproc_exports.items():
+                summary[f"in-process-{kind}"] = {
                     k: statistics.median(r[k] for r in export_runs) for k in export_runs[0]
                 }
             results["models"][model] = {

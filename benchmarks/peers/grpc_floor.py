@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from torchport.archive import read_package
 from torchport.transports.grpc.convert import pb
+from torchport.types import to_raw
 
 
 def answer_for(package: Path) -> bytes:
@@ -30,11 +32,8 @@ def answer_for(package: Path) -> bytes:
     response = pb.ModelInferResponse(model_name=manifest.name, model_version="1")
     for spec in manifest.signature.outputs:
         shape = [1 if d == -1 else d for d in spec.shape]
-        size = 4
-        for d in shape:
-            size *= d
         response.outputs.add(name=spec.name, datatype=spec.datatype.value, shape=shape)
-        response.raw_output_contents.append(bytes(size))
+        response.raw_output_contents.append(to_raw(np.zeros(shape, spec.datatype.numpy)))
     return response.SerializeToString()
 
 

@@ -141,7 +141,6 @@ class BatchingRunner:
         self._batch_seconds = 0.0  # moving average of a batch's run time
         self._batch_cpu = 0.0  # ... of the CPU time the worker thread spent on it
         self._batch_wall = 0.0  # ... and of its time in the worker (GIL waits included)
-        self._measured = False
         signature = runner.signature
         self._pad = {s.name: s.pad_value for s in signature.inputs if s.pad_value is not None}
         self._trim = {s.name: (s.padded_like, s.shape) for s in signature.outputs if s.padded_like}
@@ -262,8 +261,7 @@ class BatchingRunner:
         seconds = time.monotonic() - started
         rows = batch_size(inputs)
         # Moving averages, from the first batch's own figures (not from zero).
-        weight = 0.2 if self._measured else 1.0
-        self._measured = True
+        weight = 0.2 if self.stats.batches else 1.0
         self._batch_seconds += weight * (seconds - self._batch_seconds)
         self._batch_cpu += weight * (cpu - self._batch_cpu)
         self._batch_wall += weight * (wall - self._batch_wall)
@@ -431,9 +429,9 @@ class BatchingRunner:
         worker thread; a worker process's batch counts by its time alone) and do not wait
         long on anything else (a sleep, I/O, a device): the event loop's share of each
         batch outweighs the model's."""
-        if not self._measured or self.policy.target_p99_ms is not None:
+        if not self.stats.batches or self.policy.target_p99_ms is not None:
             return False  # nothing measured yet, or batch sizes the latency target sets
-        delay = self.policy.max_batch_delay_ms / 1000
+        delay = self._delay()
         return self._batch_cpu < delay and self._batch_wall < 4 * delay
 
     def _drop_dead(self) -> None:
