@@ -227,6 +227,48 @@ def test_two_workers_share_a_burst_evenly(slow_package: Path) -> None:
     batcher.close()
 
 
+class _Sizes:
+    """A batch observer that keeps each batch's rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def batch(self, rows: int, seconds: float) -> None:
+        self.rows.append(rows)
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+
+def test_two_workers_share_the_load_not_what_is_left_of_it(slow_package: Path) -> None:
+    # 24 clients, each sending its next request 10 ms after its answer (the way back and
+    # out again). A share of the rows in the server at the moment a worker comes free
+    # counts none of those on their way: the load splits into ever more, smaller batches.
+    sizes = _Sizes()
+    batcher = BatchingRunner(
+        open_runner(slow_package),
+        BatchPolicy(max_batch_size=64, max_batch_delay_ms=50, workers=2),
+        observer=sizes,
+    )
+    x = {"x": np.ones((1, 4), np.float32)}
+
+    async def client(start: float) -> None:
+        await asyncio.sleep(start)
+        for _ in range(8):
+            await batcher.predict(x)
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        await asyncio.gather(*(client(0.07 * (i % 3)) for i in range(24)))  # three waves
+
+    asyncio.run(main())
+    assert sum(sizes.rows) == 24 * 8
+    # Every batch after the first few holds half of the 24 (before: a median of 9).
+    assert sorted(sizes.rows)[len(sizes.rows) // 2] == 12
+    assert max(sizes.rows) <= 12
+    batcher.close()
+
+
 def test_two_workers_give_a_light_batch_every_waiting_row(mlp_package: Path) -> None:
     # The mlp computes in far less than a request may wait for company: splitting the
     # waiting rows over both workers would only double the batches the event loop runs.

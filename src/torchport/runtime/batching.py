@@ -5,8 +5,9 @@ nothing else about it. Requests whose inputs agree on every non-batch axis are p
 along axis 0, run together, and the outputs are split back by row. A request waits for
 company only under load (a batch running, or the last batch shared): at low load it runs
 at once, so batching costs no latency. With several workers each batch takes a fair share
-of the rows in the system, so the workers run batches of similar size side by side; light
-batches (computing for less than the wait for company) take all the rows instead.
+of the load (the most rows the system has held in the last half second or so), so the
+workers run batches of similar size side by side; light batches (computing for less than
+the wait for company) take all the rows instead.
 
 Inputs whose signature declares a `pad_value` may differ in length on their dynamic axes:
 they are padded to the longest in the batch, and outputs declared `padded_like` such an
@@ -35,13 +36,17 @@ from torchport.runtime.runner import Runner
 from torchport.runtime.service_times import ServiceTimes
 from torchport.types import Tensors, batch_size
 
+LOAD_WINDOW = 0.25
+"""Seconds over which the batcher remembers the most rows it has held (the load)."""
+
 
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch_size: int = 8
     """Most rows in one batch (a single larger request still runs, alone)."""
     max_batch_delay_ms: float = 2.0
-    """Longest a request waits for others to share its batch, under load."""
+    """Longest a request waits for others to share its batch, under load (with several
+    workers and a heavy model: counted from when a worker came free to run it)."""
     max_queue: int = 256
     """Most requests waiting; past it, `Overloaded` at once."""
     workers: int = 1
@@ -138,6 +143,9 @@ class BatchingRunner:
         self._cap = self.policy.max_batch_size
         self.stats.batch_cap = self._cap
         self._under_load = False
+        self._queued_rows = 0  # rows in the queue, as last counted by the batching loop
+        self._load = _Peak(LOAD_WINDOW)  # most rows in the system (running + queued) lately
+        self._freed = 0.0  # when a worker last came free
         self._batch_seconds = 0.0  # moving average of a batch's run time
         self._batch_cpu = 0.0  # ... of the CPU time the worker thread spent on it
         self._batch_wall = 0.0  # ... and of its time in the worker (GIL waits included)
@@ -237,6 +245,7 @@ class BatchingRunner:
         finally:
             self._running -= 1
             self._running_rows -= rows
+            self._freed = time.monotonic()
             if self._wakeup is not None and self._queue:
                 self._wakeup.set()
 
@@ -369,7 +378,7 @@ class BatchingRunner:
                 await wakeup.wait()
                 continue
             first = self._queue[0]
-            limit = self._batch_limit()
+            limit, by_load = self._batch_limit()
             # Wait for company only under load (a request is running, or the last batch was
             # shared): there it pays; at low load it would only add latency.
             delay = self._delay()
@@ -378,7 +387,10 @@ class BatchingRunner:
                 and (self._running > 0 or self._under_load)
                 and self._compatible_rows(first) < limit
             ):
-                wait = first.arrived + delay - time.monotonic()
+                # A share of the load counts its wait from when a worker came free: the
+                # rows it waits for are those the last batch answered, on their way back.
+                since = max(first.arrived, self._freed) if by_load else first.arrived
+                wait = since + delay - time.monotonic()
                 if wait > 0:
                     wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -407,22 +419,30 @@ class BatchingRunner:
             return self.policy.max_batch_delay_ms / 1000
         return min(0.1 * self._batch_seconds, 0.05 * target / 1000)
 
-    def _batch_limit(self) -> int:
-        """Rows for the next batch: the cap, or with several workers a fair share of the
-        rows in the system, so that workers run batches of similar size side by side
-        instead of one large batch beside a string of small ones.
+    def _batch_limit(self) -> tuple[int, bool]:
+        """Rows for the next batch, and whether they are a share of the recent load: the
+        cap, or with several workers a fair share of the most rows the system has held
+        lately (`LOAD_WINDOW`), so that workers run batches of similar size side by side
+        instead of one large batch beside a string of small ones. The recent most, not the
+        rows in the system now: a client's next requests are out on the wire while the
+        answers to the last batch travel back, and a share of what is left would split the
+        load into ever more, smaller batches (each costs a heavy model's weights a pass).
 
         A light batch (a small model) takes every row in the system all the same (up to
         the cap): it computes for less than a request may wait for company, so a second
         batch beside it gains nothing, while every batch costs the event loop the same
-        hand-offs; the rows a running batch holds come back sooner than the wait ends."""
+        hand-offs; the rows a running batch holds come back sooner than the wait ends.
+        With a latency target, the share is of the rows in the system now (its cap and
+        admission plan batch sizes)."""
         workers = self.policy.workers
         if workers == 1:
-            return self._cap
-        rows = self._running_rows + sum(p.rows for p in self._queue)
+            return self._cap, False
+        rows = self._running_rows + self._queued_rows
         if self._light():
-            return max(1, min(self._cap, rows))
-        return max(1, min(self._cap, -(-rows // workers)))
+            return max(1, min(self._cap, rows)), False
+        if self.policy.target_p99_ms is not None:
+            return max(1, min(self._cap, -(-rows // workers))), False
+        return max(1, min(self._cap, -(-self._load.most // workers))), True
 
     def _light(self) -> bool:
         """Batches compute for less than a request may wait for company (CPU time of the
@@ -435,8 +455,10 @@ class BatchingRunner:
         return self._batch_cpu < delay and self._batch_wall < 4 * delay
 
     def _drop_dead(self) -> None:
+        """Drop cancelled and expired requests; count the rows left, and the load."""
         now = time.monotonic()
         kept: deque[_Pending] = deque()
+        rows = 0
         for p in self._queue:
             if p.cancelled or p.future.done():
                 continue
@@ -444,7 +466,10 @@ class BatchingRunner:
                 p.future.set_exception(DeadlineExceeded("the request's deadline passed"))
                 continue
             kept.append(p)
+            rows += p.rows
         self._queue = kept
+        self._queued_rows = rows
+        self._load.note(self._running_rows + rows, now)
 
     def _compatible_rows(self, first: _Pending) -> int:
         return sum(p.rows for p in self._queue if p.key == first.key)
@@ -489,6 +514,7 @@ class BatchingRunner:
             # is dispatched first, and runs while this one's responses are written.
             self._running -= 1
             self._running_rows -= total
+            self._freed = time.monotonic()
             if self._wakeup is not None:
                 self._wakeup.set()
         self.stats.batches += 1
@@ -505,6 +531,28 @@ class BatchingRunner:
                 except TorchportError as exc:
                     p.future.set_exception(exc)
             offset += p.rows
+
+
+class _Peak:
+    """The most of a quantity noted in the current window of `window` seconds or the one
+    before it (so it forgets a burst within one to two windows)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._since = 0.0
+        self._now = 0
+        self._before = 0
+
+    def note(self, value: int, now: float) -> None:
+        elapsed = now - self._since
+        if elapsed >= self.window:
+            self._before = self._now if elapsed < 2 * self.window else 0
+            self._now, self._since = 0, now
+        self._now = max(self._now, value)
+
+    @property
+    def most(self) -> int:
+        return max(self._now, self._before)
 
 
 def _stack(arrays: list[np.ndarray], pad_value: float | None) -> np.ndarray:
