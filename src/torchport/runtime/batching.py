@@ -143,7 +143,6 @@ class BatchingRunner:
         self._cap = self.policy.max_batch_size
         self.stats.batch_cap = self._cap
         self._under_load = False
-        self._queued_rows = 0  # rows in the queue, as last counted by the batching loop
         self._load = _Peak(LOAD_WINDOW)  # most rows in the system (running + queued) lately
         self._freed = 0.0  # when a worker last came free
         self._batch_seconds = 0.0  # moving average of a batch's run time
@@ -437,7 +436,7 @@ class BatchingRunner:
         workers = self.policy.workers
         if workers == 1:
             return self._cap, False
-        rows = self._running_rows + self._queued_rows
+        rows = self._running_rows + sum(p.rows for p in self._queue)
         if self._light():
             return max(1, min(self._cap, rows)), False
         if self.policy.target_p99_ms is not None:
@@ -455,7 +454,7 @@ class BatchingRunner:
         return self._batch_cpu < delay and self._batch_wall < 4 * delay
 
     def _drop_dead(self) -> None:
-        """Drop cancelled and expired requests; count the rows left, and the load."""
+        """Drop cancelled and expired requests, and note the load (rows running and left)."""
         now = time.monotonic()
         kept: deque[_Pending] = deque()
         rows = 0
@@ -468,7 +467,6 @@ class BatchingRunner:
             kept.append(p)
             rows += p.rows
         self._queue = kept
-        self._queued_rows = rows
         self._load.note(self._running_rows + rows, now)
 
     def _compatible_rows(self, first: _Pending) -> int:
