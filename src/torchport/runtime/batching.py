@@ -422,10 +422,10 @@ class BatchingRunner:
         """Rows for the next batch, and whether they are a share of the recent load: the
         cap, or with several workers a fair share of the most rows the system has held
         lately (`LOAD_WINDOW`), so that workers run batches of similar size side by side
-        instead of one large batch beside a string of small ones. The recent most, not the
-        rows in the system now: a client's next requests are out on the wire while the
+        instead of one large batch beside a string of small ones. The most held lately, not
+        the rows in the system now: a client's next requests are out on the wire while the
         answers to the last batch travel back, and a share of what is left would split the
-        load into ever more, smaller batches (each costs a heavy model's weights a pass).
+        load into ever more, smaller batches (each one reads a heavy model's weights).
 
         A light batch (a small model) takes every row in the system all the same (up to
         the cap): it computes for less than a request may wait for company, so a second
