@@ -242,11 +242,15 @@ class BatchingRunner:
             self.stats.largest_batch = max(self.stats.largest_batch, rows)
             return outputs
         finally:
-            self._running -= 1
-            self._running_rows -= rows
-            self._freed = time.monotonic()
-            if self._wakeup is not None and self._queue:
-                self._wakeup.set()
+            self._free_worker(rows)
+
+    def _free_worker(self, rows: int) -> None:
+        """A batch of `rows` is done: its worker is free, and the loop wakes for the queue."""
+        self._running -= 1
+        self._running_rows -= rows
+        self._freed = time.monotonic()
+        if self._wakeup is not None and self._queue:
+            self._wakeup.set()
 
     async def _call(self, inputs: Tensors, *, alone: bool) -> Tensors:
         # A thread per worker, owned by this model version: torch releases the GIL, so
@@ -371,13 +375,13 @@ class BatchingRunner:
         assert self._wakeup is not None
         wakeup = self._wakeup
         while True:
-            self._drop_dead()
+            rows = self._drop_dead()
             if not self._queue or self._running >= self.policy.workers:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
             first = self._queue[0]
-            limit, by_load = self._batch_limit()
+            limit, by_load = self._batch_limit(rows)
             # Wait for company only under load (a request is running, or the last batch was
             # shared): there it pays; at low load it would only add latency.
             delay = self._delay()
@@ -418,25 +422,25 @@ class BatchingRunner:
             return self.policy.max_batch_delay_ms / 1000
         return min(0.1 * self._batch_seconds, 0.05 * target / 1000)
 
-    def _batch_limit(self) -> tuple[int, bool]:
-        """Rows for the next batch, and whether they are a share of the recent load: the
-        cap, or with several workers a fair share of the most rows the system has held
-        lately (`LOAD_WINDOW`), so that workers run batches of similar size side by side
-        instead of one large batch beside a string of small ones. The most held lately, not
-        the rows in the system now: a client's next requests are out on the wire while the
-        answers to the last batch travel back, and a share of what is left would split the
-        load into ever more, smaller batches (each one reads a heavy model's weights).
+    def _batch_limit(self, rows: int) -> tuple[int, bool]:
+        """Rows for the next batch (`rows`: those in the system now), and whether they are a
+        share of the recent load: the cap, or with several workers a fair share of the most
+        rows the system has held lately (`LOAD_WINDOW`), so that workers run batches of
+        similar size side by side instead of one large batch beside a string of small ones.
+        The most held lately, not the rows in the system now: a client's next requests are
+        out on the wire while the answers to the last batch travel back, and a share of what
+        is left would split the load into ever more, smaller batches (each one reads a heavy
+        model's weights).
 
-        A light batch (a small model) takes every row in the system all the same (up to
-        the cap): it computes for less than a request may wait for company, so a second
-        batch beside it gains nothing, while every batch costs the event loop the same
-        hand-offs; the rows a running batch holds come back sooner than the wait ends.
-        With a latency target, the share is of the rows in the system now (its cap and
-        admission plan batch sizes)."""
+        A light batch (a small model) takes every row in the system all the same (up to the
+        cap): it computes for less than a request may wait for company, so a second batch
+        beside it gains nothing, while every batch costs the event loop the same hand-offs;
+        the rows a running batch holds come back sooner than the wait ends. With a latency
+        target, the share is of the rows in the system now (its cap and admission plan batch
+        sizes)."""
         workers = self.policy.workers
         if workers == 1:
             return self._cap, False
-        rows = self._running_rows + sum(p.rows for p in self._queue)
         if self._light():
             return max(1, min(self._cap, rows)), False
         if self.policy.target_p99_ms is not None:
@@ -453,8 +457,9 @@ class BatchingRunner:
         delay = self._delay()
         return self._batch_cpu < delay and self._batch_wall < 4 * delay
 
-    def _drop_dead(self) -> None:
-        """Drop cancelled and expired requests, and note the load (rows running and left)."""
+    def _drop_dead(self) -> int:
+        """Drop cancelled and expired requests; the rows left in the system (running and
+        queued), noted in the load."""
         now = time.monotonic()
         kept: deque[_Pending] = deque()
         rows = 0
@@ -467,7 +472,9 @@ class BatchingRunner:
             kept.append(p)
             rows += p.rows
         self._queue = kept
-        self._load.note(self._running_rows + rows, now)
+        rows += self._running_rows
+        self._load.note(rows, now)
+        return rows
 
     def _compatible_rows(self, first: _Pending) -> int:
         return sum(p.rows for p in self._queue if p.key == first.key)
@@ -510,11 +517,7 @@ class BatchingRunner:
         finally:
             # Free the worker and wake the loop before handing out results: the next batch
             # is dispatched first, and runs while this one's responses are written.
-            self._running -= 1
-            self._running_rows -= total
-            self._freed = time.monotonic()
-            if self._wakeup is not None:
-                self._wakeup.set()
+            self._free_worker(total)
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.rows += total
