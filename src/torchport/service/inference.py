@@ -133,6 +133,9 @@ class InferenceService:
         self.default_workers = max(1, cores // (torch_threads or cores))
         """Workers of a version whose package and config leave the number open."""
         self._lock = threading.Lock()
+        self._switching = threading.Lock()
+        """Held while a default is set: a refresh's re-read of the store and its switch
+        stay together, so a stale read never undoes a newer promote or rollback."""
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self._defaults: dict[str, int] = {}
         self._errors: dict[tuple[str, int], str] = {}
@@ -183,11 +186,18 @@ class InferenceService:
                 if info.name in self._unloaded:  # unloaded on purpose: stays so until loaded
                     continue
                 known = self._defaults.get(info.name)
-            if known != info.default:
-                try:
-                    self.switch_default(info.name, info.default)
-                except TorchportError as exc:
-                    log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
+            if known == info.default:
+                continue
+            try:
+                self._ensure_loaded(info.name, info.default)
+            except TorchportError as exc:
+                log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
+                continue
+            with self._switching, suppress(NotFound):
+                # The list above may predate a promote or rollback made here since (which
+                # has switched already): only the store's current default may be set.
+                if self.store.get_model(info.name).default == info.default:
+                    self._set_default(info.name, info.default)
 
     # -- loading -------------------------------------------------------------------------
 
@@ -363,6 +373,10 @@ class InferenceService:
     def switch_default(self, model: str, version: int) -> None:
         """Route new requests for `model` to `version` (loaded first, so none fail)."""
         self._ensure_loaded(model, version)
+        with self._switching:
+            self._set_default(model, version)
+
+    def _set_default(self, model: str, version: int) -> None:
         with self._lock:
             self._defaults[model] = version
             self._unloaded.discard(model)
