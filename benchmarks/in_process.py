@@ -5,6 +5,11 @@
 Prints JSON: latency at batch 1 (the better of one torch thread and one per core), and
 the best throughput over batch sizes and two ways of using the cores: one caller whose
 torch ops spread over every core, or one caller per core with one torch thread each.
+
+The sweep runs each configuration for `--seconds`; its best is then run again for
+`--confirm` seconds, and that second run is the figure reported (`best_batch_rows_per_s`):
+the largest of 14 short runs on a noisy host is the luckiest, not the limit. The sweep's
+own maximum stays in the output as `sweep_best_rows_per_s`.
 """
 
 from __future__ import annotations
@@ -60,9 +65,10 @@ def rows_per_s(runner: LocalRunner, inputs: dict[str, Any], callers: int, second
     return sum(rows) / (time.perf_counter() - start)
 
 
-def measure(package: Path, model: str, seconds: float) -> dict[str, float]:
+def measure(package: Path, model: str, seconds: float, confirm: float) -> dict[str, float]:
     cores = len(os.sched_getaffinity(0))
     result: dict[str, float] = {}
+    sweep: dict[tuple[int, int], float] = {}
     for threads in (1, cores):
         # Opened after the thread count is set: an ONNX Runtime session takes its
         # thread count when it is made, as it does in the server.
@@ -79,15 +85,21 @@ def measure(package: Path, model: str, seconds: float) -> dict[str, float]:
             )
         callers = cores // threads
         for n in SIZES:
-            rows = rows_per_s(runner, batch(model, n), callers, seconds)
-            if rows > result.get("best_batch_rows_per_s", 0.0):
-                result.update(
-                    best_batch_rows_per_s=rows,
-                    best_batch_size=float(n),
-                    best_callers=float(callers),
-                    best_torch_threads=float(threads),
-                )
+            sweep[threads, n] = rows_per_s(runner, batch(model, n), callers, seconds)
         runner.close()
+    (threads, n), most = max(sweep.items(), key=lambda item: item[1])
+    torch.set_num_threads(threads)
+    runner = open_runner(package)
+    callers = cores // threads
+    runner.predict(batch(model, n))
+    result.update(
+        best_batch_rows_per_s=rows_per_s(runner, batch(model, n), callers, confirm),
+        best_batch_size=float(n),
+        best_callers=float(callers),
+        best_torch_threads=float(threads),
+        sweep_best_rows_per_s=most,
+    )
+    runner.close()
     return result
 
 
@@ -95,9 +107,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", type=Path)
     parser.add_argument("model", choices=["mlp", "minilm"])
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="each run of the sweep")
+    parser.add_argument("--confirm", type=float, default=5.0, help="the best, run again")
     args = parser.parse_args()
-    print(json.dumps(measure(args.package, args.model, args.seconds)))
+    print(json.dumps(measure(args.package, args.model, args.seconds, args.confirm)))
 
 
 if __name__ == "__main__":
