@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from torchport.errors import Unavailable
 from torchport.service import Management
 from torchport.service.inference import InferenceService
 from torchport.store import ModelInfo, SQLiteStore
@@ -66,3 +67,16 @@ def test_a_refresh_follows_a_change_made_by_another_process(
     assert inference.resolve("mlp", None) == 2  # not seen until the next refresh
     inference.refresh()
     assert inference.resolve("mlp", None) == 1
+
+
+def test_a_refresh_leaves_a_model_unloaded_meanwhile_unloaded(
+    served: tuple[RacedStore, Management], store_dir: Path
+) -> None:
+    store, management = served
+    inference = management.inference
+    assert inference is not None
+    SQLiteStore(store_dir).rollback("mlp", actor="cli")
+    store.meanwhile = lambda: inference.unload("mlp")
+    inference.refresh()  # read the new default 1, then the model was unloaded here
+    with pytest.raises(Unavailable, match="unloaded"):
+        inference.resolve("mlp", None)

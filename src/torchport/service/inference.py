@@ -197,7 +197,9 @@ class InferenceService:
                 # The list above may predate a promote or rollback made here since (which
                 # has switched already): only the store's current default may be set.
                 if self.store.get_model(info.name).default == info.default:
-                    self._set_default(info.name, info.default)
+                    with self._lock:
+                        if info.name not in self._unloaded:  # nor unloaded since
+                            self._defaults[info.name] = info.default
 
     # -- loading -------------------------------------------------------------------------
 
@@ -373,11 +375,7 @@ class InferenceService:
     def switch_default(self, model: str, version: int) -> None:
         """Route new requests for `model` to `version` (loaded first, so none fail)."""
         self._ensure_loaded(model, version)
-        with self._switching:
-            self._set_default(model, version)
-
-    def _set_default(self, model: str, version: int) -> None:
-        with self._lock:
+        with self._switching, self._lock:
             self._defaults[model] = version
             self._unloaded.discard(model)
 
