@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import numpy as np
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from torchport.errors import TorchportError
+from torchport.types import to_jsonable
 
 log = logging.getLogger("torchport.http")
 
@@ -31,6 +34,14 @@ STATUS = {
     "deadline_exceeded": 504,
     "internal": 500,
 }
+
+
+def json_ready(array: np.ndarray) -> Any:
+    """An output array for `json_response`: orjson writes a numeric array itself (a float32
+    as its shortest float32 text, without a Python float per element); BYTES as text."""
+    if array.dtype.kind in "biuf":
+        return np.ascontiguousarray(array)
+    return to_jsonable(array)
 
 
 def json_response(

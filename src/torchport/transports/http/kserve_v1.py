@@ -16,9 +16,9 @@ from starlette.routing import BaseRoute, Route
 from torchport.errors import InvalidInput
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.transports.http.body import parse_json, read_body
-from torchport.transports.http.errors import json_response
+from torchport.transports.http.errors import json_ready, json_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
-from torchport.types import Signature, Tensors, to_array, to_jsonable
+from torchport.types import Signature, Tensors, to_array
 
 
 def instances_to_inputs(instances: Any, signature: Signature) -> Tensors:
@@ -43,8 +43,8 @@ def instances_to_inputs(instances: Any, signature: Signature) -> Tensors:
 
 def outputs_to_predictions(outputs: Tensors) -> list[Any]:
     if len(outputs) == 1:
-        return list(to_jsonable(next(iter(outputs.values()))))
-    columns = {name: to_jsonable(array) for name, array in outputs.items()}
+        return list(json_ready(next(iter(outputs.values()))))
+    columns = {name: json_ready(array) for name, array in outputs.items()}
     rows = len(next(iter(columns.values())))
     return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 

@@ -32,11 +32,11 @@ from starlette.routing import BaseRoute, Route
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.transports.http.body import parse_json, read_body
-from torchport.transports.http.errors import json_response
+from torchport.transports.http.errors import json_ready, json_response
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import decode_document, encode_response
 from torchport.transports.http.params import timeout_seconds
-from torchport.types import Datatype, Signature, Tensors, TensorSpec, to_array, to_jsonable
+from torchport.types import Datatype, Signature, Tensors, TensorSpec, to_array
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
 FORM = "application/x-www-form-urlencoded"
@@ -215,7 +215,7 @@ def _answer(outputs: Tensors, answer: str, *, named: bool) -> Response:
             writer.writerow(cells)
         return Response(text.getvalue(), media_type=CSV)
     if named:
-        return json_response({k: to_jsonable(v) for k, v in outputs.items()})
+        return json_response({k: json_ready(v) for k, v in outputs.items()})
     return json_response({"predictions": outputs_to_predictions(outputs)})
 
 

@@ -19,9 +19,9 @@ from starlette.routing import BaseRoute, Route
 from torchport.errors import InvalidInput
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.transports.http.body import parse_json, read_body
-from torchport.transports.http.errors import json_response
+from torchport.transports.http.errors import json_ready, json_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
-from torchport.types import Datatype, Signature, Tensors, to_array, to_jsonable
+from torchport.types import Datatype, Signature, Tensors, to_array
 
 
 def body_to_inputs(body: bytes, content_type: str, signature: Signature) -> tuple[Tensors, bool]:
@@ -64,8 +64,8 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
             )
         )
         if not single:
-            return json_response({k: to_jsonable(v) for k, v in response.outputs.items()})
-        rows = {k: to_jsonable(v)[0] for k, v in response.outputs.items()}
+            return json_response({k: json_ready(v) for k, v in response.outputs.items()})
+        rows = {k: json_ready(v)[0] for k, v in response.outputs.items()}
         return json_response(next(iter(rows.values())) if len(rows) == 1 else rows)
 
     async def ping(_request: Request) -> Response:
