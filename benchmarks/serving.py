@@ -645,9 +645,15 @@ def print_table(results: dict[str, Any]) -> None:
             if target in s:
                 own = s[f"in-process-{kind}"]["best_batch_rows_per_s"]
                 rps = s[target]["c32"]["rps"]
+                limits = data["in_process_export_runs"][kind]
+                share = [
+                    a["c32"]["rps"] / b["best_batch_rows_per_s"]
+                    for a, b in zip(data["runs"][target], limits, strict=True)
+                ]
                 print(
                     f"{model}: {target} at c=32 / in-process best batch {rps / best:.2f}x "
-                    f"(of the {kind} export in-process: {rps / own:.2f}x)"
+                    f"(of the {kind} export in-process: {rps / own:.2f}x; "
+                    f"{paired('each repetition against its own', share)})"
                 )
         if "grpc-floor" in s:
             floor = s["grpc-floor"]["c32"]["rps"]
