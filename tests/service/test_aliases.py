@@ -4,6 +4,7 @@ process's at the next refresh, and a refresh never undoes a change newer than it
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,20 @@ class RacedStore(SQLiteStore):
         return models
 
 
+@dataclass
+class Served:
+    store: RacedStore
+    management: Management
+    inference: InferenceService
+
+    def rollback_elsewhere(self) -> None:
+        """The rollback `torchport store rollback` makes: another process, the same store."""
+        SQLiteStore(self.store.root).rollback("mlp", actor="cli")
+
+
 @pytest.fixture
-def served(mlp_package: Path, store_dir: Path) -> Iterator[tuple[RacedStore, Management]]:
+def served(mlp_package: Path, store_dir: Path) -> Iterator[Served]:
+    """`mlp` v1 and v2 registered and loaded, v2 the default."""
     store = RacedStore(store_dir)
     inference = InferenceService(store)
     management = Management(store, inference=inference)
@@ -36,17 +49,13 @@ def served(mlp_package: Path, store_dir: Path) -> Iterator[tuple[RacedStore, Man
     inference.start()
     management.upload(mlp_package, promote=True)
     try:
-        yield store, management
+        yield Served(store, management, inference)
     finally:
         inference.close()
 
 
-def test_a_refresh_that_read_the_store_before_a_rollback_does_not_undo_it(
-    served: tuple[RacedStore, Management],
-) -> None:
-    store, management = served
-    inference = management.inference
-    assert inference is not None
+def test_a_refresh_that_read_the_store_before_a_rollback_does_not_undo_it(served: Served) -> None:
+    store, management, inference = served.store, served.management, served.inference
     assert inference.resolve("mlp", None) == 2
     store.meanwhile = lambda: management.rollback("mlp")
     inference.refresh()  # read default 2, then the rollback to 1 landed
@@ -57,26 +66,16 @@ def test_a_refresh_that_read_the_store_before_a_rollback_does_not_undo_it(
     assert inference.resolve("mlp", None) == 2
 
 
-def test_a_refresh_follows_a_change_made_by_another_process(
-    served: tuple[RacedStore, Management], store_dir: Path
-) -> None:
-    _, management = served
-    inference = management.inference
-    assert inference is not None
-    SQLiteStore(store_dir).rollback("mlp", actor="cli")
-    assert inference.resolve("mlp", None) == 2  # not seen until the next refresh
-    inference.refresh()
-    assert inference.resolve("mlp", None) == 1
+def test_a_refresh_follows_a_change_made_by_another_process(served: Served) -> None:
+    served.rollback_elsewhere()
+    assert served.inference.resolve("mlp", None) == 2  # not seen until the next refresh
+    served.inference.refresh()
+    assert served.inference.resolve("mlp", None) == 1
 
 
-def test_a_refresh_leaves_a_model_unloaded_meanwhile_unloaded(
-    served: tuple[RacedStore, Management], store_dir: Path
-) -> None:
-    store, management = served
-    inference = management.inference
-    assert inference is not None
-    SQLiteStore(store_dir).rollback("mlp", actor="cli")
-    store.meanwhile = lambda: inference.unload("mlp")
-    inference.refresh()  # read the new default 1, then the model was unloaded here
+def test_a_refresh_leaves_a_model_unloaded_meanwhile_unloaded(served: Served) -> None:
+    served.rollback_elsewhere()
+    served.store.meanwhile = lambda: served.inference.unload("mlp")
+    served.inference.refresh()  # read the new default 1, then the model was unloaded here
     with pytest.raises(Unavailable, match="unloaded"):
-        inference.resolve("mlp", None)
+        served.inference.resolve("mlp", None)
