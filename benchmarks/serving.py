@@ -26,13 +26,15 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 Workloads: `mlp` (one 32-float row as JSON per request) and `minilm` (one short sentence
 per request), closed loop with `wrk` (one thread, counted in the 2-core budget) at 1, 8 and
 32 connections, 127.0.0.1 only, bounded by `--duration`. Reported: medians over
-`--repeat` of req/s, p50 and p99 latency, server RSS and start-to-ready time.
+`--repeat` of req/s, p50 and p99 latency, server RSS and start-to-ready time; JSON in
+`--out`, the table beside it (the same name, `.txt`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -578,7 +580,11 @@ def main() -> None:
             }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print_table(results)
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
+        print_table(results)
+    args.out.with_suffix(".txt").write_text(table.getvalue())  # beside the JSON
+    print(table.getvalue(), end="")
 
 
 def paired(what: str, ratios: list[float]) -> str:
