@@ -587,6 +587,11 @@ def main() -> None:
     print(table.getvalue(), end="")
 
 
+def against_limits(runs: list[dict[str, Any]], limits: list[dict[str, float]]) -> list[float]:
+    """Each repetition's c=32 req/s over the in-process limit measured just before it."""
+    return [a["c32"]["rps"] / b["best_batch_rows_per_s"] for a, b in zip(runs, limits, strict=True)]
+
+
 def paired(what: str, ratios: list[float]) -> str:
     each = ", ".join(f"{r:.2f}" for r in ratios)
     return f"{what} {statistics.median(ratios):.2f}x (median of {each})"
@@ -635,10 +640,7 @@ def print_table(results: dict[str, Any]) -> None:
         served, peer = data["runs"]["torchport"], data["runs"]["fastapi"]
         limits = data["in_process_runs"]
         latency = [a["c1"]["p50_ms"] / b["c1"]["p50_ms"] for a, b in zip(served, peer, strict=True)]
-        share = [
-            a["c32"]["rps"] / b["best_batch_rows_per_s"]
-            for a, b in zip(served, limits, strict=True)
-        ]
+        share = against_limits(served, limits)
         print(
             f"{model}, each repetition against its own: "
             f"{paired('torchport/fastapi p50 at c=1', latency)}; "
@@ -652,10 +654,7 @@ def print_table(results: dict[str, Any]) -> None:
                 own = s[f"in-process-{kind}"]["best_batch_rows_per_s"]
                 rps = s[target]["c32"]["rps"]
                 limits = data["in_process_export_runs"][kind]
-                share = [
-                    a["c32"]["rps"] / b["best_batch_rows_per_s"]
-                    for a, b in zip(data["runs"][target], limits, strict=True)
-                ]
+                share = against_limits(data["runs"][target], limits)
                 print(
                     f"{model}: {target} at c=32 / in-process best batch {rps / best:.2f}x "
                     f"(of the {kind} export in-process: {rps / own:.2f}x; "

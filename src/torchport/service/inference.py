@@ -186,20 +186,22 @@ class InferenceService:
                 if info.name in self._unloaded:  # unloaded on purpose: stays so until loaded
                     continue
                 known = self._defaults.get(info.name)
-            if known == info.default:
-                continue
-            try:
-                self._ensure_loaded(info.name, info.default)
-            except TorchportError as exc:
-                log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
-                continue
-            with self._switching, suppress(NotFound):
-                # The list above may predate a promote or rollback made here since (which
-                # has switched already): only the store's current default may be set.
-                if self.store.get_model(info.name).default == info.default:
-                    with self._lock:
-                        if info.name not in self._unloaded:  # nor unloaded since
-                            self._defaults[info.name] = info.default
+            if known != info.default:
+                try:
+                    self._follow_store(info.name, info.default)
+                except TorchportError as exc:
+                    log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
+
+    def _follow_store(self, model: str, version: int) -> None:
+        """`switch_default` for a refresh, whose list of the store may predate a promote or
+        rollback made here since (which has switched already): only the store's default
+        now is set, and not for a model unloaded meanwhile."""
+        self._ensure_loaded(model, version)
+        with self._switching, suppress(NotFound):
+            current = self.store.get_model(model).default
+            with self._lock:
+                if current == version and model not in self._unloaded:
+                    self._defaults[model] = version
 
     # -- loading -------------------------------------------------------------------------
 
