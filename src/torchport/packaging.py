@@ -25,6 +25,7 @@ from torchport.archive import (
     ModelEntry,
     ModelKind,
     RuntimeDefaults,
+    check_model_name,
     write_package,
 )
 from torchport.archive.manifest import FORMAT_VERSION, describe_validation_error, now
@@ -32,7 +33,6 @@ from torchport.errors import InvalidInput, ModelLoadError, PackageError, UnsafeC
 from torchport.runtime import Handler
 from torchport.runtime.handler import HandlerContext
 from torchport.runtime.loader import load_handler, load_model, read_safetensors
-from torchport.store import check_model_name
 from torchport.types import (
     Signature,
     Tensors,

@@ -21,13 +21,14 @@ import uvicorn
 
 from torchport.errors import TorchportError
 from torchport.examples import register_examples
-from torchport.service import Management
+from torchport.observability.live import LiveStats
+from torchport.observability.logs import configure_logging
+from torchport.runtime import Backend
+from torchport.service import DataPlane, Management, Registry
 from torchport.service.auth import TOKEN_FILE, resolve_token
-from torchport.service.inference import InferenceService
-from torchport.service.live import LiveStats
-from torchport.service.logs import configure_logging
+from torchport.service.compare import RecentRequests
 from torchport.settings import Settings, available_cores
-from torchport.store import SQLiteStore
+from torchport.store import ModelStore, SQLiteStore
 from torchport.transports.grpc import GrpcServer
 from torchport.transports.http import build_inference_app, build_management_app
 
@@ -114,14 +115,7 @@ def serve(
 
         say("connecting to Ray" + (f" at {settings.ray_address}" if settings.ray_address else ""))
         ray_started = ray_backend.connect(settings.ray_address, available_cores())
-    inference = InferenceService(
-        store,
-        settings.limits,
-        cores=available_cores(),
-        torch_threads=settings.torch_threads,
-        backend=settings.backend,
-    )
-    management = Management(store, settings.limits, inference)
+    registry, dataplane, management = open_services(store, settings, available_cores())
     if examples:
         with tempfile.TemporaryDirectory(prefix="torchport-examples-") as tmp:
             register_examples(management, Path(tmp), say)
@@ -129,7 +123,7 @@ def serve(
         report = management.upload_if_new(package, actor="serve")
         done = f"registered v{report.version.version}" if report else "already registered"
         say(f"{package.name}: {done}")
-    inference.start(say)
+    registry.start(say)
     # What start-up made (torch, the models) is never scanned by the collector again:
     # full collections stay short under load instead of pausing every request behind them.
     gc.collect()
@@ -138,13 +132,13 @@ def serve(
     models = [(m.name, m.default) for m in store.list_models()]
     http = _uvicorn(
         build_inference_app(
-            inference,
+            dataplane,
             max_body=settings.max_request_bytes,
             sagemaker_model=models[0][0] if microservice else None,
         ),
         settings.drain_seconds,
     )
-    live = LiveStats(inference.metrics.registry)
+    live = LiveStats(registry.metrics.registry)
     servers = [http]
     if token is not None and mgmt_socket is not None:
         servers.append(
@@ -163,7 +157,8 @@ def serve(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         grpc = GrpcServer(
-            inference,
+            dataplane,
+            None if microservice else management,
             token,
             host=settings.host,
             port=settings.grpc_port,
@@ -175,12 +170,12 @@ def serve(
                 server.should_exit = True
 
         def stop() -> None:
-            if inference.draining:  # a second signal: no more waiting
+            if registry.draining:  # a second signal: no more waiting
                 for server in servers:
                     server.force_exit = True
                 close()
                 return
-            inference.draining = True
+            registry.draining = True
             log.info(
                 "stopping: not ready now, serving %.1f s more, then up to %.1f s for "
                 "requests in flight",
@@ -208,7 +203,7 @@ def serve(
                 )
             )
         background = [
-            asyncio.create_task(_refresh(inference, servers)),
+            asyncio.create_task(_refresh(registry, servers)),
             asyncio.create_task(_sample(live, servers)),
         ]
         try:
@@ -221,7 +216,7 @@ def serve(
     try:
         _run(main())
     finally:
-        inference.close()
+        registry.close()
         store.close()
         if settings.backend == "ray":
             from torchport.runtime import ray_backend
@@ -229,6 +224,23 @@ def serve(
             ray_backend.disconnect(ray_started)
         if private_store is not None:
             shutil.rmtree(private_store, ignore_errors=True)
+
+
+def open_services(
+    store: ModelStore, settings: Settings, cores: int
+) -> tuple[Registry, DataPlane, Management]:
+    """The services of a server on `store`: the registry of loaded versions, the data plane
+    every protocol calls, and management (nothing is loaded until `registry.start`)."""
+    backend = Backend(
+        settings.backend, settings.limits, cores=cores, torch_threads=settings.torch_threads
+    )
+    registry = Registry(store, backend)
+    recent = RecentRequests()
+    return (
+        registry,
+        DataPlane(registry, recent),
+        Management(store, settings.limits, registry, recent),
+    )
 
 
 def _token_source(settings: Settings, store_root: Path) -> str:
@@ -273,12 +285,12 @@ def _address(host: str, port: int) -> str:
     return f"{shown}:{port}"
 
 
-async def _refresh(inference: InferenceService, servers: list[_Server]) -> None:
+async def _refresh(registry: Registry, servers: list[_Server]) -> None:
     # Another process (`torchport store promote`, a second server) may change the store.
     while not any(s.should_exit for s in servers):
         await asyncio.sleep(REFRESH_SECONDS)
         try:
-            await asyncio.to_thread(inference.refresh)
+            await asyncio.to_thread(registry.refresh)
         except Exception:
             log.exception("refreshing aliases from the store failed")
 
@@ -304,4 +316,4 @@ def _run(coro: object) -> None:
         runner.run(coro)  # type: ignore[arg-type]
 
 
-__all__ = ["ServerInfo", "bind", "serve"]
+__all__ = ["ServerInfo", "bind", "open_services", "serve"]

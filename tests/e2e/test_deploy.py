@@ -209,7 +209,7 @@ def test_build_ray_writes_a_kuberay_rayservice(mlp_package: Path, tmp_path: Path
     out = tmp_path / "mlp-ray"
     done = run("build", mlp_package, "-o", out, "--ray", "--replicas", "2", "--max-replicas", "4")
     assert done.returncode == 0, done.stderr
-    assert "torchport[ray]==" in (out / "Dockerfile").read_text()
+    assert "torchport[serve,ray]==" in (out / "Dockerfile").read_text()
     service = load(out / "ray" / "rayservice.yaml")
     # KubeRay's CRD schema does not ship with kubernetes-validate: check its structure, and
     # validate what is Kubernetes in it (the pod templates) and what is Ray (the Serve config).

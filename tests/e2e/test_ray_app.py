@@ -152,7 +152,7 @@ def test_the_serve_config_is_one_ray_accepts(mlp_package: Path, tmp_path: Path) 
     doc = yaml.safe_load(config.read_text())
     ServeDeploySchema.model_validate(doc)
     [application] = doc["applications"]
-    assert application["import_path"] == "torchport.transports.ray_serve:build_app"
+    assert application["import_path"] == "torchport.ray_app:build_app"
     assert (application["args"]["replicas"], application["args"]["max_replicas"]) == (3, 5)
     assert application["args"]["package"] == str(mlp_package.resolve())
     assert_one_line_error(run("ray", "deploy", mlp_package, "--config-only"), "--config-out")

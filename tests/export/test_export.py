@@ -16,10 +16,11 @@ import torchport
 from tests.cli.test_cli import assert_one_line_error, run
 from tests.e2e.server import running
 from tests.export.conftest import Exporter
+from torchport.agreement import Tolerance
 from torchport.archive import ModelKind, read_package
 from torchport.archive.hashing import sha256_file
 from torchport.export import ExportFailed, ParityFailed, export_package
-from torchport.export.parity import Tolerance, compare, parity_cases
+from torchport.export.parity import compare, parity_cases
 from torchport.export.tensor_file import parse_tensors
 from torchport.runtime import example_inputs
 from torchport.types import Datatype, Signature
@@ -36,6 +37,22 @@ CASES = [
     ("minilm", "exported"),
     ("minilm", "onnx"),
 ]
+
+
+@pytest.mark.parametrize("target", ["torchscript", "exported"])
+def test_a_package_of_an_exported_program_exports_again(tmp_path: Path, target: str) -> None:
+    # `torchport.package(module)` stores a torch.export program, whose loaded module
+    # refuses `.eval()`: exporting it must not trip over that.
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    source = tmp_path / "tiny.tpa"
+    x = np.ones((2, 4), np.float32)
+    torchport.package(module, name="tiny", example={"input": x}, out=source)
+    assert read_package(source).manifest.model.kind is ModelKind.EXPORTED
+    result = export_package(source, target, tmp_path / f"tiny-{target}.tpa")
+    assert result.parity.passed, result.parity
 
 
 @pytest.mark.parametrize(("model", "target"), CASES)

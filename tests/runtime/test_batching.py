@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from torchport.errors import DeadlineExceeded, Overloaded
-from torchport.runtime import BatchingRunner, BatchPolicy, open_runner
+from torchport.runtime import Batcher, BatchPolicy, open_runner
 
 
 def test_concurrent_requests_of_mixed_sizes_get_exactly_their_own_rows(mlp_package: Path) -> None:
@@ -20,7 +20,7 @@ def test_concurrent_requests_of_mixed_sizes_get_exactly_their_own_rows(mlp_packa
         rng.standard_normal((int(rng.integers(1, 6)), 32)).astype(np.float32) for _ in range(60)
     ]
     want = [runner.predict({"input": x})["output"] for x in requests]
-    batcher = BatchingRunner(runner, BatchPolicy(max_batch_size=16, max_batch_delay_ms=5))
+    batcher = Batcher(runner, BatchPolicy(max_batch_size=16, max_batch_delay_ms=5))
 
     async def main() -> list[np.ndarray]:
         results = await asyncio.gather(*(batcher.predict({"input": x}) for x in requests))
@@ -37,7 +37,7 @@ def test_concurrent_requests_of_mixed_sizes_get_exactly_their_own_rows(mlp_packa
 
 
 def test_requests_whose_shapes_differ_are_not_packed_together(slow_package: Path) -> None:
-    batcher = BatchingRunner(
+    batcher = Batcher(
         open_runner(slow_package), BatchPolicy(max_batch_size=64, max_batch_delay_ms=50)
     )
 
@@ -54,7 +54,7 @@ def test_requests_whose_shapes_differ_are_not_packed_together(slow_package: Path
 
 
 def test_a_full_queue_refuses_at_once(slow_package: Path) -> None:
-    batcher = BatchingRunner(open_runner(slow_package), BatchPolicy(max_batch_size=1, max_queue=2))
+    batcher = Batcher(open_runner(slow_package), BatchPolicy(max_batch_size=1, max_queue=2))
     x = {"x": np.ones((1, 4), np.float32)}
 
     async def main() -> list[object]:
@@ -76,7 +76,7 @@ def test_a_full_queue_refuses_at_once(slow_package: Path) -> None:
 
 
 def test_a_request_past_its_deadline_is_dropped(slow_package: Path) -> None:
-    batcher = BatchingRunner(open_runner(slow_package), BatchPolicy(max_batch_size=1))
+    batcher = Batcher(open_runner(slow_package), BatchPolicy(max_batch_size=1))
     x = {"x": np.ones((1, 4), np.float32)}
 
     async def main() -> None:
@@ -94,7 +94,7 @@ def test_a_request_past_its_deadline_is_dropped(slow_package: Path) -> None:
 
 
 def test_a_lone_request_does_not_wait_for_company(mlp_package: Path) -> None:
-    batcher = BatchingRunner(open_runner(mlp_package), BatchPolicy(max_batch_delay_ms=500))
+    batcher = Batcher(open_runner(mlp_package), BatchPolicy(max_batch_delay_ms=500))
     x = {"input": np.ones((1, 32), np.float32)}
 
     async def main() -> float:
@@ -106,47 +106,17 @@ def test_a_lone_request_does_not_wait_for_company(mlp_package: Path) -> None:
     batcher.close()
 
 
-def test_a_latency_target_runs_the_largest_batch_that_fits_half_of_it(mlp_package: Path) -> None:
-    batcher = BatchingRunner(
-        open_runner(mlp_package), BatchPolicy(max_batch_size=64, target_p99_ms=100)
-    )
-    assert batcher.stats.batch_cap == 64  # nothing measured yet
-    service = batcher._service
-    service.observe(1, 0.010)
-    service.observe(8, 0.030)
-    batcher._resize()
-    assert batcher.stats.batch_cap == 16  # 8 rows take 30 ms ≤ 50 ms: try the next size
-    service.observe(16, 0.080)  # too slow for half the target
-    batcher._resize()
-    assert batcher.stats.batch_cap == 8
-    service.observe(1, 0.200)
-    service.observe(8, 0.400)
-    service.observe(16, 0.800)
-    for _ in range(20):  # the moving averages catch up with a slower machine
-        service.observe(1, 0.200)
-    batcher._resize()
-    assert batcher.stats.batch_cap == 1
+def test_a_changed_policy_keeps_what_the_latency_target_measured(mlp_package: Path) -> None:
+    batcher = Batcher(open_runner(mlp_package), BatchPolicy(max_batch_size=64, target_p99_ms=100))
+    assert batcher.cap == 64  # nothing measured yet
+    assert batcher.target is not None
+    for _ in range(5):
+        batcher.target.batch_ran(1, 0.200)  # a slow machine: one row takes 200 ms
+    assert batcher.cap == 1
     batcher.set_policy(BatchPolicy(max_batch_size=4, target_p99_ms=100))
-    assert batcher.stats.batch_cap == 1
-    batcher.close()
-
-
-def test_a_missed_target_makes_the_batcher_plan_with_less_of_it(mlp_package: Path) -> None:
-    # The batch times leave out what else takes the cores: when requests still miss the
-    # target, the share of it the estimates may use shrinks, and with it the batches.
-    batcher = BatchingRunner(
-        open_runner(mlp_package), BatchPolicy(max_batch_size=64, target_p99_ms=100)
-    )
-    for rows, seconds in ((1, 0.010), (8, 0.030), (16, 0.045)):
-        batcher._service.observe(rows, seconds)
-    batcher._resize()
-    assert batcher.stats.batch_cap == 32
-    for _ in range(64):
-        batcher._served_in(0.150)  # over the 100 ms target
-    assert batcher.stats.batch_cap == 8
-    for _ in range(64 * 10):
-        batcher._served_in(0.020)  # well under it: the share comes back
-    assert batcher.stats.batch_cap == 32
+    assert batcher.cap == 1
+    batcher.set_policy(BatchPolicy(max_batch_size=4))
+    assert batcher.cap == 4
     batcher.close()
 
 
@@ -154,7 +124,7 @@ def test_a_latency_target_refuses_what_it_cannot_serve_in_time(slow_package: Pat
     # `slow` takes 200 ms a batch: with a 300 ms target, a request queued behind a full
     # batch cannot make it, and is refused at once instead of answered late.
     policy = BatchPolicy(max_batch_size=1, max_queue=64, target_p99_ms=300)
-    batcher = BatchingRunner(open_runner(slow_package), policy)
+    batcher = Batcher(open_runner(slow_package), policy)
     x = {"x": np.ones((1, 4), np.float32)}
 
     async def main() -> list[object]:
@@ -170,7 +140,8 @@ def test_a_latency_target_refuses_what_it_cannot_serve_in_time(slow_package: Pat
     assert refused
     assert served
     assert "latency target of 300 ms" in str(refused[0])
-    assert batcher.stats.shed == len(refused)
+    assert batcher.target is not None
+    assert batcher.target.shed == len(refused)
     assert time.monotonic() - started < 0.2 * (len(served) + 1) + 0.5
     batcher.close()
 
@@ -182,7 +153,7 @@ def test_with_a_latency_target_results_stay_exact(mlp_package: Path) -> None:
         rng.standard_normal((int(rng.integers(1, 4)), 32)).astype(np.float32) for _ in range(200)
     ]
     want = [runner.predict({"input": x})["output"] for x in requests]
-    batcher = BatchingRunner(runner, BatchPolicy(max_batch_size=16, target_p99_ms=10_000))
+    batcher = Batcher(runner, BatchPolicy(max_batch_size=16, target_p99_ms=10_000))
 
     async def main() -> list[np.ndarray]:
         results = await asyncio.gather(*(batcher.predict({"input": x}) for x in requests))
@@ -190,12 +161,13 @@ def test_with_a_latency_target_results_stay_exact(mlp_package: Path) -> None:
 
     for g, w in zip(asyncio.run(main()), want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    assert batcher.stats.shed == 0
+    assert batcher.target is not None
+    assert batcher.target.shed == 0
     batcher.close()
 
 
 def test_after_a_burst_lone_requests_stop_waiting_for_company(mlp_package: Path) -> None:
-    batcher = BatchingRunner(open_runner(mlp_package), BatchPolicy(max_batch_delay_ms=300))
+    batcher = Batcher(open_runner(mlp_package), BatchPolicy(max_batch_delay_ms=300))
     x = {"input": np.ones((1, 32), np.float32)}
 
     async def main() -> float:
@@ -210,7 +182,7 @@ def test_after_a_burst_lone_requests_stop_waiting_for_company(mlp_package: Path)
 
 
 def test_two_workers_share_a_burst_evenly(slow_package: Path) -> None:
-    batcher = BatchingRunner(
+    batcher = Batcher(
         open_runner(slow_package), BatchPolicy(max_batch_size=64, max_batch_delay_ms=20, workers=2)
     )
     x = {"x": np.ones((1, 4), np.float32)}
@@ -245,7 +217,7 @@ def test_two_workers_share_the_load_not_what_is_left_of_it(slow_package: Path) -
     # out again). A share of the rows in the server at the moment a worker comes free
     # counts none of those on their way: the load splits into ever more, smaller batches.
     sizes = _Sizes()
-    batcher = BatchingRunner(
+    batcher = Batcher(
         open_runner(slow_package),
         BatchPolicy(max_batch_size=64, max_batch_delay_ms=50, workers=2),
         observer=sizes,
@@ -272,7 +244,7 @@ def test_two_workers_share_the_load_not_what_is_left_of_it(slow_package: Path) -
 def test_two_workers_give_a_light_batch_every_waiting_row(mlp_package: Path) -> None:
     # The mlp computes in far less than a request may wait for company: splitting the
     # waiting rows over both workers would only double the batches the event loop runs.
-    batcher = BatchingRunner(
+    batcher = Batcher(
         open_runner(mlp_package), BatchPolicy(max_batch_size=64, max_batch_delay_ms=200, workers=2)
     )
     x = {"input": np.ones((1, 32), np.float32)}
@@ -341,7 +313,7 @@ def test_sequences_of_different_lengths_are_padded_into_one_batch(tokens_package
         ids = rng.integers(1, 1000, (rows, length)).astype(np.int64)
         requests.append({"ids": ids, "mask": np.ones_like(ids)})
     want = [runner.predict(r) for r in requests]
-    batcher = BatchingRunner(runner, BatchPolicy(max_batch_size=32, max_batch_delay_ms=20))
+    batcher = Batcher(runner, BatchPolicy(max_batch_size=32, max_batch_delay_ms=20))
 
     async def main() -> list[dict[str, np.ndarray]]:
         return list(await asyncio.gather(*(batcher.predict(r) for r in requests)))

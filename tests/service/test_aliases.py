@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from torchport.errors import Unavailable
-from torchport.service import Management
-from torchport.service.inference import InferenceService
+from torchport.service import Management, Registry
 from torchport.store import ModelInfo, SQLiteStore
 
 
@@ -32,7 +31,7 @@ class RacedStore(SQLiteStore):
 class Served:
     store: RacedStore
     management: Management
-    inference: InferenceService
+    registry: Registry
 
     def rollback_elsewhere(self) -> None:
         """The rollback `torchport store rollback` makes: another process, the same store."""
@@ -43,39 +42,39 @@ class Served:
 def served(mlp_package: Path, store_dir: Path) -> Iterator[Served]:
     """`mlp` v1 and v2 registered and loaded, v2 the default."""
     store = RacedStore(store_dir)
-    inference = InferenceService(store)
-    management = Management(store, inference=inference)
+    registry = Registry(store)
+    management = Management(store, registry=registry)
     management.upload(mlp_package)
-    inference.start()
+    registry.start()
     management.upload(mlp_package, promote=True)
     try:
-        yield Served(store, management, inference)
+        yield Served(store, management, registry)
     finally:
-        inference.close()
+        registry.close()
 
 
 def test_a_refresh_that_read_the_store_before_a_rollback_does_not_undo_it(served: Served) -> None:
-    store, management, inference = served.store, served.management, served.inference
-    assert inference.resolve("mlp", None) == 2
+    store, management, registry = served.store, served.management, served.registry
+    assert registry.resolve("mlp", None) == 2
     store.meanwhile = lambda: management.rollback("mlp")
-    inference.refresh()  # read default 2, then the rollback to 1 landed
+    registry.refresh()  # read default 2, then the rollback to 1 landed
     assert store.get_model("mlp").default == 1
-    assert inference.resolve("mlp", None) == 1
+    assert registry.resolve("mlp", None) == 1
     store.meanwhile = lambda: management.promote("mlp", 2)
-    inference.refresh()
-    assert inference.resolve("mlp", None) == 2
+    registry.refresh()
+    assert registry.resolve("mlp", None) == 2
 
 
 def test_a_refresh_follows_a_change_made_by_another_process(served: Served) -> None:
     served.rollback_elsewhere()
-    assert served.inference.resolve("mlp", None) == 2  # not seen until the next refresh
-    served.inference.refresh()
-    assert served.inference.resolve("mlp", None) == 1
+    assert served.registry.resolve("mlp", None) == 2  # not seen until the next refresh
+    served.registry.refresh()
+    assert served.registry.resolve("mlp", None) == 1
 
 
 def test_a_refresh_leaves_a_model_unloaded_meanwhile_unloaded(served: Served) -> None:
     served.rollback_elsewhere()
-    served.store.meanwhile = lambda: served.inference.unload("mlp")
-    served.inference.refresh()  # read the new default 1, then the model was unloaded here
+    served.store.meanwhile = lambda: served.registry.unload("mlp")
+    served.registry.refresh()  # read the new default 1, then the model was unloaded here
     with pytest.raises(Unavailable, match="unloaded"):
-        served.inference.resolve("mlp", None)
+        served.registry.resolve("mlp", None)

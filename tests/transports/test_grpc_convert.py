@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.conftest import EVERY_DATATYPE
 from torchport.errors import InvalidInput
-from torchport.service.inference import InferResponse
+from torchport.service.dataplane import InferResponse
 from torchport.transports.grpc import convert
 from torchport.transports.grpc.convert import CONTENTS_FIELD, pb
 from torchport.types import Datatype

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from torchport.transports.http.errors import json_ready, json_response
+from torchport.transports.http.responses import json_ready, json_response
 
 
 def decoded(value: object) -> object:

@@ -12,6 +12,7 @@ from torchport.archive.manifest import (
     OutputParity,
     Parity,
     RuntimeDefaults,
+    check_model_name,
     parse_manifest,
 )
 from torchport.archive.reader import Package, read_package, unpack_package
@@ -30,6 +31,7 @@ __all__ = [
     "Package",
     "Parity",
     "RuntimeDefaults",
+    "check_model_name",
     "parse_manifest",
     "read_package",
     "unpack_package",

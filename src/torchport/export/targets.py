@@ -79,8 +79,17 @@ def _torchscript(model: Any, args: tuple[Any, ...], path: Path) -> None:
             raise ExportFailed(f"TorchScript needs a torch.nn.Module, not {type(model).__name__}")
         # Tracing records the operations run on the sample; the parity check then tries
         # other batch sizes and lengths, which catches a trace that specialised on them.
-        scripted = torch.jit.trace(model.eval(), args, check_trace=False)  # type: ignore[no-untyped-call]
+        scripted = torch.jit.trace(_eval_mode(model), args, check_trace=False)  # type: ignore[no-untyped-call]
     torch.jit.save(scripted, str(path))
+
+
+def _eval_mode(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in eval mode. A loaded exported program's module has no training mode to
+    leave, and refuses `.eval()`."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
 
 
 def dynamic_shapes(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -97,7 +106,7 @@ def _program(model: Any, args: tuple[Any, ...]) -> torch.export.ExportedProgram:
         return model
     if not isinstance(model, torch.nn.Module):
         raise ExportFailed(f"torch.export needs a torch.nn.Module, not {type(model).__name__}")
-    return torch.export.export(model.eval(), args, dynamic_shapes=dynamic_shapes(args))
+    return torch.export.export(_eval_mode(model), args, dynamic_shapes=dynamic_shapes(args))
 
 
 def _onnx(model: Any, args: tuple[Any, ...], path: Path) -> None:

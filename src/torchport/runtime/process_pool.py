@@ -24,6 +24,7 @@ from typing import Any
 
 from torchport.archive import Manifest, read_package
 from torchport.errors import ModelLoadError, TorchportError, Unavailable
+from torchport.runtime.placement import Placement, Workers
 from torchport.settings import Limits
 from torchport.types import Datatype, Signature, Tensors, from_raw, to_raw
 
@@ -209,6 +210,8 @@ class ProcessPoolRunner:
         on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.on_restart = on_restart
+        self.compiled = compile
+        self.placement = Placement("process", processes=workers)
         # How every worker, first or replacement, is started (torch_threads 0: torch's).
         self._spawn = functools.partial(WorkerProcess, package, limits, torch_threads, compile)
         self.manifest: Manifest = read_package(package, limits).manifest
@@ -227,6 +230,13 @@ class ProcessPoolRunner:
     def pids(self) -> list[int]:
         with self._lock:
             return [w.pid for w in self._all if w.alive()]
+
+    def live_workers(self) -> int:
+        return len(self.pids)
+
+    def workers(self) -> Workers:
+        pids = self.pids
+        return Workers("process", len(pids), pids)
 
     def _add(self, worker: WorkerProcess) -> None:
         with self._lock:

@@ -15,8 +15,6 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from ray.serve.exceptions import BackPressureError
 
 from torchport.archive import Manifest, read_package
 from torchport.errors import ModelLoadError, Overloaded, TorchportError, Unavailable
+from torchport.runtime.placement import Placement, Scaling, Workers
 from torchport.runtime.runner import LocalRunner, open_runner
 from torchport.settings import Limits
 from torchport.types import Signature, Tensors
@@ -36,55 +35,6 @@ log = logging.getLogger("torchport.ray")
 REQUEST_TIMEOUT_S = 300.0
 DEPLOY_TIMEOUT_S = 300.0
 LOCAL_CPU_SHARES = 8
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """How many replicas a version runs: `replicas`, or, with `max_replicas` above it, a
-    range Ray Serve's autoscaler moves in with load (from the package's runtime config:
-    `workers`, `max_workers`, `scale_up_delay_s`, `scale_down_delay_s`)."""
-
-    replicas: int
-    max_replicas: int | None = None
-    scale_up_delay_s: float = 10.0
-    scale_down_delay_s: float = 300.0
-
-    @classmethod
-    def of(cls, settings: Mapping[str, Any], workers: int) -> Scaling:
-        most = settings.get("max_workers")
-        return cls(
-            workers,
-            max(int(most), workers) if most else None,
-            float(settings.get("scale_up_delay_s", cls.scale_up_delay_s)),
-            float(settings.get("scale_down_delay_s", cls.scale_down_delay_s)),
-        )
-
-    @property
-    def autoscaled(self) -> bool:
-        return self.max_replicas is not None and self.max_replicas > self.replicas
-
-    @property
-    def most(self) -> int:
-        return self.max_replicas if self.max_replicas is not None else self.replicas
-
-    def serve_options(self, target_ongoing: float) -> dict[str, Any]:
-        """Ray Serve deployment options: a fixed `num_replicas`, or an autoscaling config
-        aiming at `target_ongoing` requests in flight per replica."""
-        if not self.autoscaled:
-            return {"num_replicas": self.replicas}
-        return {
-            "autoscaling_config": {
-                "min_replicas": self.replicas,
-                "initial_replicas": self.replicas,
-                "max_replicas": self.most,
-                "target_ongoing_requests": target_ongoing,
-                "upscale_delay_s": self.scale_up_delay_s,
-                "downscale_delay_s": self.scale_down_delay_s,
-                # React within seconds: Ray's defaults report every 10 s over 30 s.
-                "metrics_interval_s": 1.0,
-                "look_back_period_s": 5.0,
-            }
-        }
 
 
 class Replica:
@@ -164,6 +114,8 @@ class RayServeRunner:
         self.manifest: Manifest = read_package(package, limits).manifest
         self.name = app_name(model, version)
         self.scaling = scaling
+        self.compiled = compile
+        self.placement = Placement("ray", scaling=scaling)
         # Batches are already formed by torchport, one per replica at a time. Autoscaled,
         # torchport keeps up to `most` batches in flight: those waiting in Ray's router
         # for a free replica are the load Ray's autoscaler sees (one batch per replica).
@@ -201,6 +153,13 @@ class RayServeRunner:
             except Exception:  # a replica restarting answers later
                 break
         return sorted(seen)
+
+    def live_workers(self) -> None:
+        return None  # asking Ray is too slow for a metrics scrape: the batches in flight
+
+    def workers(self) -> Workers:
+        """The replicas running now, within their range."""
+        return Workers("ray", self.replicas, self.pids, self.scaling.replicas, self.scaling.most)
 
     def predict(self, batch: Tensors) -> Tensors:
         try:

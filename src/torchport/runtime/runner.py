@@ -15,10 +15,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from torchport.agreement import compare_outputs
 from torchport.archive import Manifest, Package, unpack_package
 from torchport.errors import InvalidInput, ModelLoadError, TorchportError
 from torchport.runtime.handler import Handler
 from torchport.runtime.loader import compile_model, handler_context, load_handler, load_model
+from torchport.runtime.placement import Placement, Workers
 from torchport.settings import Limits
 from torchport.types import Signature, Tensors, json_to_arrays, to_array
 
@@ -42,8 +44,27 @@ class PackageRunner(Runner, Protocol):
     manifest: Manifest
 
 
+class Deployment(PackageRunner, Protocol):
+    """A package as a server runs it: where its batches run, and what runs them now."""
+
+    placement: Placement
+    compiled: bool
+    """Whether the model runs through `torch.compile`."""
+
+    def live_workers(self) -> int | None:
+        """Workers alive now, counted cheaply (a metrics scrape asks); None: as many as
+        the batcher runs batches at once."""
+        ...
+
+    def workers(self) -> Workers:
+        """What runs the batches now (may ask remote replicas: not on the event loop)."""
+        ...
+
+
 class LocalRunner:
-    """A package's model and handler running in this process."""
+    """A package's model and handler running in this process (on the batcher's threads)."""
+
+    placement = Placement()
 
     def __init__(
         self,
@@ -67,6 +88,12 @@ class LocalRunner:
     def files(self) -> Path | None:
         """The directory of the package's unpacked files, while the runner is open."""
         return self._unpacked.files if self._unpacked is not None else None
+
+    def live_workers(self) -> int | None:
+        return None
+
+    def workers(self) -> Workers:
+        return Workers("thread", None)
 
     def predict(self, batch: Tensors) -> Tensors:
         with torch.inference_mode():
@@ -159,30 +186,21 @@ def example_inputs(manifest: Manifest, index: int) -> Tensors:
     return json_to_arrays(manifest.examples[index].inputs, manifest.signature)
 
 
-def check_examples(runner: LocalRunner, *, rtol: float = 1e-4, atol: float = 1e-5) -> list[str]:
-    """Run every example of the package and compare with its recorded outputs.
+def check_examples(runner: LocalRunner) -> list[str]:
+    """Run every example of the package and compare with its recorded outputs, as every
+    comparison in torchport does (`torchport.agreement`).
 
-    Returns one line per mismatch (empty when all agree).
+    Returns one line per output that differs (empty when all agree).
     """
-    problems: list[str] = []
     manifest = runner.manifest
+    problems: list[str] = []
     for i, example in enumerate(manifest.examples):
+        recorded = {
+            spec.name: to_array(example.outputs[spec.name], spec.datatype, name=spec.name)
+            for spec in manifest.signature.outputs
+        }
         got = runner.predict(example_inputs(manifest, i))
-        for spec in manifest.signature.outputs:
-            want = to_array(example.outputs[spec.name], spec.datatype, name=spec.name)
-            have = got[spec.name]
-            if want.shape != have.shape:
-                problems.append(
-                    f"example {i}, output '{spec.name}': shape {list(have.shape)}, "
-                    f"expected {list(want.shape)}"
-                )
-            elif want.dtype == object or want.dtype.kind in "biu":
-                if not np.array_equal(want, have):
-                    problems.append(f"example {i}, output '{spec.name}': values differ")
-            elif not np.allclose(have, want, rtol=rtol, atol=atol):
-                err = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64))))
-                problems.append(
-                    f"example {i}, output '{spec.name}': max abs error {err:.3g} "
-                    f"over tolerance (rtol={rtol}, atol={atol})"
-                )
+        for difference in compare_outputs(manifest.signature.outputs, [recorded], [got]):
+            if not difference.agrees:
+                problems.append(f"example {i}, {difference.describe()}")
     return problems

@@ -1,5 +1,16 @@
-"""Inference and management services: what every transport calls. Knows nothing of HTTP or gRPC."""
+"""The services every transport calls: the data plane (inference), management, and the
+registry of loaded versions behind them. Knows nothing of HTTP or gRPC."""
 
+from torchport.service.dataplane import DataPlane, InferRequest, InferResponse, ModelMetadata
 from torchport.service.management import Management, UploadReport
+from torchport.service.registry import Registry
 
-__all__ = ["Management", "UploadReport"]
+__all__ = [
+    "DataPlane",
+    "InferRequest",
+    "InferResponse",
+    "Management",
+    "ModelMetadata",
+    "Registry",
+    "UploadReport",
+]

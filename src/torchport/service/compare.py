@@ -4,25 +4,54 @@ latencies differ (what a person checks before promoting one over the other)."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from torchport.agreement import compare_outputs
 from torchport.errors import InvalidInput
 from torchport.types import Tensors
 
 if TYPE_CHECKING:
-    from torchport.service.inference import LoadedVersion
+    from torchport.service.registry import LoadedVersion
 
 RECENT_REQUESTS = 32
 RECENT_MAX_BYTES = 1 << 20
 
 
+class RecentRequests:
+    """The inputs of each model's last `RECENT_REQUESTS` small requests: the traffic two
+    versions are compared on.
+
+    Noted on the event loop after each answer: a bounded deque's append needs no lock."""
+
+    def __init__(self) -> None:
+        self._by_model: dict[str, deque[Tensors]] = {}
+
+    def note(self, model: str, inputs: Tensors) -> None:
+        size = sum(a.nbytes for a in inputs.values() if a.dtype != object)
+        if size <= RECENT_MAX_BYTES:
+            recent = self._by_model.get(model)
+            if recent is None:
+                recent = self._by_model.setdefault(model, deque(maxlen=RECENT_REQUESTS))
+            recent.append(inputs)
+
+    def of(self, model: str) -> list[Tensors]:
+        recent = self._by_model.get(model)
+        if not recent:
+            raise InvalidInput(
+                f"model '{model}' has no recent requests to compare versions on", field="model"
+            )
+        return list(recent)
+
+
 async def compare_versions(
     model: str, first: LoadedVersion, second: LoadedVersion, samples: list[Tensors]
 ) -> dict[str, Any]:
-    """Run both versions on every sample; per output, the largest absolute and relative
-    difference and the rows that differ; per version, the latency."""
+    """Run both versions on every sample; per output of `first`, the largest absolute and
+    relative difference and the rows that differ beyond the tolerance every comparison in
+    torchport uses (`torchport.agreement`); per version, the latency."""
     for loaded in (first, second):
         try:
             loaded.signature.check_inputs(samples[0])
@@ -31,29 +60,19 @@ async def compare_versions(
                 f"version {loaded.version} cannot take the recent requests: {exc}", field="version"
             ) from None
     times: dict[int, list[float]] = {first.version: [], second.version: []}
-    diffs: dict[str, dict[str, float]] = {}
+    answers: dict[int, list[Tensors]] = {first.version: [], second.version: []}
     for inputs in samples:
-        outputs = []
         for loaded in (first, second):
             started = time.perf_counter()
-            outputs.append(await loaded.batcher.predict(inputs))
+            answers[loaded.version].append(await loaded.batcher.predict(inputs))
             times[loaded.version].append(time.perf_counter() - started)
-        for name, x in outputs[0].items():
-            y = outputs[1].get(name)
-            d = diffs.setdefault(
-                name, {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "rows_differing": 0.0}
-            )
-            if y is None or x.shape != y.shape:
-                d["rows_differing"] += len(x)
-                continue
-            if x.dtype == object or y.dtype == object:
-                d["rows_differing"] += float(np.sum(np.any((x != y).reshape(len(x), -1), axis=1)))
-                continue
-            delta = np.abs(x.astype(np.float64) - y.astype(np.float64))
-            scale = np.maximum(np.abs(x.astype(np.float64)), 1e-12)
-            d["max_abs_diff"] = max(d["max_abs_diff"], float(delta.max(initial=0.0)))
-            d["max_rel_diff"] = max(d["max_rel_diff"], float((delta / scale).max(initial=0.0)))
-            d["rows_differing"] += float(np.sum(np.any((delta > 0).reshape(len(x), -1), axis=1)))
+    differences = compare_outputs(
+        first.signature.outputs, answers[first.version], answers[second.version]
+    )
+    diffs = {
+        d.name: {"max_abs_diff": d.max_abs, "max_rel_diff": d.max_rel, "rows_differing": d.rows}
+        for d in differences
+    }
     return {
         "model": model,
         "a": first.version,

@@ -1,9 +1,12 @@
-"""Management: registering packages as versions, promote, rollback, delete, config.
+"""Management: registering packages as versions, promote, rollback, delete, config, what
+the repository holds, comparing two versions, and the Open Inference Protocol's model
+repository extension (index, load, unload).
 
 An upload is verified completely before anything is registered: sizes, names and hashes,
 then the model is loaded and its bundled examples must reproduce their recorded outputs.
-A refused package leaves the store exactly as it was. With an `InferenceService`, changes
-take effect on live traffic: a version is loaded before any request is routed to it.
+A refused package leaves the store exactly as it was. With a `Registry` (on a server),
+changes take effect on live traffic: a version is loaded before any request is routed to
+it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import anyio.to_thread
 from pydantic import ValidationError
 
-from torchport.archive import Manifest, RuntimeDefaults
+from torchport.archive import Manifest, RuntimeDefaults, check_model_name
 from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import describe_validation_error
 from torchport.errors import (
@@ -30,9 +34,10 @@ from torchport.errors import (
     TorchportError,
 )
 from torchport.runtime import LocalRunner, check_examples, open_runner
-from torchport.service.inference import InferenceService
+from torchport.service.compare import RecentRequests, compare_versions
+from torchport.service.registry import Registry, VersionState
 from torchport.settings import Limits
-from torchport.store import ModelInfo, ModelStore, VersionInfo, check_model_name
+from torchport.store import AuditEntry, ModelInfo, ModelStore, VersionInfo
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def _counted(
         method: Callable[Concatenate[Management, P], R],
     ) -> Callable[Concatenate[Management, P], R]:
         def counted(self: Management, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            metrics = self.inference.metrics if self.inference is not None else None
+            metrics = self.registry.metrics if self.registry is not None else None
             try:
                 result = method(self, *args, **kwargs)
             except TorchportError as exc:
@@ -80,11 +85,14 @@ class Management:
         self,
         store: ModelStore,
         limits: Limits | None = None,
-        inference: InferenceService | None = None,
+        registry: Registry | None = None,
+        recent: RecentRequests | None = None,
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
-        self.inference = inference
+        self.registry = registry
+        self.recent = recent
+        """The traffic versions are compared on (the data plane notes it)."""
 
     @_counted("upload")
     def upload(
@@ -128,9 +136,9 @@ class Management:
                     promote=promote,
                 )
                 default = self.store.get_model(model).default
-                if self.inference is not None and default == info.version:
+                if self.registry is not None and default == info.version:
                     # The verified runner goes live as it is: no second load.
-                    self.inference.adopt(model, info.version, runner, load_seconds)
+                    self.registry.adopt(info, runner, load_seconds)
                     runner = None
             finally:
                 if runner is not None:
@@ -150,8 +158,8 @@ class Management:
     @_counted("promote")
     def promote(self, name: str, version: int, *, actor: str = "local") -> ModelInfo:
         self.store.get_version(name, version)
-        if self.inference is not None:
-            self.inference.preload(name, version)
+        if self.registry is not None:
+            self.registry.preload(name, version)
         info = self.store.promote(name, version, actor=actor)
         self._go_live(info)
         return info
@@ -159,8 +167,8 @@ class Management:
     @_counted("rollback")
     def rollback(self, name: str, *, actor: str = "local") -> ModelInfo:
         previous = self.store.get_model(name).previous
-        if self.inference is not None and previous is not None:
-            self.inference.preload(name, previous)
+        if self.registry is not None and previous is not None:
+            self.registry.preload(name, previous)
         info = self.store.rollback(name, actor=actor)
         self._go_live(info)
         return info
@@ -168,8 +176,8 @@ class Management:
     @_counted("delete")
     def delete(self, name: str, version: int, *, actor: str = "local") -> None:
         self.store.delete_version(name, version, actor=actor)
-        if self.inference is not None:
-            self.inference.unload(name, version)
+        if self.registry is not None:
+            self.registry.unload(name, version)
 
     @_counted("config")
     def set_config(
@@ -186,13 +194,73 @@ class Management:
         info = self.store.set_config(
             name, version, checked.model_dump(include=set(config)), actor=actor
         )
-        if self.inference is not None:
-            self.inference.apply_config(name, version)
+        if self.registry is not None:
+            self.registry.apply_config(name, version)
         return info
 
+    # -- what the repository holds -------------------------------------------------------
+
+    def list_models(self) -> list[ModelInfo]:
+        return self.store.list_models()
+
+    def get_model(self, name: str) -> ModelInfo:
+        """The model's versions and aliases; `NotFound` naming it if the store has none."""
+        return self.store.get_model(name)
+
+    def audit(self, model: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        return self.store.audit(model, limit)
+
+    def states(self, model: str | None = None) -> dict[tuple[str, int], str]:
+        """READY, UNAVAILABLE or UNLOADED for each version (on a server)."""
+        return {(s.model, s.version): s.state for s in self.index() if model in (None, s.model)}
+
+    def workers(self, model: str, version: int) -> dict[str, Any] | None:
+        """What runs a loaded version's batches (on a server; may ask remote replicas)."""
+        return self.registry.workers(model, version) if self.registry is not None else None
+
+    async def compare(self, model: str, a: int, b: int) -> dict[str, Any]:
+        """Run versions `a` and `b` on the model's recent requests and say how their outputs
+        and latencies differ."""
+        registry = self.registry
+        if registry is None or self.recent is None:
+            raise InvalidInput("comparing versions needs a running server", field="model")
+        await anyio.to_thread.run_sync(self.store.get_model, model)  # 404 for an unknown model
+        samples = self.recent.of(model)
+        first = await anyio.to_thread.run_sync(registry.acquire, model, a)
+        try:
+            second = await anyio.to_thread.run_sync(registry.acquire, model, b)
+        except BaseException:
+            registry.release(first)
+            raise
+        try:
+            return await compare_versions(model, first, second, samples)
+        finally:
+            registry.release(first)
+            registry.release(second)
+
+    # -- the Open Inference Protocol's model repository extension -------------------------
+
+    def index(self) -> list[VersionState]:
+        """Every version in the store and its state."""
+        return self.registry.states() if self.registry is not None else []
+
+    def load(self, model: str) -> None:
+        """(Re)load the model's default version and serve it."""
+        info = self.store.get_model(model)
+        if info.default is None:
+            raise NotFound(f"model '{model}' has no default version", field="model")
+        if self.registry is not None:
+            self.registry.switch_default(model, info.default)
+
+    def unload(self, model: str) -> None:
+        """Stop serving the model (in-flight requests finish) until it is loaded again."""
+        self.store.get_model(model)  # NotFound for an unknown model
+        if self.registry is not None:
+            self.registry.unload(model)
+
     def _go_live(self, info: ModelInfo) -> None:
-        if self.inference is not None and info.default is not None:
-            self.inference.switch_default(info.name, info.default)
+        if self.registry is not None and info.default is not None:
+            self.registry.switch_default(info.name, info.default)
 
 
 def _refuse_failed_export(manifest: Manifest) -> None:

@@ -1,7 +1,7 @@
 """The model repository: versions, aliases, audit log. Knows nothing of runtime or transports."""
 
 from torchport.store.base import AuditEntry, ModelInfo, ModelStore, VersionInfo
-from torchport.store.sqlite import SQLiteStore, check_model_name
+from torchport.store.sqlite import SQLiteStore
 
 __all__ = [
     "AuditEntry",
@@ -9,5 +9,4 @@ __all__ = [
     "ModelStore",
     "SQLiteStore",
     "VersionInfo",
-    "check_model_name",
 ]

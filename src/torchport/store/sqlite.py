@@ -15,7 +15,6 @@ with no row (swept by `gc`), never a row with no blob.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,13 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from torchport.archive import check_model_name
 from torchport.archive.hashing import sha256_file
-from torchport.errors import Conflict, InvalidInput, NotFound, StoreError
+from torchport.errors import Conflict, NotFound, StoreError
 from torchport.store.base import AuditEntry, ModelInfo, ModelStore, VersionInfo
 from torchport.store.blobs import LocalBlobs
 
 SCHEMA_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -65,16 +64,6 @@ CREATE TABLE IF NOT EXISTS audit (
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def check_model_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise InvalidInput(
-            f"model name {name!r} is invalid: use letters, digits, '.', '_' and '-' "
-            "(up to 128, starting with a letter or digit)",
-            field="name",
-        )
-    return name
 
 
 class SQLiteStore(ModelStore):

@@ -10,9 +10,10 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from torchport.errors import TorchportError
-from torchport.service.inference import InferenceService
+from torchport.service.dataplane import DataPlane
+from torchport.service.management import Management
 from torchport.transports.grpc import convert
-from torchport.transports.grpc.service import Context, HealthServicer, InferenceServicer, parsed
+from torchport.transports.grpc.servicer import Context, HealthServicer, InferenceServicer, parsed
 
 
 class GrpcServer:
@@ -20,7 +21,8 @@ class GrpcServer:
 
     def __init__(
         self,
-        service: InferenceService,
+        service: DataPlane,
+        management: Management | None,
         token: str | None,
         *,
         host: str,
@@ -36,7 +38,7 @@ class GrpcServer:
             ]
         )
         self.server.add_generic_rpc_handlers(
-            (convert.method_handlers(InferenceServicer(service, token)),)
+            (convert.method_handlers(InferenceServicer(service, management, token)),)
         )
         names = (
             convert.SERVICE_NAME,

@@ -25,7 +25,8 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from torchport.errors import InvalidInput, TorchportError
-from torchport.service.inference import InferRequest, InferResponse, VersionState
+from torchport.service.dataplane import InferRequest, InferResponse
+from torchport.service.registry import VersionState
 from torchport.types import Array, Datatype, Signature, Tensors, element_count, from_raw, to_raw
 
 DESCRIPTORS = Path(__file__).with_name("proto") / "inference.binpb"
@@ -217,7 +218,6 @@ def decode_request(request: Any) -> tuple[InferRequest, bool]:
             outputs=outputs,
             id=request.id or None,
             parameters=parameters_of(request.parameters),
-            protocol="oip_grpc",
         ),
         bool(raw),
     )

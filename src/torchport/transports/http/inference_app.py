@@ -8,20 +8,18 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import TorchportError
-from torchport.service.inference import InferenceService
-from torchport.service.logs import new_request_id, request_id
-from torchport.service.metrics import CONTENT_TYPE
+from torchport.observability.logs import new_request_id, request_id
+from torchport.observability.metrics import CONTENT_TYPE
+from torchport.service.dataplane import DataPlane
 from torchport.transports.http import kserve_v1, oip, sagemaker, torchserve
-from torchport.transports.http.errors import HANDLERS, error_response
+from torchport.transports.http.responses import HANDLERS, error_response
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
-def _observed(
-    service: InferenceService, route: BaseRoute, protocol: str, model: str = ""
-) -> BaseRoute:
-    """An inference route with a request id (`X-Request-ID` in, and back on the answer)
-    and the requests it refuses before inference counted in the metrics."""
+def _observed(service: DataPlane, route: BaseRoute, protocol: str, model: str = "") -> BaseRoute:
+    """An inference route with a request id (`X-Request-ID` in, and back on the answer),
+    each request counted once by the data plane, whatever its outcome."""
     if not isinstance(route, Route) or "POST" not in (route.methods or ()):
         return route
     endpoint = route.endpoint
@@ -29,13 +27,14 @@ def _observed(
     async def observed(request: Request) -> Response:
         given = request.headers.get(REQUEST_ID_HEADER)
         token = request_id.set(new_request_id(given) if given else None)
+        params = request.path_params
+        version = params.get("version")
+        wanted = int(version) if version and version.isdigit() else None
         try:
             try:
-                response: Response = await endpoint(request)
+                with service.track(protocol, params.get("model", model), wanted):
+                    response: Response = await endpoint(request)
             except TorchportError as exc:
-                version = request.path_params.get("version")
-                wanted = int(version) if version and version.isdigit() else None
-                service.refused(request.path_params.get("model", model), wanted, protocol, exc)
                 response = error_response(exc)
             response.headers[REQUEST_ID_HEADER] = request_id.get() or new_request_id()
             return response
@@ -46,13 +45,13 @@ def _observed(
 
 
 def build_inference_app(
-    service: InferenceService, *, max_body: int, sagemaker_model: str | None = None
+    service: DataPlane, *, max_body: int, sagemaker_model: str | None = None
 ) -> Starlette:
     """Every inference protocol; with `sagemaker_model` (the microservice), SageMaker's
     `POST /invocations` for that model too."""
 
     async def metrics(_request: Request) -> Response:
-        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
+        return Response(service.metrics_text(), media_type=CONTENT_TYPE)
 
     routes = [
         Route("/metrics", metrics),

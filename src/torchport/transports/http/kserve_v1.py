@@ -14,10 +14,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
-from torchport.service.inference import InferenceService, InferRequest
+from torchport.service.dataplane import DataPlane, InferRequest
 from torchport.transports.http.body import parse_json, read_body
-from torchport.transports.http.errors import json_ready, json_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
+from torchport.transports.http.responses import json_ready, json_response
 from torchport.types import Signature, Tensors, to_array
 
 
@@ -49,21 +49,20 @@ def outputs_to_predictions(outputs: Tensors) -> list[Any]:
     return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 
 
-def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
     async def predict(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
         doc = parse_json(body)
         if not isinstance(doc, dict) or "instances" not in doc:
             raise InvalidInput('the request must be {"instances": [...]}', field="instances")
-        _, signature = service.signature(model, version)
+        signature = service.signature(model, version)
         inputs = instances_to_inputs(doc["instances"], signature)
         response = await service.infer(
             InferRequest(
                 model=model,
                 version=version,
                 inputs=inputs,
-                protocol="kserve_v1",
                 timeout_s=timeout_seconds(request),
             )
         )
@@ -71,11 +70,11 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
 
     async def model_status(request: Request) -> Response:
         model, version = model_and_version(request)
-        service.resolve(model, version)
-        return json_response({"name": model, "ready": service.is_ready(model, version)})
+        service.resolve(model, version)  # an unloaded model is unavailable (503)
+        return json_response({"name": model, "ready": service.ready(model, version)})
 
     async def list_models(_request: Request) -> Response:
-        return json_response({"models": [m.name for m in service.store.list_models()]})
+        return json_response({"models": service.models()})
 
     return [
         Route("/v1/models", list_models),

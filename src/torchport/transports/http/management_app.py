@@ -19,13 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from torchport import dashboard
 from torchport.errors import InvalidInput, TorchportError
+from torchport.observability.live import LiveStats
 from torchport.service.auth import check_bearer
-from torchport.service.live import LiveStats
 from torchport.service.management import Management
 from torchport.store import ModelInfo
 from torchport.transports.http.body import parse_json, read_body, save_body
-from torchport.transports.http.errors import HANDLERS, error_response, json_response
 from torchport.transports.http.params import model_and_version
+from torchport.transports.http.responses import HANDLERS, error_response, json_response
 
 DASHBOARD = "/dashboard"
 # The page talks only to this origin, draws with its own script and styles, and is never
@@ -100,29 +100,20 @@ async def _json_body(request: Request) -> Any:
 def build_management_app(
     management: Management, token: str, live: LiveStats | None = None
 ) -> Starlette:
-    store = management.store
-    inference = management.inference
-
-    def states(model: str | None = None) -> dict[tuple[str, int], str]:
-        if inference is None:
-            return {}
-        return {
-            (s.model, s.version): s.state for s in inference.states() if model in (None, s.model)
-        }
-
     async def list_models(_request: Request) -> Response:
-        models = await run_in_threadpool(store.list_models)
-        known = await run_in_threadpool(states)
+        models = await run_in_threadpool(management.list_models)
+        known = await run_in_threadpool(management.states)
         return json_response({"models": [model_json(m, known) for m in models]})
 
     async def show_model(request: Request) -> Response:
         model, _ = model_and_version(request)
-        info = await run_in_threadpool(store.get_model, model)
-        audit = await run_in_threadpool(store.audit, model, 20)
-        body = model_json(info, states(model))
-        if inference is not None:
-            for v in body["versions"]:  # Ray replicas are asked: not on the event loop
-                v["workers"] = await run_in_threadpool(inference.workers, model, v["version"])
+        info = await run_in_threadpool(management.get_model, model)
+        audit = await run_in_threadpool(management.audit, model, 20)
+        body = model_json(info, await run_in_threadpool(management.states, model))
+        for v in body["versions"]:  # Ray replicas are asked: not on the event loop
+            workers = await run_in_threadpool(management.workers, model, v["version"])
+            if workers is not None:
+                v["workers"] = workers
         body["audit"] = [asdict(e) for e in audit]
         return json_response(body)
 
@@ -154,12 +145,12 @@ def build_management_app(
         info = await run_in_threadpool(
             lambda: management.promote(model, version, actor=_actor(request))
         )
-        return json_response(model_json(info, states(model)))
+        return json_response(model_json(info, management.states(model)))
 
     async def rollback(request: Request) -> Response:
         model, _ = model_and_version(request)
         info = await run_in_threadpool(lambda: management.rollback(model, actor=_actor(request)))
-        return json_response(model_json(info, states(model)))
+        return json_response(model_json(info, management.states(model)))
 
     async def delete_version(request: Request) -> Response:
         model, version = model_and_version(request)
@@ -182,21 +173,18 @@ def build_management_app(
             limit = int(request.query_params.get("limit", "100"))
         except ValueError:
             raise InvalidInput("limit must be an integer", field="limit") from None
-        entries = await run_in_threadpool(store.audit, model, max(1, min(limit, 10_000)))
+        entries = await run_in_threadpool(management.audit, model, max(1, min(limit, 10_000)))
         return json_response({"audit": [asdict(e) for e in entries]})
 
     async def compare(request: Request) -> Response:
         model, _ = model_and_version(request)
-        if inference is None:
-            raise InvalidInput("comparing versions needs a running server", field="model")
-        await run_in_threadpool(store.get_model, model)  # 404 for an unknown model
         versions = []
         for key in ("a", "b"):
             raw = request.query_params.get(key, "")
             if not raw.isdigit() or int(raw) < 1:
                 raise InvalidInput(f"query parameter '{key}' must be a version number", field=key)
             versions.append(int(raw))
-        return json_response(await inference.compare(model, versions[0], versions[1]))
+        return json_response(await management.compare(model, versions[0], versions[1]))
 
     async def overview(_request: Request) -> Response:
         return json_response(
@@ -205,7 +193,7 @@ def build_management_app(
 
     async def model_stats(request: Request) -> Response:
         model, _ = model_and_version(request)
-        await run_in_threadpool(store.get_model, model)  # 404 for an unknown model
+        await run_in_threadpool(management.get_model, model)  # 404 for an unknown model
         return json_response(
             {
                 "model": model,
@@ -221,9 +209,7 @@ def build_management_app(
         return Response(content, media_type=media_type, headers=DASHBOARD_HEADERS)
 
     async def repository_index(_request: Request) -> Response:
-        if inference is None:
-            return json_response([])
-        items = await run_in_threadpool(inference.states)
+        items = await run_in_threadpool(management.index)
         return json_response(
             [
                 {"name": s.model, "version": str(s.version), "state": s.state, "reason": s.reason}
@@ -233,15 +219,12 @@ def build_management_app(
 
     async def repository_load(request: Request) -> Response:
         model, _ = model_and_version(request)
-        if inference is not None:
-            await run_in_threadpool(inference.load_model, model)
+        await run_in_threadpool(management.load, model)
         return json_response({})
 
     async def repository_unload(request: Request) -> Response:
         model, _ = model_and_version(request)
-        await run_in_threadpool(store.get_model, model)
-        if inference is not None:
-            inference.unload(model)
+        await run_in_threadpool(management.unload, model)
         return json_response({})
 
     routes = [

@@ -8,17 +8,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from torchport.service.inference import InferenceService
+from torchport.service.dataplane import DataPlane
 from torchport.transports.http.body import read_body
-from torchport.transports.http.errors import json_response
 from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
+from torchport.transports.http.responses import json_response
 from torchport.version import __version__
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
-def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
     async def server_metadata(_request: Request) -> Response:
         return json_response(
             {"name": "torchport", "version": __version__, "extensions": EXTENSIONS}
@@ -33,26 +33,25 @@ def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
 
     async def model_metadata(request: Request) -> Response:
         model, version = model_and_version(request)
-        resolved, signature = service.signature(model, version)
-        versions = (
-            [str(version)]
-            if version is not None
-            else [str(v.version) for v in service.store.get_model(model).versions]
-        )
+        meta = service.metadata(model, version)
         return json_response(
             {
-                "name": model,
-                "versions": versions,
+                "name": meta.name,
+                "versions": [str(v) for v in meta.versions],
                 "platform": "pytorch_torchport",
-                "inputs": [s.metadata() for s in signature.inputs],
-                "outputs": [s.metadata() for s in signature.outputs],
-                **({"parameters": {"default_version": str(resolved)}} if version is None else {}),
+                "inputs": [s.metadata() for s in meta.signature.inputs],
+                "outputs": [s.metadata() for s in meta.signature.outputs],
+                **(
+                    {"parameters": {"default_version": str(meta.version)}}
+                    if version is None
+                    else {}
+                ),
             }
         )
 
     async def model_ready(request: Request) -> Response:
         model, version = model_and_version(request)
-        ok = service.is_ready(model, version)
+        ok = service.ready(model, version)
         return json_response({"name": model, "ready": ok}, 200 if ok else 503)
 
     async def infer(request: Request) -> Response:

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from torchport.errors import InvalidInput
-from torchport.service.inference import InferRequest, InferResponse
+from torchport.service.dataplane import InferRequest, InferResponse
 from torchport.transports.http.body import parse_json
 from torchport.types import Array, Datatype, Tensors, element_count, from_raw, to_array, to_raw
 
@@ -85,7 +85,6 @@ def decode_document(
         outputs=outputs,
         id=request_id,
         parameters=parameters,
-        protocol="oip_rest",
     )
     all_binary = parameters.get("binary_data_output") is True
     return request, OutputFormat(all_binary=all_binary, binary=frozenset(binary_names))

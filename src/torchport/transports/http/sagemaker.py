@@ -30,12 +30,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
-from torchport.service.inference import InferenceService, InferRequest
+from torchport.service.dataplane import DataPlane, InferRequest
 from torchport.transports.http.body import parse_json, read_body
-from torchport.transports.http.errors import json_ready, json_response
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import decode_document, encode_response
 from torchport.transports.http.params import timeout_seconds
+from torchport.transports.http.responses import json_ready, json_response
 from torchport.types import Datatype, Signature, Tensors, TensorSpec, to_array
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
@@ -43,23 +43,21 @@ FORM = "application/x-www-form-urlencoded"
 ANSWERS = (JSON, CSV, NPY)
 
 
-def routes(service: InferenceService, max_body: int, model: str) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: int, model: str) -> list[BaseRoute]:
     async def invocations(request: Request) -> Response:
         content_type = _media_type(request.headers.get("content-type")) or JSON
         answer = _accepted(request.headers.get("accept"))
         body = await read_body(request, max_body)
         if content_type == FORM and body.lstrip()[:1] in (b"{", b"["):
             content_type = JSON  # what `curl -d` sends with a JSON body
-        _, signature = service.signature(model, None)
+        signature = service.signature(model)
         timeout = timeout_seconds(request)
         if content_type == JSON and body.lstrip().startswith(b"{") and b'"inputs"' in body:
             doc = parse_json(body)
             if isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
                 # An Open Inference Protocol body: answered as one, unless asked otherwise.
                 infer_request, fmt = decode_document(doc, memoryview(b""), model, None)
-                response = await service.infer(
-                    replace(infer_request, protocol="sagemaker", timeout_s=timeout)
-                )
+                response = await service.infer(replace(infer_request, timeout_s=timeout))
                 if answer == JSON:
                     content, headers = encode_response(response, fmt)
                     return Response(content, headers=headers)
@@ -68,9 +66,7 @@ def routes(service: InferenceService, max_body: int, model: str) -> list[BaseRou
         else:
             inputs, named = _decode(body, content_type, signature)
         response = await service.infer(
-            InferRequest(
-                model=model, version=None, inputs=inputs, protocol="sagemaker", timeout_s=timeout
-            )
+            InferRequest(model=model, version=None, inputs=inputs, timeout_s=timeout)
         )
         return _answer(response.outputs, answer, named=named)
 

@@ -17,10 +17,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
-from torchport.service.inference import InferenceService, InferRequest
+from torchport.service.dataplane import DataPlane, InferRequest
 from torchport.transports.http.body import parse_json, read_body
-from torchport.transports.http.errors import json_ready, json_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
+from torchport.transports.http.responses import json_ready, json_response
 from torchport.types import Datatype, Signature, Tensors, to_array
 
 
@@ -48,18 +48,17 @@ def body_to_inputs(body: bytes, content_type: str, signature: Signature) -> tupl
     return {single.name: to_array([doc], single.datatype, name=single.name)}, True
 
 
-def routes(service: InferenceService, max_body: int) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
     async def predictions(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
-        _, signature = service.signature(model, version)
+        signature = service.signature(model, version)
         inputs, single = body_to_inputs(body, request.headers.get("content-type", ""), signature)
         response = await service.infer(
             InferRequest(
                 model=model,
                 version=version,
                 inputs=inputs,
-                protocol="torchserve",
                 timeout_s=timeout_seconds(request),
             )
         )

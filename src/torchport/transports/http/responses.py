@@ -1,4 +1,5 @@
-"""The one place HTTP maps torchport's error codes to status codes."""
+"""HTTP answers: JSON bodies, error bodies, and the one place torchport's error codes
+become status codes."""
 
 from __future__ import annotations
 

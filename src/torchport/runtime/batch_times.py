@@ -1,9 +1,10 @@
-"""How long a model version's batches take, by batch size: what a latency target plans with."""
+"""How long a model version's batches take: by batch size (what a latency target plans
+with), and lately (what tells a light model from a heavy one)."""
 
 from __future__ import annotations
 
 
-class ServiceTimes:
+class BatchTimes:
     """How long batches take, by size (powers of two), as moving averages."""
 
     def __init__(self) -> None:
@@ -54,3 +55,23 @@ class ServiceTimes:
                 break
             best, size = size, size * 2
         return max(1, min(most, best))
+
+
+class BatchCost:
+    """Moving averages of recent batches: seconds from hand-off to result, and the worker
+    thread's CPU and wall time in the model (from the first batch's own figures)."""
+
+    WEIGHT = 0.2
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.cpu = 0.0
+        self.wall = 0.0
+        self._seen = False
+
+    def observe(self, seconds: float, cpu: float, wall: float) -> None:
+        weight = self.WEIGHT if self._seen else 1.0
+        self._seen = True
+        self.seconds += weight * (seconds - self.seconds)
+        self.cpu += weight * (cpu - self.cpu)
+        self.wall += weight * (wall - self.wall)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from torchport.service.live import LiveStats, quantile
-from torchport.service.metrics import Metrics, VersionGauges
+from torchport.observability.live import LiveStats, quantile
+from torchport.observability.metrics import Metrics, VersionGauges
 
 
 def test_quantile_interpolates_within_buckets_like_prometheus() -> None:

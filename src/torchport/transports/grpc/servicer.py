@@ -20,9 +20,10 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unauthorized
+from torchport.observability.logs import new_request_id, request_id
 from torchport.service.auth import check_bearer
-from torchport.service.inference import InferenceService, timeout_parameter
-from torchport.service.logs import new_request_id, request_id
+from torchport.service.dataplane import DataPlane, timeout_parameter
+from torchport.service.management import Management
 from torchport.transports.grpc import convert
 from torchport.version import __version__
 
@@ -43,20 +44,25 @@ def answers_errors(method: Method[Resp]) -> Handler[Resp]:
     The message is parsed here, so that a malformed one is INVALID_ARGUMENT naming the
     message (grpcio's own parsing answers UNKNOWN with a Python exception's name).
     torchport's errors become their gRPC status; anything else is INTERNAL, logged, with
-    no internals in the message. A refused `ModelInfer` is counted in the metrics.
+    no internals in the message. Every `ModelInfer` is counted by the data plane, once,
+    whatever its outcome.
     """
     message_type = convert.METHODS[method.__name__][0]
     counts = method.__name__ == "ModelInfer"
 
-    @wraps(method)
-    async def wrapper(self: Any, raw: bytes, context: Context) -> Resp:
-        request = None
-        try:
+    async def call(self: InferenceServicer, raw: bytes, context: Context) -> Resp:
+        if not counts:
+            return await method(self, convert.parse(message_type, raw), context)
+        with self.service.track("oip_grpc") as tracked:
             request = convert.parse(message_type, raw)
+            tracked.model = request.model_name
             return await method(self, request, context)
+
+    @wraps(method)
+    async def wrapper(self: InferenceServicer, raw: bytes, context: Context) -> Resp:
+        try:
+            return await call(self, raw, context)
         except TorchportError as exc:
-            if counts:
-                self.service.refused(getattr(request, "model_name", ""), None, "oip_grpc", exc)
             await _abort(context, exc)
         except grpc.aio.AbortError:
             raise
@@ -71,8 +77,12 @@ def answers_errors(method: Method[Resp]) -> Handler[Resp]:
 class InferenceServicer:
     """One coroutine per method of the service; `convert.method_handlers` registers them."""
 
-    def __init__(self, service: InferenceService, token: str | None) -> None:
+    def __init__(
+        self, service: DataPlane, management: Management | None, token: str | None
+    ) -> None:
         self.service = service
+        self.management = management
+        """The model repository extension's calls (none on a read-only microservice)."""
         self.token = token
 
     @answers_errors
@@ -87,7 +97,7 @@ class InferenceServicer:
     async def ModelReady(self, request: Any, context: Context) -> Any:
         version = convert.version_of(request.version, "version")
         try:
-            ready = self.service.is_ready(_name(request.name), version)
+            ready = self.service.ready(_name(request.name), version)
         except NotFound:
             ready = False  # as clients expect: an unknown model is simply not ready
         return convert.model_ready(ready)
@@ -100,13 +110,8 @@ class InferenceServicer:
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
         model = _name(request.name)
         version = convert.version_of(request.version, "version")
-        _, signature = self.service.signature(model, version)
-        versions = (
-            [str(version)]
-            if version is not None
-            else [str(v.version) for v in self.service.store.get_model(model).versions]
-        )
-        return convert.model_metadata(model, versions, signature)
+        meta = self.service.metadata(model, version)
+        return convert.model_metadata(model, [str(v) for v in meta.versions], meta.signature)
 
     @answers_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
@@ -131,29 +136,27 @@ class InferenceServicer:
 
     # -- the model repository extension (management token) ------------------------------
 
-    def _authorize(self, context: Context) -> None:
-        if self.token is None:
+    def _repository(self, context: Context) -> Management:
+        if self.token is None or self.management is None:
             raise Unauthorized("this is a read-only microservice: it has no model repository")
         check_bearer(_metadata(context, "authorization"), self.token)
+        return self.management
 
     @answers_errors
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
-        self._authorize(context)
-        states = await anyio.to_thread.run_sync(self.service.states)
+        states = await anyio.to_thread.run_sync(self._repository(context).index)
         return convert.repository_index(states, ready_only=request.ready)
 
     @answers_errors
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
-        self._authorize(context)
-        await anyio.to_thread.run_sync(self.service.load_model, _name(request.model_name))
+        repository = self._repository(context)
+        await anyio.to_thread.run_sync(repository.load, _name(request.model_name))
         return convert.repository_loaded()
 
     @answers_errors
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
-        self._authorize(context)
-        model = _name(request.model_name)
-        await anyio.to_thread.run_sync(self.service.store.get_model, model)  # 404 if unknown
-        self.service.unload(model)
+        repository = self._repository(context)
+        await anyio.to_thread.run_sync(repository.unload, _name(request.model_name))
         return convert.repository_unloaded()
 
 
@@ -166,7 +169,7 @@ class HealthServicer:
     from the server's readiness: SERVING once the models are loaded, NOT_SERVING while
     loading or draining (Kubernetes `grpc:` probes)."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: DataPlane) -> None:
         self.service = service
 
     def _status(self, name: str) -> Any:

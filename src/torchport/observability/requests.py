@@ -1,0 +1,97 @@
+"""The one place an inference request is counted: its metrics and its log line, once,
+whatever its protocol and however it ends.
+
+A transport opens `RequestCounter.track` around all it does for a request (reading the
+body, decoding, inference, encoding) and maps errors to its status codes outside it; the
+data plane names the version that answered (`answered`). A request refused before it
+reached a model (a bad body, an unknown model) is counted all the same, by its error code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from torchport.errors import TorchportError
+from torchport.observability.logs import request_id, requests_log
+from torchport.observability.metrics import Metrics
+
+Labels = Callable[[str, int | None], tuple[str, int | None]]
+"""A request's model and version as metric labels: those the server holds, else ""/None
+(labels stay bounded whatever names clients send)."""
+
+
+@dataclass
+class Tracked:
+    """The request being counted: what it asked for, then what answered it."""
+
+    protocol: str
+    model: str = ""
+    version: int | None = None
+    known: bool = False
+    """The model and version are those that answered (bounded already: no look-up)."""
+
+    def answered(self, model: str, version: int) -> None:
+        self.model, self.version, self.known = model, version, True
+
+
+_current: ContextVar[Tracked | None] = ContextVar("torchport_tracked", default=None)
+
+
+def tracked() -> Tracked | None:
+    """The request the running task counts, if a transport tracks it."""
+    return _current.get()
+
+
+class RequestCounter:
+    def __init__(self, metrics: Metrics, labels: Labels) -> None:
+        self.metrics = metrics
+        self._labels = labels
+
+    @contextmanager
+    def track(
+        self, protocol: str, model: str = "", version: int | None = None
+    ) -> Iterator[Tracked]:
+        """Count the request run inside: outcome `ok`, or the code of the torchport error
+        it raised (`internal` for any other exception). A cancelled request (the client went
+        away) is not counted."""
+        item = Tracked(protocol, model, version)
+        token = _current.set(item)
+        started = time.perf_counter()
+        try:
+            yield item
+        except TorchportError as exc:
+            self._count(item, exc.code, started)
+            raise
+        except Exception:
+            self._count(item, "internal", started)
+            raise
+        else:
+            self._count(item, "ok", started)
+        finally:
+            _current.reset(token)
+
+    def _count(self, item: Tracked, outcome: str, started: float) -> None:
+        model, version = (
+            (item.model, item.version) if item.known else self._labels(item.model, item.version)
+        )
+        labels = (model, "" if version is None else str(version), item.protocol)
+        seconds = time.perf_counter() - started
+        self.metrics.requests.labels(*labels, outcome).inc()
+        self.metrics.request_seconds.labels(*labels).observe(seconds)
+        if requests_log.isEnabledFor(logging.INFO):
+            requests_log.info(
+                "request",
+                extra={
+                    "request_id": request_id.get(),
+                    "model": labels[0],
+                    "version": labels[1],
+                    "protocol": item.protocol,
+                    "outcome": outcome,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
+            )

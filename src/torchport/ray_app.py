@@ -1,0 +1,92 @@
+"""A torchport package as a plain Ray Serve application, for teams that already run Ray:
+Ray Serve's HTTP proxy in front, one deployment whose replicas each serve torchport's own
+inference app for the package (a microservice per replica). So the Ray path answers every
+inference protocol, with torchport's batching, deadlines, errors and metrics, exactly as
+`torchport serve PACKAGE --microservice` does, under the application's route prefix.
+
+Serve config (what `torchport ray deploy` writes and deploys):
+
+    applications:
+      - name: torchport-mlp
+        route_prefix: /mlp
+        import_path: torchport.ray_app:build_app
+        args: {package: /models/mlp.tpa, replicas: 2}
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from torchport.archive import read_package
+from torchport.errors import InvalidInput
+from torchport.runtime import Scaling
+from torchport.server import open_services
+from torchport.settings import Settings
+from torchport.store import SQLiteStore
+from torchport.transports.http import build_inference_app
+
+
+@serve.ingress()
+class Replica:
+    """One replica: the package verified into a private store of its own, loaded, and
+    served by torchport's inference app."""
+
+    def __init__(self, package: str, torch_threads: int = 1) -> None:
+        import torch
+
+        settings = Settings(torch_threads=torch_threads)
+        torch.set_num_threads(torch_threads)
+        self._dir = Path(tempfile.mkdtemp(prefix="torchport-replica-"))
+        try:
+            self._store = SQLiteStore(self._dir)
+            # The replica owns `torch_threads` CPUs: a lone batch takes those, no more.
+            self.registry, self.dataplane, management = open_services(
+                self._store, settings, torch_threads
+            )
+            management.upload(Path(package), actor="ray")
+            self.registry.start()
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self._max_body = settings.max_request_bytes
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_inference_app(self.dataplane, max_body=self._max_body)
+
+    def __del__(self) -> None:  # Ray Serve's graceful shutdown of a replica
+        registry = getattr(self, "registry", None)
+        if registry is not None:
+            registry.close()
+            self._store.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The Serve application builder named in the config's `import_path`. Replicas and
+    autoscaling come from the package's runtime config (`workers`, `max_workers`, the
+    scale delays); `replicas` and `max_replicas` in `args` override them."""
+    package = args.get("package")
+    if not isinstance(package, str) or not package:
+        raise InvalidInput("args.package: the path of the .tpa on the cluster's nodes",
+                           field="package")  # fmt: skip
+    runtime = read_package(Path(package)).manifest.runtime
+    settings = runtime.model_dump()
+    if args.get("max_replicas") is not None:
+        settings["max_workers"] = int(args["max_replicas"])
+    scaling = Scaling.of(settings, int(args.get("replicas") or runtime.workers or 1))
+    threads = int(args.get("torch_threads", 1))
+    deployment = serve.deployment(
+        name=str(args.get("name", "torchport")),
+        ray_actor_options={"num_cpus": max(1, threads)},
+        max_ongoing_requests=4 * runtime.max_batch_size,
+        # Scale on requests in flight: a replica is busy with one full batch.
+        **scaling.serve_options(target_ongoing=runtime.max_batch_size),
+    )(Replica)
+    app: Application = deployment.bind(package, threads)
+    return app

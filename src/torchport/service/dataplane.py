@@ -1,0 +1,164 @@
+"""The data plane: what every inference protocol calls (OIP v2 REST and gRPC, KServe v1,
+the TorchServe-compatible routes, SageMaker's). Transport-neutral: requests and responses
+are named numpy arrays.
+
+An inference is find → check → predict → count: the registry finds the loaded version,
+its signature checks the inputs, its batcher runs them, and the request counter (which
+the transport opened around the whole request) counts it once.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+
+from torchport.errors import InvalidInput
+from torchport.observability.logs import new_request_id, request_id
+from torchport.observability.requests import RequestCounter, Tracked, tracked
+from torchport.service.compare import RecentRequests
+from torchport.service.registry import Registry
+from torchport.types import Signature, Tensors
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    inputs: Tensors
+    version: int | None = None
+    outputs: list[str] | None = None
+    """Names of the outputs wanted, in order; all of them when None."""
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model: str
+    version: int
+    outputs: Tensors
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a protocol's metadata call tells of a model (or one version of it)."""
+
+    name: str
+    versions: list[int]
+    """The version asked for, or every version the store holds."""
+    version: int
+    """The version that serves requests that name none (or the one asked for)."""
+    signature: Signature
+
+
+def timeout_parameter(parameters: dict[str, Any]) -> float | None:
+    """Seconds from the Open Inference Protocol's `timeout` parameter (µs), if given."""
+    micros = parameters.get("timeout")
+    if micros is None:
+        return None
+    if not isinstance(micros, int | float) or isinstance(micros, bool) or micros <= 0:
+        raise InvalidInput("parameter 'timeout' must be a positive number of µs", field="timeout")
+    return float(micros) / 1_000_000
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, recent: RecentRequests | None = None) -> None:
+        self.registry = registry
+        self.recent = recent or RecentRequests()
+        self.counter = RequestCounter(registry.metrics, registry.labels)
+
+    def track(
+        self, protocol: str, model: str = "", version: int | None = None
+    ) -> AbstractContextManager[Tracked]:
+        """Count the request handled inside, once, by its outcome (see `RequestCounter`)."""
+        return self.counter.track(protocol, model, version)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Check the inputs against the signature, run the model, select the outputs."""
+        if request_id.get() is None:  # no X-Request-ID: the OIP id, or a new one
+            request_id.set(new_request_id(request.id))
+        registry = self.registry
+        loaded = registry.acquire_loaded(request.model, request.version)
+        if loaded is None:  # the first request for a version loads it, off the event loop
+            loaded = await anyio.to_thread.run_sync(
+                registry.acquire, request.model, request.version
+            )
+        try:
+            signature = loaded.signature
+            signature.check_inputs(request.inputs)
+            wanted = _wanted_outputs(signature, request.outputs)
+            deadline = None if request.timeout_s is None else time.monotonic() + request.timeout_s
+            outputs = await loaded.batcher.predict(request.inputs, deadline=deadline)
+        finally:
+            registry.release(loaded)
+        counted = tracked()
+        if counted is not None:
+            counted.answered(request.model, loaded.version)
+        self.recent.note(request.model, request.inputs)
+        return InferResponse(
+            model=request.model,
+            version=loaded.version,
+            outputs={name: outputs[name] for name in wanted},
+            id=request.id,
+        )
+
+    # -- what the protocols tell of the models ------------------------------------------
+
+    def resolve(self, model: str, version: int | None = None) -> int:
+        """The version that serves a request; `NotFound` naming the model or version."""
+        return self.registry.resolve(model, version)
+
+    def signature(self, model: str, version: int | None = None) -> Signature:
+        return self.registry.signature(model, version)[1]
+
+    def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
+        resolved, signature = self.registry.signature(model, version)
+        versions = (
+            [version]
+            if version is not None
+            else [v.version for v in self.registry.store.get_model(model).versions]
+        )
+        return ModelMetadata(model, versions, resolved, signature)
+
+    def models(self) -> list[str]:
+        """The names of every model in the store."""
+        return [m.name for m in self.registry.store.list_models()]
+
+    def ready(self, model: str, version: int | None = None) -> bool:
+        """Whether the version that serves `model` is loaded (`NotFound` if unknown)."""
+        return self.registry.is_ready(model, version)
+
+    def server_ready(self) -> bool:
+        return self.registry.server_ready()
+
+    @property
+    def draining(self) -> bool:
+        return self.registry.draining
+
+    def metrics_text(self) -> bytes:
+        return self.registry.metrics.exposition()
+
+
+def _wanted_outputs(signature: Signature, requested: list[str] | None) -> list[str]:
+    names = [s.name for s in signature.outputs]
+    if requested is None:
+        return names
+    for name in requested:
+        if name not in names:
+            raise InvalidInput(f"unknown output '{name}' (outputs: {', '.join(names)})", field=name)
+    return list(dict.fromkeys(requested))
+
+
+__all__ = [
+    "DataPlane",
+    "InferRequest",
+    "InferResponse",
+    "ModelMetadata",
+    "timeout_parameter",
+]

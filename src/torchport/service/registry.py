@@ -1,0 +1,411 @@
+"""The registry of loaded model versions: loading them, counting the requests that hold
+them, retiring them, and following the store's aliases.
+
+Versions are loaded once and shared. A request takes a reference to the version it
+resolved (the model's `default` unless it names one) for its whole life, so promote and
+rollback switch new requests at once while requests in flight finish where they started;
+an unloaded version is closed only when its last request is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchport.errors import NotFound, TorchportError, Unavailable
+from torchport.observability.metrics import Metrics, VersionGauges
+from torchport.runtime import Backend, Batcher, Deployment, LocalRunner, open_runner
+from torchport.store import ModelStore, VersionInfo
+from torchport.types import Signature
+
+log = logging.getLogger("torchport.registry")
+
+Key = tuple[str, int]  # model, version
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    """A version in service: its deployment and the batcher in front of it."""
+
+    model: str
+    version: int
+    runner: Deployment
+    batcher: Batcher
+    load_seconds: float
+    inflight: int = 0
+    retired: bool = False
+
+    @property
+    def signature(self) -> Signature:
+        return self.runner.signature
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+@dataclass(frozen=True)
+class VersionState:
+    model: str
+    version: int
+    state: str  # READY, UNAVAILABLE, UNLOADED
+    reason: str = ""
+
+
+@dataclass
+class _Routes:
+    """Which version serves each model, and what is loaded (guarded by the registry's lock)."""
+
+    loaded: dict[Key, LoadedVersion] = field(default_factory=dict)
+    defaults: dict[str, int] = field(default_factory=dict)
+    errors: dict[Key, str] = field(default_factory=dict)
+    unloaded: set[str] = field(default_factory=set)
+    """Models unloaded on purpose (OIP repository `unload`): they stay so until loaded."""
+
+
+class Registry:
+    """The loaded versions of every model in a store."""
+
+    def __init__(
+        self, store: ModelStore, backend: Backend | None = None, metrics: Metrics | None = None
+    ) -> None:
+        self.store = store
+        self.backend = backend or Backend()
+        self.metrics = metrics or Metrics()
+        self._lock = threading.Lock()
+        self._switching = threading.Lock()
+        """Held while a default is set: a refresh's re-read of the store and its switch
+        stay together, so a stale read never undoes a newer promote or rollback."""
+        self._routes = _Routes()
+        self._load_locks: dict[Key, threading.Lock] = {}
+        self.started = False
+        self.draining = False
+        """Set when the server is shutting down: it reports not ready from then on."""
+        self.metrics.watch(self._gauges)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Load the default (and previous, for instant rollback) version of every model.
+
+        A version that fails to load is reported (state UNAVAILABLE) and the rest start.
+        """
+        for info in self.store.list_models():
+            for version in (info.default, info.previous):
+                if version is None or (info.name, version) in self._routes.loaded:
+                    continue
+                try:
+                    loaded = self._ensure_loaded(info.name, version)
+                    if progress:
+                        progress(f"loaded {info.name} v{version} in {loaded.load_seconds:.2f} s")
+                except TorchportError as exc:
+                    log.error("cannot load %s v%s: %s", info.name, version, exc)
+            if info.default is not None:
+                with self._lock:
+                    self._routes.defaults[info.name] = info.default
+        self.started = True
+
+    def close(self) -> None:
+        with self._lock:
+            loaded = list(self._routes.loaded.values())
+            self._routes.loaded.clear()
+        for version in loaded:
+            version.close()
+
+    def refresh(self) -> None:
+        """Re-read the aliases from the store (it may be changed by another process)."""
+        for info in self.store.list_models():
+            if info.default is None:
+                continue
+            with self._lock:
+                if info.name in self._routes.unloaded:
+                    continue
+                known = self._routes.defaults.get(info.name)
+            if known != info.default:
+                try:
+                    self._follow_store(info.name, info.default)
+                except TorchportError as exc:
+                    log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
+
+    def _follow_store(self, model: str, version: int) -> None:
+        """`switch_default` for a refresh, whose list of the store may predate a promote or
+        rollback made here since (which has switched already): only the store's default
+        now is set, and not for a model unloaded meanwhile."""
+        self._ensure_loaded(model, version)
+        with self._switching, suppress(NotFound):
+            current = self.store.get_model(model).default
+            with self._lock:
+                if current == version and model not in self._routes.unloaded:
+                    self._routes.defaults[model] = version
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _ensure_loaded(self, model: str, version: int) -> LoadedVersion:
+        key = (model, version)
+        with self._lock:
+            if key in self._routes.loaded:
+                return self._routes.loaded[key]
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:  # one load per version, however many requests wait for it
+            with self._lock:
+                if key in self._routes.loaded:
+                    return self._routes.loaded[key]
+            info = self.store.get_version(model, version)
+            started = time.perf_counter()
+            try:
+                runner = self._open(info)
+                loaded = self._serve(info, runner, time.perf_counter() - started)
+            except TorchportError as exc:
+                with self._lock:
+                    self._routes.errors[key] = str(exc)
+                raise Unavailable(
+                    f"model '{model}' version {version} failed to load: {exc}"
+                ) from exc
+            with self._lock:
+                self._routes.loaded[key] = loaded
+                self._routes.errors.pop(key, None)
+            log.info("loaded %s v%s in %.2f s", model, version, loaded.load_seconds)
+            return loaded
+
+    def _open(self, info: VersionInfo) -> LocalRunner:
+        compile = info.config.get("compile")  # None: as the package says
+        return open_runner(self.store.package_path(info), self.backend.limits, compile=compile)
+
+    def _serve(self, info: VersionInfo, runner: LocalRunner, load_seconds: float) -> LoadedVersion:
+        """Deploy a runner loaded (and verified) here as its settings say, batcher in front."""
+        model, version = info.model, info.version
+        plan = self.backend.plan(self._settings(info, runner))
+        labels = (model, str(version))
+        deployment = self.backend.deploy(
+            runner,
+            self.store.package_path(info),
+            model,
+            version,
+            plan.placement,
+            on_restart=self.metrics.worker_restarts.labels(*labels).inc,
+        )
+        self.metrics.load_seconds.labels(*labels).set(load_seconds)
+        batcher = Batcher(
+            deployment,
+            plan.policy,
+            self.backend.threads_for(deployment),
+            self.metrics.observer(model, version),
+        )
+        return LoadedVersion(model, version, deployment, batcher, load_seconds)
+
+    @staticmethod
+    def _settings(info: VersionInfo, runner: Deployment) -> dict[str, Any]:
+        """The package's runtime defaults, overridden by the version's config in the store."""
+        return {**runner.manifest.runtime.model_dump(), **info.config}
+
+    def apply_config(self, model: str, version: int) -> None:
+        """Apply a version's changed config to live traffic (if it is loaded)."""
+        with self._lock:
+            loaded = self._routes.loaded.get((model, version))
+        if loaded is None:
+            return
+        info = self.store.get_version(model, version)
+        plan = self.backend.plan(self._settings(info, loaded.runner))
+        compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
+        # Thread workers change live; worker processes are started anew for a new count,
+        # Ray replicas for a new count or autoscaling range.
+        if plan.placement == loaded.runner.placement and compile == loaded.runner.compiled:
+            loaded.batcher.set_policy(plan.policy)
+            return
+        # Other workers, or compiled or not: load the version anew beside the old, then
+        # swap (no request fails).
+        started = time.perf_counter()
+        runner = self._open(info)
+        self._install(self._serve(info, runner, time.perf_counter() - started))
+
+    def workers(self, model: str, version: int) -> dict[str, Any]:
+        """The kind and number of a loaded version's workers, and their process ids."""
+        with self._lock:
+            loaded = self._routes.loaded.get((model, version))
+        if loaded is None:
+            return {}
+        workers = loaded.runner.workers()
+        shown: dict[str, Any] = {
+            "kind": workers.kind,
+            "count": loaded.batcher.policy.workers if workers.count is None else workers.count,
+            "pids": workers.pids,
+            "compiled": loaded.runner.compiled,
+        }
+        if workers.most is not None:  # Ray: the replicas running now, within their range
+            shown.update(min=workers.least, max=workers.most)
+        return shown
+
+    def preload(self, model: str, version: int) -> None:
+        """Load a version now (e.g. before it is promoted), so no request waits for it."""
+        self._ensure_loaded(model, version)
+
+    def adopt(self, info: VersionInfo, runner: LocalRunner, load_seconds: float = 0.0) -> None:
+        """Serve a version with an already loaded runner and route new requests to it."""
+        self._install(self._serve(info, runner, load_seconds), make_default=True)
+
+    def _install(self, loaded: LoadedVersion, *, make_default: bool = False) -> None:
+        """Put `loaded` in service in place of any older copy, which retires when idle."""
+        key = (loaded.model, loaded.version)
+        with self._lock:
+            old = self._routes.loaded.get(key)
+            self._routes.loaded[key] = loaded
+            if make_default:
+                self._routes.defaults[loaded.model] = loaded.version
+                self._routes.unloaded.discard(loaded.model)
+            close_old = old is not None and _retire(old)
+        if close_old and old is not None:
+            old.close()
+
+    def switch_default(self, model: str, version: int) -> None:
+        """Route new requests for `model` to `version` (loaded first, so none fail)."""
+        self._ensure_loaded(model, version)
+        with self._switching, self._lock:
+            self._routes.defaults[model] = version
+            self._routes.unloaded.discard(model)
+
+    def unload(self, model: str, version: int | None = None) -> None:
+        """Stop serving `model` (every version, or one); in-flight requests finish first."""
+        with self._lock:
+            routes = self._routes
+            keys = [k for k in routes.loaded if k[0] == model and version in (None, k[1])]
+            if version is None:
+                routes.unloaded.add(model)
+                routes.defaults.pop(model, None)
+            idle = [item for item in map(routes.loaded.pop, keys) if _retire(item)]
+        for item in idle:
+            item.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def resolve(self, model: str, version: int | None) -> int:
+        """The version a request for `model` (and `version`, if given) is served by."""
+        with self._lock:
+            routes = self._routes
+            if model in routes.unloaded:
+                raise Unavailable(
+                    f"model '{model}' is unloaded; load it with POST /v2/repository/models/"
+                    f"{model}/load",
+                    field="model",
+                )
+            # The hot path answers from memory; only the unknown goes to the store.
+            if version is None and model in routes.defaults:
+                return routes.defaults[model]
+            if version is not None and (model, version) in routes.loaded:
+                return version
+        if version is None:
+            # Unknown here: perhaps registered by another process since the last refresh.
+            info = self.store.get_model(model)
+            if info.default is None:
+                raise NotFound(f"model '{model}' has no default version", field="model")
+            return info.default
+        self.store.get_version(model, version)  # NotFound names the model or the version
+        return version
+
+    def acquire(self, model: str, version: int | None = None) -> LoadedVersion:
+        """The loaded version that serves a request, loading it if needed (blocking).
+
+        Hold it for the whole request and `release` it after.
+        """
+        loaded = self.acquire_loaded(model, version)
+        while loaded is None:
+            self._ensure_loaded(model, self.resolve(model, version))
+            loaded = self.acquire_loaded(model, version)
+        return loaded
+
+    def acquire_loaded(self, model: str, version: int | None) -> LoadedVersion | None:
+        """`acquire` if the version is loaded already (never blocks on a load)."""
+        resolved = self.resolve(model, version)
+        with self._lock:
+            loaded = self._routes.loaded.get((model, resolved))
+            if loaded is not None:
+                loaded.inflight += 1
+            return loaded
+
+    def release(self, loaded: LoadedVersion) -> None:
+        with self._lock:
+            loaded.inflight -= 1
+            close = loaded.retired and loaded.inflight == 0
+        if close:
+            loaded.close()
+
+    def labels(self, model: str, version: int | None) -> tuple[str, int | None]:
+        """The model and version as metric labels: those the server holds, else ""/None."""
+        with self._lock:
+            routes = self._routes
+            if model not in routes.defaults and not any(m == model for m, _ in routes.loaded):
+                return "", None
+            if version is None:
+                version = routes.defaults.get(model)
+            return model, version if (model, version) in routes.loaded else None
+
+    # -- state ---------------------------------------------------------------------------
+
+    def signature(self, model: str, version: int | None = None) -> tuple[int, Signature]:
+        """The signature of a version, from the store's record (no load needed)."""
+        resolved = self.resolve(model, version)
+        with self._lock:
+            loaded = self._routes.loaded.get((model, resolved))
+        if loaded is not None:
+            return resolved, loaded.signature
+        info = self.store.get_version(model, resolved)
+        return resolved, Signature.model_validate(info.metadata["signature"])
+
+    def is_ready(self, model: str, version: int | None = None) -> bool:
+        try:
+            resolved = self.resolve(model, version)
+        except Unavailable:
+            return False
+        with self._lock:
+            return (model, resolved) in self._routes.loaded
+
+    def server_ready(self) -> bool:
+        with self._lock:
+            routes = self._routes
+            return (
+                self.started
+                and not self.draining
+                and all(key in routes.loaded for key in routes.defaults.items())
+            )
+
+    def states(self) -> list[VersionState]:
+        out = []
+        for info in self.store.list_models():
+            for v in info.versions:
+                key = (info.name, v.version)
+                with self._lock:
+                    if key in self._routes.loaded:
+                        out.append(VersionState(info.name, v.version, "READY"))
+                    elif key in self._routes.errors:
+                        reason = self._routes.errors[key]
+                        out.append(VersionState(info.name, v.version, "UNAVAILABLE", reason))
+                    else:
+                        out.append(VersionState(info.name, v.version, "UNLOADED"))
+        return out
+
+    def _gauges(self) -> list[VersionGauges]:
+        with self._lock:
+            loaded = list(self._routes.loaded.values())
+        out = []
+        for v in loaded:
+            live = v.runner.live_workers()
+            out.append(
+                VersionGauges(
+                    v.model,
+                    v.version,
+                    v.batcher.queued,
+                    v.batcher.running,
+                    v.runner.placement.kind,
+                    v.batcher.policy.workers if live is None else live,
+                )
+            )
+        return out
+
+
+def _retire(item: LoadedVersion) -> bool:
+    """Mark a version out of service (under the registry's lock); True if it can close now."""
+    item.retired = True
+    return item.inflight == 0
