@@ -52,7 +52,7 @@ class Metrics:
         )
         self.request_seconds = Histogram(
             "torchport_request_duration_seconds",
-            "Time from a request reaching its route (body read, decoded, run, encoded) to its answer.",
+            "Time from a request reaching its route (read, decoded, run, encoded) to its answer.",
             ["model", "version", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
