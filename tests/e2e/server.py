@@ -177,8 +177,12 @@ def scrape(server: ServerProcess) -> Samples:
     response = httpx.get(f"{server.url}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    return parse_samples(response.text)
+
+
+def parse_samples(text: str) -> Samples:
     samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples

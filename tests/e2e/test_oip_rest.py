@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 
 import torchport
-from tests.e2e.conftest import EVERY_DATATYPE
+from tests.conftest import EVERY_DATATYPE
 from tests.e2e.server import ServerProcess
 
 

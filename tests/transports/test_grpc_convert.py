@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import EVERY_DATATYPE
+from tests.conftest import EVERY_DATATYPE
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import InferResponse
 from torchport.transports.grpc import convert

@@ -1,33 +1,34 @@
-"""Prometheus metrics: after known traffic, the counters and histograms say exactly that."""
+"""Prometheus metrics: after known traffic (REST and gRPC, in process), the counters and
+histograms say exactly that."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import ServerProcess, oip_body, running, scrape, value
+from tests.e2e.server import oip_body, value
+from tests.inprocess import InProcess, in_process
 
 
 @pytest.fixture(scope="module")
-def mserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
-    with running(tmp_path_factory, "metrics", [mlp_package]) as proc:
-        yield proc
+def mserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path_factory.mktemp("metrics") / "store", [mlp_package]) as served:
+        yield served
 
 
-def test_counters_and_histograms_match_the_traffic_sent(mserver: ServerProcess) -> None:
-    before = scrape(mserver)
+def test_counters_and_histograms_match_the_traffic_sent(mserver: InProcess) -> None:
+    before = mserver.scrape()
     x2 = np.ones((2, 32), np.float32)
     for _ in range(5):
-        r = httpx.post(f"{mserver.url}/v2/models/mlp/infer", json=oip_body("input", x2))
+        r = mserver.http.post("/v2/models/mlp/infer", json=oip_body("input", x2))
         assert r.status_code == 200
     for _ in range(3):
-        r = httpx.post(f"{mserver.url}/v1/models/mlp:predict", json={"instances": [[0.1] * 32]})
+        r = mserver.http.post("/v1/models/mlp:predict", json={"instances": [[0.1] * 32]})
         assert r.status_code == 200
     with triton_grpc.InferenceServerClient(mserver.grpc_address) as client:
         for _ in range(2):
@@ -36,26 +37,26 @@ def test_counters_and_histograms_match_the_traffic_sent(mserver: ServerProcess) 
             client.infer("mlp", [tensor])
     bad = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "INT64", "data": [1] * 32}]}
     for _ in range(2):
-        assert httpx.post(f"{mserver.url}/v2/models/mlp/infer", json=bad).status_code == 400
-    unknown = httpx.post(f"{mserver.url}/v2/models/nope/infer", json=oip_body("input", x2))
+        assert mserver.http.post("/v2/models/mlp/infer", json=bad).status_code == 400
+    unknown = mserver.http.post("/v2/models/nope/infer", json=oip_body("input", x2))
     assert unknown.status_code == 404
     assert (
-        httpx.put(
-            f"{mserver.management_url}/models/mlp/default",
+        mserver.admin.put(
+            "/models/mlp/default",
             json={"version": 1},
             headers=mserver.auth,
         ).status_code
         == 200
     )
     assert (
-        httpx.put(
-            f"{mserver.management_url}/models/nope/default",
+        mserver.admin.put(
+            "/models/nope/default",
             json={"version": 1},
             headers=mserver.auth,
         ).status_code
         == 404
     )
-    after = scrape(mserver)
+    after = mserver.scrape()
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -91,14 +92,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_grafana_dashboard_and_scrape_config_use_what_the_server_exports(
-    mserver: ServerProcess,
+    mserver: InProcess,
 ) -> None:
     import json
     import re
 
     import yaml
 
-    text = httpx.get(f"{mserver.url}/metrics").text
+    text = mserver.http.get("/metrics").text
     families = {f.name for f in text_string_to_metric_families(text)}
     dashboard = json.loads((ROOT / "deploy/grafana/torchport.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]

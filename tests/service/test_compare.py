@@ -5,31 +5,31 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
 
 import torchport
-from tests.e2e.server import ServerProcess, oip_body, running
+from tests.e2e.server import oip_body
+from tests.inprocess import InProcess, in_process
 
 
 @pytest.fixture(scope="module")
-def cserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[ServerProcess]:
-    with running(tmp_path_factory, "compare", [mlp_package]) as proc:
-        yield proc
+def cserver(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path_factory.mktemp("compare") / "store", [mlp_package]) as served:
+        yield served
 
 
 def test_two_versions_are_compared_on_the_recent_requests(
-    cserver: ServerProcess, tmp_path: Path
+    cserver: InProcess, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(3)
     for _ in range(5):
         x = rng.standard_normal((2, 32)).astype(np.float32)
-        r = httpx.post(f"{cserver.url}/v2/models/mlp/infer", json=oip_body("input", x))
+        r = cserver.http.post("/v2/models/mlp/infer", json=oip_body("input", x))
         assert r.status_code == 200
-    compare = f"{cserver.management_url}/models/mlp/compare"
-    same = httpx.get(compare, params={"a": 1, "b": 1}, headers=cserver.auth).json()
+    compare = "/models/mlp/compare"
+    same = cserver.admin.get(compare, params={"a": 1, "b": 1}, headers=cserver.auth).json()
     assert same["samples"] == 5
     assert same["outputs"]["output"]["max_abs_diff"] == 0
     assert set(same["latency_ms"]) == {"1"}
@@ -40,12 +40,10 @@ def test_two_versions_are_compared_on_the_recent_requests(
     torchport.package(
         other, name="mlp", example={"input": np.zeros((1, 32), np.float32)}, out=package
     )
-    uploaded = httpx.post(
-        f"{cserver.management_url}/models/mlp", content=package.read_bytes(), headers=cserver.auth
-    )
+    uploaded = cserver.admin.post("/models/mlp", content=package.read_bytes(), headers=cserver.auth)
     assert uploaded.status_code == 201
     assert uploaded.json()["version"] == 2
-    report = httpx.get(compare, params={"a": 1, "b": 2}, headers=cserver.auth, timeout=60).json()
+    report = cserver.admin.get(compare, params={"a": 1, "b": 2}, headers=cserver.auth).json()
     assert (report["a"], report["b"], report["samples"]) == (1, 2, 5)
     assert report["outputs"]["output"]["max_abs_diff"] > 0.01
     assert report["outputs"]["output"]["rows_differing"] == 10
@@ -62,16 +60,14 @@ def test_two_versions_are_compared_on_the_recent_requests(
     ],
 )
 def test_bad_comparisons_are_refused_clearly(
-    cserver: ServerProcess, path: str, params: dict[str, str], status: int
+    cserver: InProcess, path: str, params: dict[str, str], status: int
 ) -> None:
-    httpx.post(
-        f"{cserver.url}/v2/models/mlp/infer", json=oip_body("input", np.zeros((1, 32), np.float32))
-    )
-    response = httpx.get(f"{cserver.management_url}{path}", params=params, headers=cserver.auth)
+    cserver.http.post("/v2/models/mlp/infer", json=oip_body("input", np.zeros((1, 32), np.float32)))
+    response = cserver.admin.get(f"{path}", params=params, headers=cserver.auth)
     assert response.status_code == status, response.text
     assert response.json()["code"] in ("invalid_input", "not_found")
 
 
-def test_comparing_needs_the_token(cserver: ServerProcess) -> None:
-    response = httpx.get(f"{cserver.management_url}/models/mlp/compare", params={"a": 1, "b": 1})
+def test_comparing_needs_the_token(cserver: InProcess) -> None:
+    response = cserver.admin.get("/models/mlp/compare", params={"a": 1, "b": 1})
     assert response.status_code == 401

@@ -1,13 +1,13 @@
-"""Bad requests get a 4xx JSON error naming the field and the problem; never a 500 or a hang."""
+"""Bad requests get a 4xx JSON error naming the field and the problem; never a 500 or a
+hang (the inference app, in process)."""
 
 from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
-from tests.e2e.server import ServerProcess
+from tests.inprocess import InProcess
 
 ROW = [0.0] * 32
 
@@ -109,35 +109,35 @@ CASES = [
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "message"), CASES)
 def test_bad_requests_get_a_json_4xx_naming_the_problem(
-    server: ServerProcess,
+    served: InProcess,
     method: str,
     path: str,
     kwargs: dict[str, object],
     status: int,
     message: str,
 ) -> None:
-    response = httpx.request(method, f"{server.url}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+    response = served.http.request(method, path, **kwargs)  # type: ignore[arg-type]
     assert response.status_code == status, response.text
     body = response.json()
     assert message in body["error"], body
 
 
-def test_the_binary_header_length_is_checked(server: ServerProcess) -> None:
+def test_the_binary_header_length_is_checked(served: InProcess) -> None:
     header = json.dumps(infer_body(parameters={"binary_data_size": 128}, data=None)).encode()
     for value, message in (
         ("abc", "not a number"),
         ("999999", "outside the body"),
         ("0", "outside the body"),
     ):
-        response = httpx.post(
-            f"{server.url}/v2/models/mlp/infer",
+        response = served.http.post(
+            "/v2/models/mlp/infer",
             content=header + b"\0" * 128,
             headers={"Inference-Header-Content-Length": value},
         )
         assert response.status_code == 400, response.text
         assert message in response.json()["error"]
-    trailing = httpx.post(
-        f"{server.url}/v2/models/mlp/infer",
+    trailing = served.http.post(
+        "/v2/models/mlp/infer",
         content=header + b"\0" * 130,
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
@@ -148,17 +148,17 @@ def test_the_binary_header_length_is_checked(server: ServerProcess) -> None:
     )
 
 
-def test_an_oversized_body_is_refused_with_413(server: ServerProcess) -> None:
+def test_an_oversized_body_is_refused_with_413(served: InProcess) -> None:
     big = b"[" + b"0.0," * (2 * 1024 * 1024) + b"0.0]"
-    response = httpx.post(f"{server.url}/v2/models/mlp/infer", content=big, timeout=60)
+    response = served.http.post("/v2/models/mlp/infer", content=big)
     assert response.status_code == 413
     assert "over the limit" in response.json()["error"]
-    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert served.http.get("/v2/health/ready").status_code == 200
 
 
-def test_text_that_is_not_utf8_is_refused(server: ServerProcess) -> None:
-    response = httpx.post(
-        f"{server.url}/predictions/minilm",
+def test_text_that_is_not_utf8_is_refused(served: InProcess) -> None:
+    response = served.http.post(
+        "/predictions/minilm",
         content=b"\xff\xfe\xfd",
         headers={"Content-Type": "application/octet-stream"},
     )
@@ -166,8 +166,8 @@ def test_text_that_is_not_utf8_is_refused(server: ServerProcess) -> None:
     assert "not UTF-8" in response.json()["error"]
 
 
-def test_an_empty_batch_is_refused(server: ServerProcess) -> None:
+def test_an_empty_batch_is_refused(served: InProcess) -> None:
     body = {"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES", "data": []}]}
-    response = httpx.post(f"{server.url}/v2/models/minilm/infer", json=body)
+    response = served.http.post("/v2/models/minilm/infer", json=body)
     assert response.status_code == 400
     assert "empty batch" in response.json()["error"]

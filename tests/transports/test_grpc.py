@@ -1,4 +1,5 @@
-"""Open Inference Protocol v2 over gRPC, with standard clients, against the real server."""
+"""Open Inference Protocol v2 over gRPC, with standard clients, against the gRPC servicer
+in process (a grpc.aio server on a loopback port, as the server runs it)."""
 
 from __future__ import annotations
 
@@ -20,23 +21,24 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 import torchport
-from tests.e2e.conftest import EVERY_DATATYPE
-from tests.e2e.server import TOKEN, ServerProcess, scrape, value
+from tests.conftest import EVERY_DATATYPE
+from tests.e2e.server import TOKEN, value
+from tests.inprocess import InProcess
 from torchport.transports.grpc.convert import CONTENTS_FIELD, pb
 from torchport.transports.grpc.convert import stub as plain_stub
 from torchport.types import Datatype
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(server.grpc_address) as c:
+def client(served: InProcess) -> Iterator[triton.InferenceServerClient]:
+    with triton.InferenceServerClient(served.grpc_address) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def stub(server: ServerProcess) -> Iterator[Any]:
+def stub(served: InProcess) -> Iterator[Any]:
     """A plain grpcio client built from torchport's .proto, no tritonclient involved."""
-    with grpc.insecure_channel(server.grpc_address) as channel:
+    with grpc.insecure_channel(served.grpc_address) as channel:
         yield plain_stub(channel)
 
 
@@ -158,7 +160,7 @@ def test_text_model_with_bytes_input(
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_asyncio_client_under_concurrency(server: ServerProcess, mlp_package: Path) -> None:
+def test_asyncio_client_under_concurrency(served: InProcess, mlp_package: Path) -> None:
     rng = np.random.default_rng(11)
     requests = [
         rng.standard_normal((int(rng.integers(1, 5)), 32)).astype(np.float32) for _ in range(60)
@@ -167,7 +169,7 @@ def test_asyncio_client_under_concurrency(server: ServerProcess, mlp_package: Pa
         want = [m.predict({"input": x})["output"] for x in requests]
 
     async def main() -> list[np.ndarray]:
-        async with triton_aio.InferenceServerClient(server.grpc_address) as c:
+        async with triton_aio.InferenceServerClient(served.grpc_address) as c:
 
             async def one(x: np.ndarray) -> np.ndarray:
                 tensor = triton_aio.InferInput("input", list(x.shape), "FP32")
@@ -225,11 +227,11 @@ def test_shape_and_element_count_mismatch_is_invalid_argument(
 
 
 @pytest.mark.parametrize("body", [b"\xff\xff\xff not protobuf", b"\x0a\x05mlp"])
-def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess, body: bytes) -> None:
+def test_bytes_that_are_no_message_are_invalid_argument(served: InProcess, body: bytes) -> None:
     # Garbage, and a message cut short: the caller's error, never UNKNOWN or INTERNAL.
     labels = {"model": "", "version": "", "protocol": "oip_grpc", "outcome": "invalid_input"}
-    before = value(scrape(server), "torchport_requests_total", **labels)
-    with grpc.insecure_channel(server.grpc_address) as channel:
+    before = value(served.scrape(), "torchport_requests_total", **labels)
+    with grpc.insecure_channel(served.grpc_address) as channel:
         send = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         with pytest.raises(grpc.RpcError) as failed:
             send(body, timeout=30)
@@ -238,12 +240,12 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess, b
     trailing = dict(failed.value.trailing_metadata() or ())
     assert trailing["torchport-error-field"] == "request"
     # Counted as a refused request of no known model, as REST counts a body it cannot read.
-    assert value(scrape(server), "torchport_requests_total", **labels) == before + 1
+    assert value(served.scrape(), "torchport_requests_total", **labels) == before + 1
 
 
-def test_health_and_reflection_refuse_bytes_that_are_no_message(server: ServerProcess) -> None:
+def test_health_and_reflection_refuse_bytes_that_are_no_message(served: InProcess) -> None:
     garbage = b"\xff\xff\xff not protobuf"
-    with grpc.insecure_channel(server.grpc_address) as channel:
+    with grpc.insecure_channel(served.grpc_address) as channel:
         calls = [
             lambda: channel.unary_unary("/grpc.health.v1.Health/Check")(garbage, timeout=30),
             lambda: next(channel.unary_stream("/grpc.health.v1.Health/Watch")(garbage)),
@@ -325,8 +327,8 @@ def test_repository_calls_need_the_token(client: triton.InferenceServerClient) -
     assert unknown.value.status() == "StatusCode.NOT_FOUND"
 
 
-def test_grpc_health_checking_and_reflection(server: ServerProcess) -> None:
-    with grpc.insecure_channel(server.grpc_address) as channel:
+def test_grpc_health_checking_and_reflection(served: InProcess) -> None:
+    with grpc.insecure_channel(served.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))
@@ -349,7 +351,7 @@ def test_grpc_health_checking_and_reflection(server: ServerProcess) -> None:
 
 @pytest.mark.parametrize("package", ["grpc.reflection.v1alpha", "grpc.reflection.v1"])
 def test_reflection_answers_each_request_before_the_next_is_sent(
-    server: ServerProcess, package: str
+    served: InProcess, package: str
 ) -> None:
     # As grpcurl uses it: one stream, one question at a time, each answer awaited; newer
     # tools ask the stable v1 service first, older ones v1alpha (the same messages).
@@ -359,7 +361,7 @@ def test_reflection_answers_each_request_before_the_next_is_sent(
         while (question := questions.get()) is not None:
             yield question
 
-    with grpc.insecure_channel(server.grpc_address) as channel:
+    with grpc.insecure_channel(served.grpc_address) as channel:
         answers = channel.stream_stream(
             f"/{package}.ServerReflection/ServerReflectionInfo",
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
