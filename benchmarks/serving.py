@@ -192,8 +192,8 @@ def grpc_body(model: str, work: Path, address: str) -> tuple[Path, int]:
     import grpc
     import numpy as np
 
+    from torchport.tensors import to_raw
     from torchport.transports.grpc.convert import pb, stub
-    from torchport.types import to_raw
 
     request = pb.ModelInferRequest(model_name=model)
     if model == "mlp":

@@ -9,15 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from torchport.errors import InvalidInput
-from torchport.types import (
-    Datatype,
-    Signature,
-    TensorSpec,
-    as_numpy,
-    json_to_arrays,
-    to_array,
-    to_jsonable,
-)
+from torchport.tensors import as_numpy, json_to_arrays, to_array, to_jsonable
+from torchport.types import Datatype, Signature, TensorSpec
 
 NUMERIC = [d for d in Datatype if d is not Datatype.BYTES]
 

@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 
 from torchport.archive import read_package
+from torchport.tensors import to_raw
 from torchport.transports.grpc.convert import pb
-from torchport.types import to_raw
 
 
 def answer_for(package: Path) -> bytes:

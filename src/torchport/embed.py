@@ -16,7 +16,8 @@ from torchport.errors import InvalidInput
 from torchport.runtime import LocalRunner, open_runner
 from torchport.settings import Limits
 from torchport.store import SQLiteStore
-from torchport.types import Signature, Tensors, as_numpy
+from torchport.tensors import as_numpy
+from torchport.types import Signature, Tensors
 
 
 class EmbeddedModel:

@@ -33,13 +33,8 @@ from torchport.errors import InvalidInput, ModelLoadError, PackageError, UnsafeC
 from torchport.runtime import Handler
 from torchport.runtime.handler import HandlerContext
 from torchport.runtime.loader import load_handler, load_model, read_safetensors
-from torchport.types import (
-    Signature,
-    Tensors,
-    as_numpy,
-    infer_spec,
-    to_jsonable,
-)
+from torchport.tensors import as_numpy, infer_spec, to_jsonable
+from torchport.types import Signature, Tensors
 from torchport.version import __version__
 
 

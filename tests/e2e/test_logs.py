@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tests.e2e.server import ServerProcess, oip_body, running
+from torchport.tensors import to_raw
 from torchport.transports.grpc.convert import pb, stub
-from torchport.types import to_raw
 
 
 @pytest.fixture(scope="module")

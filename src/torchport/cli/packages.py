@@ -130,7 +130,7 @@ def predict_cmd(
 ) -> None:
     """Run one prediction in process and print the outputs as JSON."""
     from torchport.embed import load
-    from torchport.types import json_to_arrays, to_jsonable
+    from torchport.tensors import json_to_arrays, to_jsonable
 
     data = _read_json(None if str(input_path) == "-" else input_path, "input")
     if not isinstance(data, dict):

@@ -26,7 +26,8 @@ from torchport.archive import Manifest, read_package
 from torchport.errors import ModelLoadError, TorchportError, Unavailable
 from torchport.runtime.placement import Placement, Workers
 from torchport.settings import Limits
-from torchport.types import Datatype, Signature, Tensors, from_raw, to_raw
+from torchport.tensors import from_raw, to_raw
+from torchport.types import Datatype, Signature, Tensors
 
 log = logging.getLogger("torchport.workers")
 

@@ -22,7 +22,8 @@ from torchport.runtime.handler import Handler
 from torchport.runtime.loader import compile_model, handler_context, load_handler, load_model
 from torchport.runtime.placement import Placement, Workers
 from torchport.settings import Limits
-from torchport.types import Signature, Tensors, json_to_arrays, to_array
+from torchport.tensors import json_to_arrays, to_array
+from torchport.types import Signature, Tensors
 
 
 @runtime_checkable

@@ -27,7 +27,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 from torchport.errors import InvalidInput, TorchportError
 from torchport.service.dataplane import InferRequest, InferResponse
 from torchport.service.registry import VersionState
-from torchport.types import Array, Datatype, Signature, Tensors, element_count, from_raw, to_raw
+from torchport.tensors import element_count, from_raw, to_raw
+from torchport.types import Array, Datatype, Signature, Tensors
 
 DESCRIPTORS = Path(__file__).with_name("proto") / "inference.binpb"
 POOL = descriptor_pool.DescriptorPool()

@@ -15,10 +15,11 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import DataPlane, InferRequest
+from torchport.tensors import to_array
 from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
-from torchport.types import Signature, Tensors, to_array
+from torchport.types import Signature, Tensors
 
 
 def instances_to_inputs(instances: Any, signature: Signature) -> Tensors:

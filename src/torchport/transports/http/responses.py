@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from torchport.errors import TorchportError
-from torchport.types import to_jsonable
+from torchport.tensors import to_jsonable
 
 log = logging.getLogger("torchport.http")
 

@@ -31,12 +31,13 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from torchport.service.dataplane import DataPlane, InferRequest
+from torchport.tensors import to_array
 from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import decode_document, encode_response
 from torchport.transports.http.params import timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
-from torchport.types import Datatype, Signature, Tensors, TensorSpec, to_array
+from torchport.types import Datatype, Signature, Tensors, TensorSpec
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
 FORM = "application/x-www-form-urlencoded"

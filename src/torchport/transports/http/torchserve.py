@@ -18,10 +18,11 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import DataPlane, InferRequest
+from torchport.tensors import to_array
 from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
-from torchport.types import Datatype, Signature, Tensors, to_array
+from torchport.types import Datatype, Signature, Tensors
 
 
 def body_to_inputs(body: bytes, content_type: str, signature: Signature) -> tuple[Tensors, bool]:
