@@ -12,7 +12,7 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchport-ray-1`, `torchport-ray-2` (`--targets` to add them): `torchport serve --backend
   ray` on a local Ray, the version on 1 or 2 replicas (torchport's front end and batching);
 - `ray-app`: `torchport ray deploy` (the package as a plain Ray Serve application: Ray's
-  proxy and Ray's `@serve.batch` in the replicas), 2 replicas;
+  proxy, and in each replica torchport's own inference app and batching), 2 replicas;
 - `ray-plain`: Ray Serve's own plain deployment of the same model, 2 replicas, its HTTP
   proxy, no batching (peers/ray_app.py): the anchor for the Ray path;
 - `torchport-torchscript`, `torchport-onnx`, `torchport-exported` (`--targets` to add
