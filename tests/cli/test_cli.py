@@ -1,12 +1,16 @@
-"""The `torchport` command, run as a user runs it: a real process, real files."""
+"""The `torchport` command on real files: its entry point in this process (`cli`), and as a
+user runs it, a real process (`run`) where the process is what is tested."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from safetensors.torch import save_file
 
 import torchport
 from tests.helpers import rewrite
+from torchport.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +35,29 @@ def run(
         input=stdin,
         timeout=300,
     )
+
+
+def cli(
+    *args: str | Path, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`torchport ARGS` through the same entry point (`main`), in this process: its exit
+    status, standard output and standard error, with no interpreter to start."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["torchport", *map(str, args)]
+    code: int | str | None = 0
+    with (
+        mock.patch.object(sys, "argv", argv),
+        mock.patch.object(sys, "stdin", io.StringIO(stdin or "")),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        contextlib.chdir(cwd or Path.cwd()),
+    ):
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -83,16 +111,16 @@ def test_package_from_an_exported_program_or_torchscript(
     workdir: Path, flag: tuple[str, str]
 ) -> None:
     out = f"{flag[0][2:]}.tpa"
-    result = run(
+    result = cli(
         "package", "--name", "mlp", *flag, "--example", "example.json", "-o", out, cwd=workdir
     )
     assert result.returncode == 0, result.stderr
-    shown = run("inspect", out, "--json", cwd=workdir)
+    shown = cli("inspect", out, "--json", cwd=workdir)
     assert json.loads(shown.stdout)["model"]["kind"] == flag[0][2:]
 
 
 def test_predict_reads_stdin(workdir: Path, mlp_package: Path) -> None:
-    result = run("predict", mlp_package, "--input", "-", stdin=json.dumps({"input": [[0.0] * 32]}))
+    result = cli("predict", mlp_package, "--input", "-", stdin=json.dumps({"input": [[0.0] * 32]}))
     assert result.returncode == 0, result.stderr
     assert np.array(json.loads(result.stdout)["output"]).shape == (1, 8)
 
@@ -102,15 +130,15 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(
 ) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({"input": [[1.0, 2.0]]}))
     assert_one_line_error(
-        run("predict", mlp_package, "--input", tmp_path / "bad.json"),
+        cli("predict", mlp_package, "--input", tmp_path / "bad.json"),
         "tensor 'input'", "expected shape [-1, 32]", "got [1, 2]",
     )  # fmt: skip
     (tmp_path / "broken.json").write_text("{")
     assert_one_line_error(
-        run("predict", mlp_package, "--input", tmp_path / "broken.json"), "not valid JSON"
+        cli("predict", mlp_package, "--input", tmp_path / "broken.json"), "not valid JSON"
     )
     assert_one_line_error(
-        run("predict", tmp_path / "nope.tpa", "--input", tmp_path / "bad.json"), "does not exist"
+        cli("predict", tmp_path / "nope.tpa", "--input", tmp_path / "bad.json"), "does not exist"
     )
 
     def tamper(files: dict[str, bytes]) -> dict[str, bytes]:
@@ -119,13 +147,13 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(
 
     tampered = rewrite(mlp_package, tmp_path / "tampered.tpa", tamper)
     assert_one_line_error(
-        run("inspect", tampered), "weights.safetensors", "changed after packaging"
+        cli("inspect", tampered), "weights.safetensors", "changed after packaging"
     )
     (tmp_path / "w.pkl").write_bytes(b"\x80\x04K\x01.")
     model = ROOT / "examples/mlp/model.py:build"
     example = workdir / "example.json"
     assert_one_line_error(
-        run("package", "--name", "m", "--model", model, "--weights", tmp_path / "w.pkl",
+        cli("package", "--name", "m", "--model", model, "--weights", tmp_path / "w.pkl",
             "--example", example, "-o", tmp_path / "m.tpa"),
         "pickles are refused",
     )  # fmt: skip
@@ -137,20 +165,20 @@ def test_store_commands_register_promote_rollback_and_audit(
 ) -> None:
     store = tmp_path / "store"
     for _ in range(2):
-        added = run("store", "add", mlp_package, "--store", store)
+        added = cli("store", "add", mlp_package, "--store", store)
         assert added.returncode == 0, added.stderr
     assert "registered mlp v2" in added.stdout
-    listed = json.loads(run("store", "list", "--store", store, "--json").stdout)
+    listed = json.loads(cli("store", "list", "--store", store, "--json").stdout)
     assert listed == [{"name": "mlp", "default": 1, "previous": None, "versions": [1, 2]}]
-    assert run("store", "promote", "mlp", "2", "--store", store).returncode == 0
-    assert_one_line_error(run("store", "delete", "mlp", "2", "--store", store), "is the default")
-    assert "default is v1" in run("store", "rollback", "mlp", "--store", store).stdout
-    assert run("store", "delete", "mlp", "2", "--store", store).returncode == 0
-    audit = run("store", "audit", "--store", store).stdout
+    assert cli("store", "promote", "mlp", "2", "--store", store).returncode == 0
+    assert_one_line_error(cli("store", "delete", "mlp", "2", "--store", store), "is the default")
+    assert "default is v1" in cli("store", "rollback", "mlp", "--store", store).stdout
+    assert cli("store", "delete", "mlp", "2", "--store", store).returncode == 0
+    audit = cli("store", "audit", "--store", store).stdout
     for action in ("upload", "promote", "rollback", "delete"):
         assert action in audit
-    assert "consistent" in run("store", "verify", "--store", store).stdout
-    predicted = run("predict", "mlp", "--store", store, "--input", "-", stdin='{"input": [[0.0]]}')
+    assert "consistent" in cli("store", "verify", "--store", store).stdout
+    predicted = cli("predict", "mlp", "--store", store, "--input", "-", stdin='{"input": [[0.0]]}')
     assert_one_line_error(predicted, "expected shape [-1, 32]")
 
 
@@ -162,13 +190,13 @@ def test_examples_register_fills_an_empty_store_once(
     for p in (mlp_package, digits_package, minilm_package):
         shutil.copy(p, built / p.name)
     store = tmp_path / "store"
-    first = run("examples", "register", "--store", store, "--out", built)
+    first = cli("examples", "register", "--store", store, "--out", built)
     assert first.returncode == 0, first.stderr
-    again = run("examples", "register", "--store", store, "--out", built)
+    again = cli("examples", "register", "--store", store, "--out", built)
     assert again.stdout.count("already in") == 3
     listed = {
         m["name"]: m["versions"]
-        for m in json.loads(run("store", "list", "--store", store, "--json").stdout)
+        for m in json.loads(cli("store", "list", "--store", store, "--json").stdout)
     }
     assert listed == {"mlp": [1], "digits": [1], "minilm": [1]}
 

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import yaml
 
-from tests.cli.test_cli import assert_one_line_error, run
+from tests.cli.test_cli import assert_one_line_error, cli
 from tests.e2e.server import oip_body, wait_ready
 from torchport.deploy import GRPC_PORT, HTTP_PORT, parse_dockerfile
 from torchport.version import __version__
@@ -33,7 +33,7 @@ ROW = np.linspace(-1, 1, 32, dtype=np.float32)[None]
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, mlp_package: Path) -> Path:
     out = tmp_path_factory.mktemp("deploy") / "mlp"
-    done = run("build", mlp_package, "-o", out, "--image", "registry.example/mlp:1",
+    done = cli("build", mlp_package, "-o", out, "--image", "registry.example/mlp:1",
                "--replicas", "3", "--max-replicas", "6", "--cpu", "500m")  # fmt: skip
     assert done.returncode == 0, done.stderr
     return out
@@ -194,20 +194,20 @@ def _healthcheck(deployed: Path) -> str:
 
 
 def test_build_refuses_bad_options(mlp_package: Path, tmp_path: Path) -> None:
-    assert_one_line_error(run("build", mlp_package, "-o", tmp_path / "a", "--cpu", "lots"),
+    assert_one_line_error(cli("build", mlp_package, "-o", tmp_path / "a", "--cpu", "lots"),
                           "--cpu 'lots' is not a quantity")  # fmt: skip
     assert_one_line_error(
-        run("build", mlp_package, "-o", tmp_path / "b", "--replicas", "4", "--max-replicas", "2"),
+        cli("build", mlp_package, "-o", tmp_path / "b", "--replicas", "4", "--max-replicas", "2"),
         "at most --max-replicas",
     )
-    assert_one_line_error(run("build", tmp_path / "none.tpa"), "does not exist")
+    assert_one_line_error(cli("build", tmp_path / "none.tpa"), "does not exist")
 
 
 def test_build_ray_writes_a_kuberay_rayservice(mlp_package: Path, tmp_path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     out = tmp_path / "mlp-ray"
-    done = run("build", mlp_package, "-o", out, "--ray", "--replicas", "2", "--max-replicas", "4")
+    done = cli("build", mlp_package, "-o", out, "--ray", "--replicas", "2", "--max-replicas", "4")
     assert done.returncode == 0, done.stderr
     assert "torchport[serve,ray]==" in (out / "Dockerfile").read_text()
     service = load(out / "ray" / "rayservice.yaml")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import torchport
-from tests.cli.test_cli import assert_one_line_error, run
+from tests.cli.test_cli import assert_one_line_error, cli
 from torchport.archive import read_package
 
 
@@ -17,7 +17,7 @@ def test_bench_measures_each_runtime_and_saves_the_fastest(
     mlp_package: Path, tmp_path: Path
 ) -> None:
     fastest = tmp_path / "fastest.tpa"
-    done = run("bench", mlp_package, "--quick", "-r", "eager", "-r", "torchscript", "-r",
+    done = cli("bench", mlp_package, "--quick", "-r", "eager", "-r", "torchscript", "-r",
                "onnx", "--save-fastest", fastest, "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -43,16 +43,16 @@ def test_bench_measures_each_runtime_and_saves_the_fastest(
 def test_bench_shows_a_table_and_names_a_runtime_that_cannot_run(
     mlp_package: Path, branchy_package: Path
 ) -> None:
-    done = run("bench", mlp_package, "--quick", "-r", "eager", "-r", "compiled")
+    done = cli("bench", mlp_package, "--quick", "-r", "eager", "-r", "compiled")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[1].split()[:4] == ["runtime", "p50", "ms", "p99"]
     assert lines[2].startswith("eager")
     assert lines[3].startswith("compiled")
-    branchy = run("bench", branchy_package, "--quick", "-r", "eager", "-r", "exported", "--json")
+    branchy = cli("bench", branchy_package, "--quick", "-r", "eager", "-r", "exported", "--json")
     assert branchy.returncode == 0, branchy.stderr
     eager, exported = json.loads(branchy.stdout)["results"]
     assert eager["ok"]
     assert not exported["ok"]
     assert exported["reason"].startswith("torch.export failed")
-    assert_one_line_error(run("bench", mlp_package, "-r", "tensorrt"), "unknown runtime 'tensorrt'")
+    assert_one_line_error(cli("bench", mlp_package, "-r", "tensorrt"), "unknown runtime 'tensorrt'")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import torchport
-from tests.cli.test_cli import assert_one_line_error, run
+from tests.cli.test_cli import assert_one_line_error, cli
 from tests.e2e.server import running
 from tests.export.conftest import Exporter
 from torchport.agreement import Tolerance
@@ -222,15 +222,15 @@ def test_tolerances_are_per_datatype_and_exact_for_integers() -> None:
 def test_the_cli_prints_the_report_and_refuses_a_failing_export(
     mlp_package: Path, branchy_package: Path, tmp_path: Path
 ) -> None:
-    done = run("export", mlp_package, "--to", "exported", "-o", tmp_path / "m.tpa", "--check",
+    done = cli("export", mlp_package, "--to", "exported", "-o", tmp_path / "m.tpa", "--check",
                "--write-inputs", tmp_path / "inputs.txt")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "parity passed" in done.stdout
     [(name, x)] = parse_tensors((tmp_path / "inputs.txt").read_text())
     assert (name, x.shape, x.dtype) == ("input_0", (2, 32), np.float32)
     assert "max abs error" in done.stdout
-    failing = run("export", branchy_package, "--to", "torchscript", "-o", tmp_path / "b.tpa")
+    failing = cli("export", branchy_package, "--to", "torchscript", "-o", tmp_path / "b.tpa")
     assert_one_line_error(failing, "does not match the original model", "nothing was written")
     assert not (tmp_path / "b.tpa").exists()
-    assert_one_line_error(run("export", mlp_package, "--to", "tflite"), "--to 'tflite'")
-    assert_one_line_error(run("export", tmp_path / "none.tpa", "--to", "onnx"), "does not exist")
+    assert_one_line_error(cli("export", mlp_package, "--to", "tflite"), "--to 'tflite'")
+    assert_one_line_error(cli("export", tmp_path / "none.tpa", "--to", "onnx"), "does not exist")
