@@ -155,17 +155,22 @@ def echo_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served(
-    tmp_path_factory: pytest.TempPathFactory,
+def served_packages(
     mlp_package: Path,
     digits_package: Path,
     minilm_package: Path,
     echo_package: Path,
     slow_package: Path,
+) -> list[Path]:
+    """What the shared servers serve: the example models, `echo` and `slow`."""
+    return [mlp_package, digits_package, minilm_package, echo_package, slow_package]
+
+
+@pytest.fixture(scope="session")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, served_packages: list[Path]
 ) -> Iterator[InProcess]:
-    """The example models, `echo` and `slow` served in this process (see tests/inprocess.py),
-    shared by the protocol tests: they change no model's versions."""
-    store = tmp_path_factory.mktemp("served") / "store"
-    with in_process(store, [mlp_package, digits_package, minilm_package, echo_package,
-                            slow_package]) as server:  # fmt: skip
+    """`served_packages` served in this process (see tests/inprocess.py), shared by the
+    protocol tests: they change no model's versions."""
+    with in_process(tmp_path_factory.mktemp("served") / "store", served_packages) as server:
         yield server

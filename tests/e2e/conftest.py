@@ -15,17 +15,11 @@ from tests.e2e.server import ServerProcess
 
 @pytest.fixture(scope="session")
 def server(
-    tmp_path_factory: pytest.TempPathFactory,
-    mlp_package: Path,
-    digits_package: Path,
-    minilm_package: Path,
-    echo_package: Path,
-    slow_package: Path,
+    tmp_path_factory: pytest.TempPathFactory, served_packages: list[Path]
 ) -> Iterator[ServerProcess]:
     store = tmp_path_factory.mktemp("served") / "store"
-    packages = [mlp_package, digits_package, minilm_package, echo_package, slow_package]
-    proc = ServerProcess(store, packages, TORCHPORT_MAX_REQUEST_BYTES=str(4 * 1024 * 1024)).start()
-    yield proc
+    proc = ServerProcess(store, served_packages, TORCHPORT_MAX_REQUEST_BYTES=str(4 * 1024 * 1024))
+    yield proc.start()
     proc.stop()
 
 

@@ -59,14 +59,8 @@ def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
             raise InvalidInput('the request must be {"instances": [...]}', field="instances")
         signature = service.signature(model, version)
         inputs = instances_to_inputs(doc["instances"], signature)
-        response = await service.infer(
-            InferRequest(
-                model=model,
-                version=version,
-                inputs=inputs,
-                timeout_s=timeout_seconds(request),
-            )
-        )
+        timeout = timeout_seconds(request)
+        response = await service.infer(InferRequest(model, inputs, version, timeout_s=timeout))
         return json_response({"predictions": outputs_to_predictions(response.outputs)})
 
     async def model_status(request: Request) -> Response:

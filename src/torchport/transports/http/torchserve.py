@@ -55,14 +55,8 @@ def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
         body = await read_body(request, max_body)
         signature = service.signature(model, version)
         inputs, single = body_to_inputs(body, request.headers.get("content-type", ""), signature)
-        response = await service.infer(
-            InferRequest(
-                model=model,
-                version=version,
-                inputs=inputs,
-                timeout_s=timeout_seconds(request),
-            )
-        )
+        timeout = timeout_seconds(request)
+        response = await service.infer(InferRequest(model, inputs, version, timeout_s=timeout))
         if not single:
             return json_response({k: json_ready(v) for k, v in response.outputs.items()})
         rows = {k: json_ready(v)[0] for k, v in response.outputs.items()}
