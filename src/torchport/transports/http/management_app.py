@@ -145,12 +145,12 @@ def build_management_app(
         info = await run_in_threadpool(
             lambda: management.promote(model, version, actor=_actor(request))
         )
-        return json_response(model_json(info, management.states(model)))
+        return json_response(model_json(info, await run_in_threadpool(management.states, model)))
 
     async def rollback(request: Request) -> Response:
         model, _ = model_and_version(request)
         info = await run_in_threadpool(lambda: management.rollback(model, actor=_actor(request)))
-        return json_response(model_json(info, management.states(model)))
+        return json_response(model_json(info, await run_in_threadpool(management.states, model)))
 
     async def delete_version(request: Request) -> Response:
         model, version = model_and_version(request)
