@@ -1,5 +1,6 @@
-"""`torchport ray deploy`: a package as a plain Ray Serve application (Ray's proxy and
-batching), on a real local Ray bound to 127.0.0.1, and its Serve config checked by Ray."""
+"""`torchport ray deploy`: a package as a plain Ray Serve application (Ray's proxy in front,
+torchport's inference app in each replica), on a real local Ray bound to 127.0.0.1, and its
+Serve config checked by Ray."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def test_a_package_runs_as_a_ray_serve_application(mlp_package: Path, tmp_path: 
     with torchport.load(mlp_package) as model:
         want = [model.predict({"input": x})["output"] for x in rows]
     with ray_app(mlp_package, tmp_path / "ray.log", "--replicas", "2") as url:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # batched by Ray
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # batched in the replicas
             got = pool.map(lambda x: output(infer(url, x)), rows)
             for answer, expected in zip(got, want, strict=True):
                 np.testing.assert_allclose(answer, expected, atol=1e-5)
@@ -94,6 +95,16 @@ def test_a_package_runs_as_a_ray_serve_application(mlp_package: Path, tmp_path: 
         assert bad.status_code == 400
         assert bad.json()["field"] == "input"
         assert httpx.get(f"{url}/v2/models/nope").status_code == 404
+        # Each replica is torchport's own inference app: every protocol, and its metrics.
+        sample = httpx.post(f"{url}/predictions/mlp", json=rows[0][0].tolist())
+        np.testing.assert_allclose(sample.json(), want[0][0], atol=1e-5)
+        assert httpx.get(f"{url}/v2/models/mlp").json()["versions"] == ["1"]
+        metrics = httpx.get(f"{url}/metrics")
+        assert metrics.status_code == 200
+        assert (
+            'torchport_requests_total{model="mlp",outcome="ok",protocol="oip_rest",version="1"}'
+            in metrics.text
+        )
 
         # A replica killed under load: Ray's proxy retries what had not reached it; a
         # request running on it at that moment gets Ray's error answer. None hangs.
