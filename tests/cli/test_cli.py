@@ -212,3 +212,17 @@ def test_serve_on_a_port_in_use_fails_with_one_line(tmp_path: Path) -> None:
             "serve", "--store", tmp_path / "s", "--http-port", port, "--management-port", "0"
         )
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [("TORCHPORT_TOKEN", "$TORCHPORT_TOKEN"), ("/s/token", "$(cat /s/token)")],
+)
+def test_the_management_curl_hint_reads_the_token_where_it_is(source: str, shown: str) -> None:
+    from torchport.cli.serve import try_lines
+    from torchport.server import ServerInfo
+
+    info = ServerInfo("http://127.0.0.1:8080", "127.0.0.1:8081", "http://127.0.0.1:8082",
+                      Path("/s"), source, [("mlp", 1)], 1.0)  # fmt: skip
+    [hint] = [line for line in try_lines(info) if "8082" in line]
+    assert f'"Authorization: Bearer {shown}"' in hint

@@ -108,8 +108,8 @@ def try_lines(info: object) -> list[str]:
             f"curl {url}/predictions/minilm -H 'Content-Type: text/plain' -d 'hello world'"
         )
     if info.management_url:
-        lines.append(
-            f'curl -H "Authorization: Bearer $(cat {info.token_source})" '
-            f"{info.management_url}/models"
-        )
+        # The token from the environment variable it came from, else from its file.
+        source = info.token_source
+        token = f"${source}" if source == "TORCHPORT_TOKEN" else f"$(cat {source})"
+        lines.append(f'curl -H "Authorization: Bearer {token}" {info.management_url}/models')
     return lines
