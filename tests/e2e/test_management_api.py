@@ -1,19 +1,21 @@
-"""`torchport models` against a real server, and a restart that brings every model back
-(the management routes themselves: tests/transports/test_management_app.py)."""
+"""`torchport models` (its entry point, in this process) against a real server, and a
+restart that brings every model back (the management routes themselves:
+tests/transports/test_management_app.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 
+from tests.cli.test_cli import cli
 from tests.e2e.server import TOKEN, ServerProcess, running
 
 ROW = [0.5] * 32
@@ -32,42 +34,28 @@ def api(server: ServerProcess, method: str, path: str, **kwargs: Any) -> httpx.R
 
 
 def test_torchport_models_cli_drives_the_api(mserver: ServerProcess, mlp_package: Path) -> None:
-    env = {
-        **os.environ,
-        "TORCHPORT_TOKEN": TOKEN,
-        "TORCHPORT_MANAGEMENT_URL": mserver.management_url,
-    }
+    env = {"TORCHPORT_TOKEN": TOKEN, "TORCHPORT_MANAGEMENT_URL": mserver.management_url}
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "torchport", "models", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    def models(*args: str, **changed: str) -> subprocess.CompletedProcess[str]:
+        with mock.patch.dict(os.environ, {**env, **changed}):
+            return cli("models", *args)
 
-    uploaded = cli("upload", str(mlp_package), "--name", "cli-model")
+    uploaded = models("upload", str(mlp_package), "--name", "cli-model")
     assert uploaded.returncode == 0, uploaded.stderr
     assert "cli-model v1 registered" in uploaded.stdout
-    listed = json.loads(cli("list", "--json").stdout)
+    listed = json.loads(models("list", "--json").stdout)
     assert "cli-model" in {m["name"] for m in listed}
-    assert "cli-model" in cli("list").stdout
-    assert cli("upload", str(mlp_package), "--name", "cli-model").returncode == 0
-    assert "default v2" in cli("promote", "cli-model", "2").stdout
-    assert "default v1" in cli("rollback", "cli-model").stdout
-    shown = cli("show", "cli-model")
+    assert "cli-model" in models("list").stdout
+    assert models("upload", str(mlp_package), "--name", "cli-model").returncode == 0
+    assert "default v2" in models("promote", "cli-model", "2").stdout
+    assert "default v1" in models("rollback", "cli-model").stdout
+    shown = models("show", "cli-model")
     assert "promote" in shown.stdout
     assert "input" in shown.stdout
-    refused = cli("delete", "cli-model", "1")
+    refused = models("delete", "cli-model", "1")
     assert refused.returncode == 1
     assert refused.stderr.strip().startswith("error: version 1 is the default")
-    wrong = subprocess.run(
-        [sys.executable, "-m", "torchport", "models", "list"],
-        env={**env, "TORCHPORT_TOKEN": "x" * 20},
-        capture_output=True,
-        text=True,
-    )
+    wrong = models("list", TORCHPORT_TOKEN="x" * 20)
     assert wrong.returncode == 1
     assert "wrong bearer token" in wrong.stderr
 

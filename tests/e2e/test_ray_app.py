@@ -23,7 +23,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 import torchport
-from tests.cli.test_cli import assert_one_line_error, run
+from tests.cli.test_cli import assert_one_line_error, cli
 from tests.e2e.server import free_port, oip_body, wait_ready
 from torchport.archive import read_package
 
@@ -157,7 +157,7 @@ def test_replicas_autoscale_from_the_packages_runtime_config(tmp_path: Path) -> 
 
 def test_the_serve_config_is_one_ray_accepts(mlp_package: Path, tmp_path: Path) -> None:
     config = tmp_path / "serve.yaml"
-    done = run("ray", "deploy", mlp_package, "--replicas", "3", "--max-replicas", "5",
+    done = cli("ray", "deploy", mlp_package, "--replicas", "3", "--max-replicas", "5",
                "--config-out", config, "--config-only")  # fmt: skip
     assert done.returncode == 0, done.stderr
     doc = yaml.safe_load(config.read_text())
@@ -166,10 +166,10 @@ def test_the_serve_config_is_one_ray_accepts(mlp_package: Path, tmp_path: Path) 
     assert application["import_path"] == "torchport.ray_app:build_app"
     assert (application["args"]["replicas"], application["args"]["max_replicas"]) == (3, 5)
     assert application["args"]["package"] == str(mlp_package.resolve())
-    assert_one_line_error(run("ray", "deploy", mlp_package, "--config-only"), "--config-out")
-    assert_one_line_error(run("ray", "deploy", tmp_path / "none.tpa"), "does not exist")
+    assert_one_line_error(cli("ray", "deploy", mlp_package, "--config-only"), "--config-out")
+    assert_one_line_error(cli("ray", "deploy", tmp_path / "none.tpa"), "does not exist")
     assert_one_line_error(
-        run("ray", "deploy", mlp_package, "--replicas", "3", "--max-replicas", "2"),
+        cli("ray", "deploy", mlp_package, "--replicas", "3", "--max-replicas", "2"),
         "--max-replicas (2) is below the replicas (3)",
     )
 
