@@ -40,22 +40,13 @@ def test_counters_and_histograms_match_the_traffic_sent(mserver: InProcess) -> N
         assert mserver.http.post("/v2/models/mlp/infer", json=bad).status_code == 400
     unknown = mserver.http.post("/v2/models/nope/infer", json=oip_body("input", x2))
     assert unknown.status_code == 404
-    assert (
-        mserver.admin.put(
-            "/models/mlp/default",
-            json={"version": 1},
-            headers=mserver.auth,
-        ).status_code
-        == 200
-    )
-    assert (
-        mserver.admin.put(
-            "/models/nope/default",
-            json={"version": 1},
-            headers=mserver.auth,
-        ).status_code
-        == 404
-    )
+
+    def promote(model: str) -> int:
+        path = f"/models/{model}/default"
+        return mserver.admin.put(path, json={"version": 1}, headers=mserver.auth).status_code
+
+    assert promote("mlp") == 200
+    assert promote("nope") == 404
     after = mserver.scrape()
 
     def delta(name: str, **labels: str) -> float:

