@@ -121,3 +121,15 @@ class NotAcceptable(InvalidInput):
     """An `Accept` header asking for an answer in no format the route can write."""
 
     code = "not_acceptable"
+
+
+def error_for(code: str, message: str, field: str | None = None) -> TorchportError:
+    """The error of class `code` (as `TorchportError.code` names it), for errors that come
+    back as plain data from another process."""
+    classes = [TorchportError]
+    while classes:
+        cls = classes.pop()
+        if cls.code == code:
+            return cls(message, field=field)
+        classes.extend(cls.__subclasses__())
+    return TorchportError(message, field=field)

@@ -75,9 +75,14 @@ def _describe_kind(kind: str) -> str:
 
 
 def _bytes_array(value: Any, *, name: str) -> Array:
-    def encode(item: Any) -> Any:
+    def encode(item: Any, depth: int = 0) -> Any:
         if isinstance(item, list | tuple):
-            return [encode(i) for i in item]
+            if depth >= MAX_DIMS:
+                raise InvalidInput(
+                    f"tensor '{name}': data is nested deeper than {MAX_DIMS} dimensions",
+                    field=name,
+                )
+            return [encode(i, depth + 1) for i in item]
         if isinstance(item, bytes):
             return item
         if isinstance(item, str):
@@ -225,10 +230,16 @@ def from_raw(
 
 
 MAX_ELEMENTS = 1 << 31
+MAX_DIMS = 32
+"""numpy's own limit is 64; no model here takes more than a handful."""
 
 
 def element_count(shape: Sequence[int], *, name: str) -> int:
     """The number of elements of a concrete `shape` (no -1), refusing absurd sizes."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(
+            f"tensor '{name}': shape has {len(shape)} dimensions, at most {MAX_DIMS}", field=name
+        )
     count = 1
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
@@ -236,7 +247,8 @@ def element_count(shape: Sequence[int], *, name: str) -> int:
                 f"tensor '{name}': shape {list(shape)} must hold non-negative integers", field=name
             )
         count *= dim
-    if count > MAX_ELEMENTS:
+    # A zero dimension makes any count 0, but numpy still refuses a dimension past intp.
+    if count > MAX_ELEMENTS or any(dim > MAX_ELEMENTS for dim in shape):
         raise InvalidInput(
             f"tensor '{name}': shape {list(shape)} has too many elements", field=name
         )

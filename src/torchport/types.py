@@ -22,6 +22,14 @@ Array = npt.NDArray[Any]
 Tensors = dict[str, Array]
 
 
+def version_number(raw: str, field: str = "version") -> int:
+    """A version number (1, 2, 3 …) from text: ASCII digits only. `int()` alone also takes
+    `' 3'`, `'1_0'` and `'٣'`, and `str.isdigit()` takes `'²'`, which `int()` refuses."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or int(raw) < 1:
+        raise InvalidInput(f"{field} {raw!r} is not a version number (1, 2, 3 …)", field=field)
+    return int(raw)
+
+
 class Datatype(enum.StrEnum):
     """A tensor element type, named as in the Open Inference Protocol."""
 

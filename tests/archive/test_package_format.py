@@ -224,3 +224,68 @@ def test_writing_refuses_unsafe_names_and_leaves_nothing(tmp_path: Path) -> None
         write_package(out, manifest(), {"../f": src})
     assert not out.exists()
     assert list(tmp_path.glob("*.tmp")) == []
+
+
+def _patch_every_header(path: Path, *, flags: int = 0, method: int | None = None) -> Path:
+    """Set general-purpose flag bits or the compression method in every local and central
+    header, as another zip tool (or an attacker) could have written them."""
+    raw = bytearray(path.read_bytes())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = raw.find(signature)
+        while at >= 0:
+            raw[at + flag_at] |= flags
+            if method is not None:
+                raw[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            at = raw.find(signature, at + 4)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_an_encrypted_member_is_refused_before_it_is_read(good: Path, tmp_path: Path) -> None:
+    bad = _patch_every_header(rewrite(good, tmp_path / "enc.tpa", dict), flags=0x1)
+    with pytest.raises(UnsafeContent, match="is encrypted"):
+        read_package(bad)
+
+
+def test_a_compression_method_zipfile_cannot_read_is_refused(good: Path, tmp_path: Path) -> None:
+    bad = _patch_every_header(rewrite(good, tmp_path / "aes.tpa", dict), method=99)
+    with pytest.raises(PackageError, match="compression method 99"):
+        read_package(bad)
+
+
+def test_a_deeply_nested_manifest_is_refused(good: Path, tmp_path: Path) -> None:
+    def nest(files: dict[str, bytes]) -> dict[str, bytes]:
+        files[MANIFEST_NAME] = files[MANIFEST_NAME].rstrip()[:-1] + (
+            b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        )
+        return files
+
+    with pytest.raises(PackageError, match="nested too deeply"):
+        read_package(rewrite(good, tmp_path / "deep.tpa", nest))
+
+
+def test_a_member_that_is_also_a_folder_is_refused_and_nothing_is_unpacked(
+    good: Path, tmp_path: Path
+) -> None:
+    def both(m: dict[str, Any]) -> dict[str, Any]:
+        m["files"]["a"] = m["files"]["a/b"] = m["files"]["labels.txt"]
+        return m
+
+    files = members(edit_manifest(good, tmp_path / "m.tpa", both))
+    files["a"] = files["a/b"] = files["labels.txt"]
+    bad = write_zip(tmp_path / "ab.tpa", files)
+    with pytest.raises(UnsafeContent, match="'a' is both a file and a folder"):
+        unpack_package(bad, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("part", ["inputs", "outputs"])
+def test_an_example_must_name_every_input_and_output(good: Path, tmp_path: Path, part: str) -> None:
+    def example(m: dict[str, Any]) -> dict[str, Any]:
+        ex = {"inputs": {"input": [[0.0] * 4]}, "outputs": {"output": [[0.0] * 2]}}
+        ex[part] = {}
+        m["examples"] = [ex]
+        return m
+
+    with pytest.raises(PackageError, match=rf"examples\[0\]\.{part} lacks"):
+        read_package(edit_manifest(good, tmp_path / "ex.tpa", example))

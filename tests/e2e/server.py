@@ -33,9 +33,12 @@ class ServerProcess:
         packages: list[Path] | None = None,
         *,
         microservice: bool = False,
+        prefix: tuple[str, ...] = (),
         **env: str,
     ) -> None:
         self.store = store
+        self.prefix = prefix
+        """A command the server runs under (`unshare …`), which must exec it in place."""
         self.packages = packages or []
         self.microservice = microservice
         self.env = env
@@ -61,6 +64,11 @@ class ServerProcess:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}"}
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def start(self, timeout: float = 120.0) -> ServerProcess:
         env = {**os.environ, "TORCHPORT_TOKEN": TOKEN, **self.env}
         if self.microservice:  # as a SageMaker container is started: the port from the env
@@ -73,6 +81,7 @@ class ServerProcess:
                 "--management-port", str(self.management_port),
             ]  # fmt: skip
         command = [
+            *self.prefix,
             sys.executable, "-m", "torchport", "serve", *where,
             "--grpc-port", str(self.grpc_port),
             *map(str, self.packages),

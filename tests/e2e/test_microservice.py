@@ -23,6 +23,16 @@ import torchport
 from tests.cli.test_cli import assert_one_line_error, run
 from tests.e2e.server import ServerProcess, oip_body
 
+NPY = "application/x-npy"
+
+
+def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    """A `.npy` file's header alone: version 1.0, padded to 64 bytes."""
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+
+
 ROWS = np.random.default_rng(0).standard_normal((3, 32)).astype(np.float32)
 
 
@@ -133,6 +143,12 @@ def test_invocations_speak_json_csv_and_npy(
         (b"1,2,3\n", {"Content-Type": "text/csv"}, 400, "input", "CSV row 1 has 3 values"),
         (b"1,x\n", {"Content-Type": "text/csv"}, 400, "body", "not a number"),
         (b"not npy", {"Content-Type": "application/x-npy"}, 400, "body", "not a .npy array"),
+        # Headers that claim more than the body holds, or more than numpy can address.
+        (npy_header((1 << 40,)), {"Content-Type": NPY}, 400, "body", "has too many elements"),
+        (npy_header((1 << 70,)), {"Content-Type": NPY}, 400, "body", "has too many elements"),
+        (npy_header((4, 32)), {"Content-Type": NPY}, 400, "body", "the body holds 0"),
+        (npy_header((1,), "|O"), {"Content-Type": NPY}, 400, "body", "Python objects"),
+        (b"1" * 140_000, {"Content-Type": "text/csv"}, 400, "body", "field larger than"),
         (b'{"nope": [1]}', {"Content-Type": "application/json"}, 400, "nope", "unknown input"),
         (b"{", {"Content-Type": "application/json"}, 400, "body", "not valid JSON"),
         (b"", {"Content-Type": "application/json"}, 400, "body", "empty"),

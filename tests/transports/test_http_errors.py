@@ -17,6 +17,12 @@ def infer_body(**tensor: object) -> dict[str, object]:
     return {"inputs": [{**base, **tensor}]}
 
 
+def bytes_nested_990_deep() -> bytes:
+    data = "[" * 990 + '"a"' + "]" * 990  # written out: json.dumps itself would recurse
+    tensor = f'{{"name": "text", "shape": [1], "datatype": "BYTES", "data": {data}}}'
+    return f'{{"inputs": [{tensor}]}}'.encode()
+
+
 CASES = [
     ("POST", "/v2/models/nope/infer", {"json": infer_body()}, 404, "model 'nope' not found"),
     ("POST", "/v2/models/mlp/versions/9/infer", {"json": infer_body()}, 404, "no version 9"),
@@ -101,6 +107,37 @@ CASES = [
         "binary_data_size 128 does not fit",
     ),
     ("POST", "/v1/models/mlp:predict", {"json": {"rows": []}}, 400, '{"instances": [...]}'),
+    # `"²".isdigit()` is true and `int("²")` fails: versions are ASCII digits only.
+    *(
+        (method, path, {"json": body}, 400, "'²' is not a version number")
+        for method, path, body in (
+            ("POST", "/v2/models/mlp/versions/%C2%B2/infer", infer_body()),
+            ("GET", "/v2/models/mlp/versions/%C2%B2", None),
+            ("POST", "/predictions/mlp/%C2%B2", ROW),
+            ("POST", "/v1/models/mlp/versions/%C2%B2:predict", {"instances": [ROW]}),
+        )
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(shape=[0, 1 << 63], data=[])},
+        400,
+        "has too many elements",
+    ),
+    (
+        "POST",
+        "/v2/models/mlp/infer",
+        {"json": infer_body(shape=[1] * 40)},
+        400,
+        "shape has 40 dimensions, at most 32",
+    ),
+    (
+        "POST",
+        "/v2/models/minilm/infer",
+        {"content": bytes_nested_990_deep()},
+        400,
+        "nested deeper than 32 dimensions",
+    ),
     ("POST", "/predictions/nope", {"json": ROW}, 404, "model 'nope' not found"),
     ("GET", "/v2/nothing/here", {}, 404, "no such route"),
     ("DELETE", "/v2/models/mlp/infer", {}, 405, "method not allowed"),
@@ -146,6 +183,19 @@ def test_the_binary_header_length_is_checked(served: InProcess) -> None:
         "does not fit" in trailing.json()["error"]
         or "after the last tensor" in trailing.json()["error"]
     )
+
+
+def test_a_binary_shape_past_numpy_s_limit_is_refused(served: InProcess) -> None:
+    header = json.dumps(
+        infer_body(shape=[0, (1 << 63) - 1], data=None, parameters={"binary_data_size": 0})
+    ).encode()
+    response = served.http.post(
+        "/v2/models/mlp/infer",
+        content=header,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 400, response.text
+    assert "has too many elements" in response.json()["error"]
 
 
 def test_an_oversized_body_is_refused_with_413(served: InProcess) -> None:

@@ -177,6 +177,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PackageError(f"{MANIFEST_NAME} is nested too deeply") from None
     if not isinstance(data, dict):
         raise PackageError(f"{MANIFEST_NAME} must be a JSON object")
     version = data.get("format_version")
@@ -194,7 +196,26 @@ def parse_manifest(raw: bytes) -> Manifest:
     for ref in referenced_files(manifest):
         if ref not in manifest.files:
             raise PackageError(f"{MANIFEST_NAME}: '{ref}' is referenced but not in files")
+    _check_examples(manifest)
     return manifest
+
+
+def _check_examples(manifest: Manifest) -> None:
+    """Every example names exactly the signature's inputs and outputs."""
+    signature = manifest.signature
+    for i, example in enumerate(manifest.examples):
+        for what, got, specs in (
+            ("inputs", example.inputs, signature.inputs),
+            ("outputs", example.outputs, signature.outputs),
+        ):
+            want = {spec.name for spec in specs}
+            if set(got) != want:
+                missing, extra = sorted(want - set(got)), sorted(set(got) - want)
+                problem = f"lacks '{missing[0]}'" if missing else f"has unknown '{extra[0]}'"
+                raise PackageError(
+                    f"{MANIFEST_NAME}: examples[{i}].{what} {problem}",
+                    field=f"examples[{i}].{what}",
+                )
 
 
 def referenced_files(manifest: Manifest) -> list[str]:

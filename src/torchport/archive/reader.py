@@ -17,6 +17,8 @@ from torchport.errors import IntegrityError, NotFound, PackageError, TooLarge, U
 from torchport.settings import Limits
 
 _MANIFEST_MAX = 16 * 1024 * 1024
+_ENCRYPTED = 0x1
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def _check(zf: zipfile.ZipFile, path: Path, limits: Limits) -> Manifest:
     if len(infos) > limits.max_package_files + 1:
         raise TooLarge(f"package {path.name} holds {len(infos)} files, over the limit")
     seen: set[str] = set()
+    folders: set[str] = set()
     total = 0
     for info in infos:
         check_member_name(info.filename)
@@ -96,8 +99,19 @@ def _check(zf: zipfile.ZipFile, path: Path, limits: Limits) -> Manifest:
             raise UnsafeContent(f"package member '{info.filename}' is a directory or a link")
         if info.filename in seen:
             raise UnsafeContent(f"package member '{info.filename}' appears twice")
+        if info.flag_bits & _ENCRYPTED:
+            raise UnsafeContent(f"package member '{info.filename}' is encrypted")
+        if info.compress_type not in _METHODS:
+            raise PackageError(
+                f"package member '{info.filename}' uses zip compression method "
+                f"{info.compress_type}; torchport reads stored or deflated members"
+            )
         seen.add(info.filename)
+        parts = info.filename.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
         total += info.file_size
+    for name in sorted(seen & folders):
+        raise UnsafeContent(f"package member '{name}' is both a file and a folder")
     if total > limits.max_unpacked_bytes:
         raise TooLarge(
             f"package {path.name} unpacks to {total} bytes, over the limit of "

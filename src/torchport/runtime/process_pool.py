@@ -8,6 +8,7 @@ only the batch it held (`Unavailable`, a 503 to the client) and is restarted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -15,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import traceback
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from torchport.archive import Manifest, read_package
-from torchport.errors import ModelLoadError, TorchportError, Unavailable
+from torchport.errors import ModelLoadError, TorchportError, Unavailable, error_for
 from torchport.runtime.placement import Placement, Workers
 from torchport.settings import Limits
 from torchport.tensors import from_raw, to_raw
@@ -35,24 +37,60 @@ _START_TIMEOUT_S = 300.0
 
 
 def _put(tensors: Tensors) -> tuple[list[dict[str, Any]], list[SharedMemory]]:
-    """Copy tensors into new shared-memory blocks; returns their descriptions and blocks."""
-    described, blocks = [], []
-    for name, array in tensors.items():
-        raw = to_raw(array)
-        block = SharedMemory(create=True, size=max(1, len(raw)))
-        assert block.buf is not None
-        block.buf[: len(raw)] = raw
-        blocks.append(block)
-        described.append(
-            {
-                "name": name,
-                "datatype": Datatype.from_numpy(array.dtype).value,
-                "shape": list(array.shape),
-                "block": block.name,
-                "size": len(raw),
-            }
-        )
+    """Copy tensors into new shared-memory blocks; returns their descriptions and blocks.
+
+    Every block's pages are reserved before it is written: a sparse block on a full
+    `/dev/shm` would fault (SIGBUS, killing the process) instead of raising. When there is
+    no room, nothing is left behind and the caller gets `Unavailable` (a 503)."""
+    described: list[dict[str, Any]] = []
+    blocks: list[SharedMemory] = []
+    try:
+        for name, array in tensors.items():
+            raw = to_raw(array)
+            block = _reserved_block(len(raw))
+            blocks.append(block)
+            assert block.buf is not None
+            block.buf[: len(raw)] = raw
+            described.append(
+                {
+                    "name": name,
+                    "datatype": Datatype.from_numpy(array.dtype).value,
+                    "shape": list(array.shape),
+                    "block": block.name,
+                    "size": len(raw),
+                }
+            )
+    except BaseException:
+        _release(blocks)
+        raise
     return described, blocks
+
+
+def _reserved_block(size: int) -> SharedMemory:
+    try:
+        block = SharedMemory(create=True, size=max(1, size))
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot make a shared-memory block of {size} bytes: {exc.strerror}"
+        ) from None
+    try:
+        os.posix_fallocate(block._fd, 0, max(1, size))  # type: ignore[attr-defined]
+    except OSError as exc:
+        _release([block])
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+            raise Unavailable(
+                f"no room in shared memory (/dev/shm) for {size} bytes; give the server a "
+                "larger /dev/shm (docker run --shm-size), or send smaller requests"
+            ) from None
+        raise Unavailable(f"cannot reserve shared memory: {exc.strerror}") from None
+    return block
+
+
+def _release(blocks: list[SharedMemory]) -> None:
+    for block in blocks:
+        block.close()
+        with contextlib.suppress(FileNotFoundError):
+            block.unlink()
 
 
 def _take(described: list[dict[str, Any]], *, unlink: bool) -> Tensors:
@@ -100,7 +138,7 @@ def _worker_main(
     try:
         runner = open_runner(Path(package), Limits(**limits), compile=compile)
     except Exception as exc:
-        _send(conn, {"kind": "error", "message": str(exc)})
+        _send(conn, {"kind": "error", "error": str(exc)})
         return
     _send(conn, {"kind": "ready", "pid": os.getpid()})
     try:
@@ -115,9 +153,19 @@ def _worker_main(
                 described, blocks = _put(outputs)
                 _send(conn, {"kind": "ok", "outputs": described})
             except TorchportError as exc:
-                _send(conn, {"kind": "error", "message": str(exc), "code": exc.code})
+                _send(conn, {"kind": "error", **exc.to_dict()})
             except Exception as exc:
-                _send(conn, {"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
+                # The client gets what an in-process handler's crash gives: the exception's
+                # type only; the server's log gets the traceback.
+                _send(
+                    conn,
+                    {
+                        "kind": "error",
+                        "error": f"internal error: {type(exc).__name__}",
+                        "code": "internal",
+                        "traceback": traceback.format_exc(),
+                    },
+                )
             finally:
                 for block in blocks:
                     # The parent attaches, copies and unlinks; this side only lets go.
@@ -127,6 +175,10 @@ def _worker_main(
         return
     finally:
         runner.close()
+
+
+class WorkerDied(Unavailable):
+    """The worker process died while it held a batch."""
 
 
 class WorkerProcess:
@@ -157,7 +209,7 @@ class WorkerProcess:
             raise ModelLoadError("a worker process died while loading the model") from None
         if hello["kind"] != "ready":
             self.kill()
-            raise ModelLoadError(f"a worker process could not load the model: {hello['message']}")
+            raise ModelLoadError(f"a worker process could not load the model: {hello['error']}")
 
     @property
     def pid(self) -> int:
@@ -172,16 +224,16 @@ class WorkerProcess:
             _send(self.conn, {"kind": "predict", "inputs": described})
             reply = _recv(self.conn)
         except (EOFError, OSError, BrokenPipeError):
-            raise Unavailable(
+            raise WorkerDied(
                 f"the worker process (pid {self.pid}) died while running this batch; "
                 "it is being restarted, retry"
             ) from None
         finally:
-            for block in blocks:
-                block.close()
-                block.unlink()
+            _release(blocks)
         if reply["kind"] != "ok":
-            raise TorchportError(reply["message"])
+            if "traceback" in reply:
+                log.error("worker process %s: %s", self.pid, reply["traceback"].rstrip())
+            raise error_for(reply["code"], reply["error"], reply.get("field"))
         return _take(reply["outputs"], unlink=True)
 
     def kill(self) -> None:
@@ -251,8 +303,11 @@ class ProcessPoolRunner:
             raise Unavailable("no worker process is available") from None
         try:
             result = worker.predict(batch)
-        except Unavailable:
+        except WorkerDied:
             self._replace(worker)
+            raise
+        except BaseException:
+            self._idle.put(worker)  # it answered: the error was the batch's, not the worker's
             raise
         self._idle.put(worker)
         return result

@@ -28,7 +28,7 @@ from torchport.errors import InvalidInput, TorchportError
 from torchport.service.dataplane import InferRequest, InferResponse
 from torchport.service.registry import VersionState
 from torchport.tensors import element_count, from_raw, to_raw
-from torchport.types import Array, Datatype, Signature, Tensors
+from torchport.types import Array, Datatype, Signature, Tensors, version_number
 
 DESCRIPTORS = Path(__file__).with_name("proto") / "inference.binpb"
 POOL = descriptor_pool.DescriptorPool()
@@ -163,13 +163,7 @@ def version_of(raw: str, field: str = "model_version") -> int | None:
     """A version field: empty is the model's default, else a version number."""
     if raw == "":
         return None
-    try:
-        version = int(raw)
-    except ValueError:
-        raise InvalidInput(f"{field} {raw!r} is not a version number", field=field) from None
-    if version < 1:
-        raise InvalidInput(f"{field} {version} is not a version number (1, 2, 3 …)", field=field)
-    return version
+    return version_number(raw, field)
 
 
 def parameters_of(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def _observed(service: DataPlane, route: BaseRoute, protocol: str, model: str = 
         token = request_id.set(new_request_id(given) if given else None)
         params = request.path_params
         version = params.get("version")
-        wanted = int(version) if version and version.isdigit() else None
+        wanted = int(version) if version and version.isascii() and version.isdigit() else None
         try:
             try:
                 with service.track(protocol, params.get("model", model), wanted):

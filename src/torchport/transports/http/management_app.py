@@ -26,6 +26,7 @@ from torchport.store import ModelInfo
 from torchport.transports.http.body import parse_json, read_body, save_body
 from torchport.transports.http.params import model_and_version
 from torchport.transports.http.responses import HANDLERS, error_response, json_response
+from torchport.types import version_number
 
 DASHBOARD = "/dashboard"
 # The page talks only to this origin, draws with its own script and styles, and is never
@@ -180,10 +181,7 @@ def build_management_app(
         model, _ = model_and_version(request)
         versions = []
         for key in ("a", "b"):
-            raw = request.query_params.get(key, "")
-            if not raw.isdigit() or int(raw) < 1:
-                raise InvalidInput(f"query parameter '{key}' must be a version number", field=key)
-            versions.append(int(raw))
+            versions.append(version_number(request.query_params.get(key, ""), key))
         return json_response(await management.compare(model, versions[0], versions[1]))
 
     async def overview(_request: Request) -> Response:

@@ -6,6 +6,7 @@ from starlette.requests import Request
 
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import timeout_parameter
+from torchport.types import version_number
 
 
 def model_and_version(request: Request) -> tuple[str, int | None]:
@@ -13,15 +14,7 @@ def model_and_version(request: Request) -> tuple[str, int | None]:
     raw = request.path_params.get("version")
     if raw is None or raw == "":
         return model, None
-    try:
-        version = int(raw)
-    except ValueError:
-        raise InvalidInput(f"version {raw!r} is not a version number", field="version") from None
-    if version < 1:
-        raise InvalidInput(
-            f"version {version} is not a version number (1, 2, 3 …)", field="version"
-        )
-    return model, version
+    return model, version_number(raw)
 
 
 TIMEOUT_HEADER = "x-timeout-ms"

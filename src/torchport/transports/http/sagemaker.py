@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from torchport.service.dataplane import DataPlane, InferRequest
-from torchport.tensors import to_array
+from torchport.tensors import element_count, to_array
 from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import decode_document, encode_response
@@ -115,11 +115,7 @@ def _decode(body: bytes, content_type: str, signature: Signature) -> tuple[Tenso
         return {(spec := _single(signature, "CSV")).name: _csv_rows(body, spec)}, False
     if content_type == NPY:
         spec = _single(signature, "a .npy array")
-        try:
-            array = np.load(io.BytesIO(body), allow_pickle=False)
-        except ValueError as exc:
-            raise InvalidInput(f"the body is not a .npy array: {exc}", field="body") from None
-        return {spec.name: to_array(array, spec.datatype, name=spec.name)}, False
+        return {spec.name: to_array(_npy(body), spec.datatype, name=spec.name)}, False
     spec = _single(signature, f"a {content_type or 'raw'} body")
     if spec.datatype is not Datatype.BYTES:
         raise UnsupportedMediaType(
@@ -130,6 +126,33 @@ def _decode(body: bytes, content_type: str, signature: Signature) -> tuple[Tenso
     row = np.empty(1, dtype=object)
     row[0] = body
     return {spec.name: row}, False
+
+
+def _npy(body: bytes) -> np.ndarray:
+    """A `.npy` body, its header checked against its length before anything is allocated
+    (`np.load` would first try to allocate whatever shape the header claims)."""
+    stream = io.BytesIO(body)
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(stream)
+    except ValueError as exc:
+        raise InvalidInput(f"the body is not a .npy array: {exc}", field="body") from None
+    if dtype.hasobject:
+        raise InvalidInput("the .npy array holds Python objects (pickles): refused", field="body")
+    count = element_count(list(shape), name="body")
+    data = memoryview(body)[stream.tell() :]
+    if len(data) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"the .npy header declares shape {list(shape)} of {dtype} ({count * dtype.itemsize} "
+            f"bytes), the body holds {len(data)}",
+            field="body",
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def _from_json(doc: Any, signature: Signature) -> tuple[Tensors, bool]:
@@ -160,6 +183,8 @@ def _csv_rows(body: bytes, spec: TensorSpec) -> np.ndarray:
         lines = [r for r in csv.reader(io.StringIO(body.decode("utf-8"))) if r]
     except UnicodeDecodeError:
         raise InvalidInput("the CSV body is not UTF-8", field="body") from None
+    except csv.Error as exc:  # a field past csv.field_size_limit(), a stray NUL …
+        raise InvalidInput(f"the CSV body cannot be read: {exc}", field="body") from None
     if not lines:
         raise InvalidInput("the CSV body has no rows", field="body")
     if spec.datatype is Datatype.BYTES:
