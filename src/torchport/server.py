@@ -24,7 +24,7 @@ from torchport.examples import register_examples
 from torchport.observability.live import LiveStats
 from torchport.observability.logs import configure_logging
 from torchport.runtime import Backend
-from torchport.service import DataPlane, Management, Registry
+from torchport.service import DataPlane, Management, Registry, RequestLoads
 from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.compare import RecentRequests
 from torchport.settings import Settings, available_cores
@@ -234,7 +234,10 @@ def open_services(
     backend = Backend(
         settings.backend, settings.limits, cores=cores, torch_threads=settings.torch_threads
     )
-    registry = Registry(store, backend)
+    loads = RequestLoads(
+        settings.load_on_request, settings.max_loaded_on_request, settings.load_retry_seconds
+    )
+    registry = Registry(store, backend, request_loads=loads)
     recent = RecentRequests()
     return (
         registry,

@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     """With `backend = "ray"`: the cluster to join (`auto`, `ray://host:10001`); none
     starts a local Ray on 127.0.0.1."""
+    load_on_request: bool = False
+    """Let an inference request load a version the server does not hold (one it names,
+    or a default that failed to load). Off: only the management port (promote, load)
+    changes what is loaded, and such requests get 503 naming the version."""
+    max_loaded_on_request: int = Field(default=4, ge=1, le=1000)
+    """With `load_on_request`: versions loaded that way at once (503 past it)."""
+    load_retry_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """After a failed load: 503 for this long (doubling per failure, up to 10 minutes)
+    before a request may try again."""
     limits: Limits = Field(default_factory=Limits)
 
 

@@ -49,6 +49,16 @@ def test_torchport_models_cli_drives_the_api(mserver: ServerProcess, mlp_package
     assert models("upload", str(mlp_package), "--name", "cli-model").returncode == 0
     assert "default v2" in models("promote", "cli-model", "2").stdout
     assert "default v1" in models("rollback", "cli-model").stdout
+    assert "cli-model v2 loaded" in models("load", "cli-model", "2").stdout
+    served = httpx.post(
+        f"{mserver.url}/v2/models/cli-model/versions/2/infer",
+        json={"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ROW}]},
+    )
+    assert served.status_code == 200, served.text
+    assert "cli-model v2 unloaded" in models("unload", "cli-model", "2").stdout
+    not_now = models("unload", "cli-model", "1")
+    assert not_now.returncode == 1
+    assert not_now.stderr.strip().startswith("error: version 1 is the default")
     shown = models("show", "cli-model")
     assert "promote" in shown.stdout
     assert "input" in shown.stdout

@@ -154,6 +154,28 @@ def rollback_cmd(
     out.print(f"{model}: default v{info['default']} (previous v{info['previous']})")
 
 
+@app.command("load")
+def load_cmd(
+    model: str, version: int, url: Url = DEFAULT_URL, token: Token = None, store: Store = None
+) -> None:
+    """Load VERSION beside the default, for requests that name it (retries a failed load)."""
+    from torchport.cli.output import status
+
+    with _client(url, token, store) as client, status(f"loading {model} v{version}"):
+        client.load(model, version)
+    out.print(f"{model} v{version} loaded")
+
+
+@app.command("unload")
+def unload_cmd(
+    model: str, version: int, url: Url = DEFAULT_URL, token: Token = None, store: Store = None
+) -> None:
+    """Stop serving VERSION (requests in flight finish; refused for the default)."""
+    with _client(url, token, store) as client:
+        client.unload(model, version)
+    out.print(f"{model} v{version} unloaded")
+
+
 @app.command("delete")
 def delete_cmd(
     model: str, version: int, url: Url = DEFAULT_URL, token: Token = None, store: Store = None

@@ -92,6 +92,12 @@ class ManagementClient:
     def delete(self, name: str, version: int) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/models/{name}/versions/{version}"))
 
+    def load(self, name: str, version: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/models/{name}/versions/{version}/load"))
+
+    def unload(self, name: str, version: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/models/{name}/versions/{version}/unload"))
+
     def set_config(self, name: str, version: int, **config: Any) -> dict[str, Any]:
         return dict(self._call("PUT", f"/models/{name}/versions/{version}/config", json=config))
 

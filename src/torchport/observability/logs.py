@@ -46,20 +46,41 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        doc.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        doc.update(_extra(record))
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
 
 
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value …`, the record's extra fields after the
+    message (quoted when they hold spaces), so a request line says what it was."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = " ".join(f"{k}={_text(v)}" for k, v in _extra(record).items())
+        if not fields:
+            return line
+        head, newline, rest = line.partition("\n")  # keep a traceback below the fields
+        return f"{head} {fields}{newline}{rest}"
+
+
+def _text(value: Any) -> str:
+    text = "-" if value is None else str(value)
+    return orjson.dumps(text).decode() if not text or any(c.isspace() for c in text) else text
+
+
 def configure_logging(fmt: Literal["text", "json"], access_log: bool) -> None:
     """Log torchport's records to stderr as text or JSON; request lines only if asked."""
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("torchport")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

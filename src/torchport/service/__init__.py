@@ -3,7 +3,7 @@ registry of loaded versions behind them. Knows nothing of HTTP or gRPC."""
 
 from torchport.service.dataplane import DataPlane, InferRequest, InferResponse, ModelMetadata
 from torchport.service.management import Management, UploadReport
-from torchport.service.registry import Registry
+from torchport.service.registry import Registry, RequestLoads
 
 __all__ = [
     "DataPlane",
@@ -12,5 +12,6 @@ __all__ = [
     "Management",
     "ModelMetadata",
     "Registry",
+    "RequestLoads",
     "UploadReport",
 ]

@@ -72,6 +72,7 @@ class DataPlane:
         self.registry = registry
         self.recent = recent or RecentRequests()
         self.counter = RequestCounter(registry.metrics, registry.labels)
+        self._loads = anyio.CapacityLimiter(1)
 
     def track(
         self, protocol: str, model: str = "", version: int | None = None
@@ -85,9 +86,15 @@ class DataPlane:
             request_id.set(new_request_id(request.id))
         registry = self.registry
         loaded = registry.acquire_loaded(request.model, request.version)
-        if loaded is None:  # the first request for a version loads it, off the event loop
+        if loaded is None:
+            # Refused at once unless requests may load versions (`RequestLoads`); then one
+            # load at a time, on threads of its own: waiting requests hold none, and the
+            # management and health routes keep theirs.
+            registry.check_request_load(
+                request.model, registry.resolve(request.model, request.version)
+            )
             loaded = await anyio.to_thread.run_sync(
-                registry.acquire, request.model, request.version
+                registry.acquire, request.model, request.version, limiter=self._loads
             )
         try:
             signature = loaded.signature

@@ -26,6 +26,7 @@ from torchport.archive import Manifest, RuntimeDefaults, check_model_name
 from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import describe_validation_error
 from torchport.errors import (
+    Conflict,
     InvalidInput,
     ModelLoadError,
     NotFound,
@@ -179,6 +180,27 @@ class Management:
         if self.registry is not None:
             self.registry.unload(name, version)
 
+    @_counted("load")
+    def load_version(self, name: str, version: int) -> None:
+        """Load a version beside the default (for requests that name it), retrying one
+        that failed; it stays loaded until unloaded, deleted, or the server restarts."""
+        if self.registry is None:
+            raise InvalidInput("loading a version needs a running server", field="version")
+        self.registry.load(name, version)
+
+    @_counted("unload")
+    def unload_version(self, name: str, version: int) -> None:
+        """Stop serving one version (requests in flight finish); not the default."""
+        if self.store.get_model(name).default == version:
+            raise Conflict(
+                f"version {version} is the default of '{name}': promote another version "
+                f"first, or unload the model (POST /v2/repository/models/{name}/unload)",
+                field="version",
+            )
+        self.store.get_version(name, version)
+        if self.registry is not None:
+            self.registry.unload(name, version)
+
     @_counted("config")
     def set_config(
         self, name: str, version: int, config: dict[str, Any], *, actor: str = "local"
@@ -226,9 +248,10 @@ class Management:
             raise InvalidInput("comparing versions needs a running server", field="model")
         await anyio.to_thread.run_sync(self.store.get_model, model)  # 404 for an unknown model
         samples = self.recent.of(model)
-        first = await anyio.to_thread.run_sync(registry.acquire, model, a)
+        # An operator's call: it loads the versions it compares whatever `RequestLoads` says.
+        first = await anyio.to_thread.run_sync(registry.acquire, model, a, False)
         try:
-            second = await anyio.to_thread.run_sync(registry.acquire, model, b)
+            second = await anyio.to_thread.run_sync(registry.acquire, model, b, False)
         except BaseException:
             registry.release(first)
             raise

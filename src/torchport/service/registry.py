@@ -56,13 +56,36 @@ class VersionState:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class RequestLoads:
+    """Whether an inference request may load a version the server does not hold (one it
+    names, or a default that failed), and how far: by default it may not, so only the
+    management port changes what is loaded."""
+
+    allowed: bool = False
+    max_versions: int = 4
+    """Versions loaded this way at once; past it, requests for others get 503."""
+    retry_seconds: float = 30.0
+    """After a failed load, requests get 503 for this long (doubling with each failure,
+    up to 10 minutes) instead of loading it again."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    count: int
+    retry_at: float
+
+
 @dataclass
 class _Routes:
     """Which version serves each model, and what is loaded (guarded by the registry's lock)."""
 
     loaded: dict[Key, LoadedVersion] = field(default_factory=dict)
     defaults: dict[str, int] = field(default_factory=dict)
-    errors: dict[Key, str] = field(default_factory=dict)
+    errors: dict[Key, _Failure] = field(default_factory=dict)
+    on_request: set[Key] = field(default_factory=set)
+    """Versions a request loaded (`RequestLoads`), until unloaded or made the default."""
     unloaded: set[str] = field(default_factory=set)
     """Models unloaded on purpose (OIP repository `unload`): they stay so until loaded."""
 
@@ -71,11 +94,16 @@ class Registry:
     """The loaded versions of every model in a store."""
 
     def __init__(
-        self, store: ModelStore, backend: Backend | None = None, metrics: Metrics | None = None
+        self,
+        store: ModelStore,
+        backend: Backend | None = None,
+        metrics: Metrics | None = None,
+        request_loads: RequestLoads | None = None,
     ) -> None:
         self.store = store
         self.backend = backend or Backend()
         self.metrics = metrics or Metrics()
+        self.request_loads = request_loads or RequestLoads()
         self._lock = threading.Lock()
         self._switching = threading.Lock()
         """Held while a default is set: a refresh's re-read of the store and its switch
@@ -161,7 +189,9 @@ class Registry:
                 loaded = self._serve(info, runner, time.perf_counter() - started)
             except TorchportError as exc:
                 with self._lock:
-                    self._routes.errors[key] = str(exc)
+                    count = self._routes.errors[key].count + 1 if key in self._routes.errors else 1
+                    wait = min(600.0, self.request_loads.retry_seconds * 2 ** (count - 1))
+                    self._routes.errors[key] = _Failure(str(exc), count, time.monotonic() + wait)
                 raise Unavailable(
                     f"model '{model}' version {version} failed to load: {exc}"
                 ) from exc
@@ -242,6 +272,8 @@ class Registry:
     def preload(self, model: str, version: int) -> None:
         """Load a version now (e.g. before it is promoted), so no request waits for it."""
         self._ensure_loaded(model, version)
+        with self._lock:
+            self._routes.on_request.discard((model, version))
 
     def adopt(self, info: VersionInfo, runner: LocalRunner, load_seconds: float = 0.0) -> None:
         """Serve a version with an already loaded runner and route new requests to it."""
@@ -266,6 +298,7 @@ class Registry:
         with self._switching, self._lock:
             self._routes.defaults[model] = version
             self._routes.unloaded.discard(model)
+            self._routes.on_request.discard((model, version))
 
     def unload(self, model: str, version: int | None = None) -> None:
         """Stop serving `model` (every version, or one); in-flight requests finish first."""
@@ -276,6 +309,7 @@ class Registry:
                 routes.unloaded.add(model)
                 routes.defaults.pop(model, None)
             idle = [item for item in map(routes.loaded.pop, keys) if _retire(item)]
+            routes.on_request.difference_update(keys)
         for item in idle:
             item.close()
 
@@ -305,16 +339,64 @@ class Registry:
         self.store.get_version(model, version)  # NotFound names the model or the version
         return version
 
-    def acquire(self, model: str, version: int | None = None) -> LoadedVersion:
-        """The loaded version that serves a request, loading it if needed (blocking).
+    def acquire(
+        self, model: str, version: int | None = None, by_request: bool = True
+    ) -> LoadedVersion:
+        """The loaded version that serves a request, loading it if needed (blocking): for
+        an inference request (`by_request`) only as `RequestLoads` allows, which
+        `check_request_load` tells first without blocking.
 
         Hold it for the whole request and `release` it after.
         """
         loaded = self.acquire_loaded(model, version)
         while loaded is None:
-            self._ensure_loaded(model, self.resolve(model, version))
+            resolved = self.resolve(model, version)
+            if not by_request:
+                self.preload(model, resolved)
+            else:
+                self.check_request_load(model, resolved)
+                self._ensure_loaded(model, resolved)
+                with self._lock:
+                    if self._routes.defaults.get(model) != resolved:
+                        self._routes.on_request.add((model, resolved))
             loaded = self.acquire_loaded(model, version)
         return loaded
+
+    def check_request_load(self, model: str, version: int) -> None:
+        """Raise `Unavailable` unless a request may load `version` now (`RequestLoads`)."""
+        key = (model, version)
+        policy = self.request_loads
+        with self._lock:
+            if key in self._routes.loaded:
+                return
+            failure = self._routes.errors.get(key)
+            loaded_so = len(self._routes.on_request)
+        if failure is not None and (not policy.allowed or time.monotonic() < failure.retry_at):
+            wait = max(0.0, failure.retry_at - time.monotonic())
+            retry = f"; the next try is in {wait:.0f} s" if policy.allowed else ""
+            raise Unavailable(
+                f"model '{model}' version {version} failed to load: {failure.reason}{retry}",
+                field="version",
+            )
+        if not policy.allowed:
+            raise Unavailable(
+                f"model '{model}' version {version} is not loaded: promote it, or load it on "
+                f"the management port (POST /models/{model}/versions/{version}/load)",
+                field="version",
+            )
+        if loaded_so >= policy.max_versions:
+            raise Unavailable(
+                f"model '{model}' version {version} is not loaded, and requests have loaded "
+                f"{loaded_so} versions already (max_loaded_on_request)",
+                field="version",
+            )
+
+    def load(self, model: str, version: int) -> None:
+        """Load a version on an operator's word (whatever failed before), and keep it."""
+        self.store.get_version(model, version)  # NotFound names the model or the version
+        with self._lock:
+            self._routes.errors.pop((model, version), None)
+        self.preload(model, version)
 
     def acquire_loaded(self, model: str, version: int | None) -> LoadedVersion | None:
         """`acquire` if the version is loaded already (never blocks on a load)."""
@@ -380,7 +462,7 @@ class Registry:
                     if key in self._routes.loaded:
                         out.append(VersionState(info.name, v.version, "READY"))
                     elif key in self._routes.errors:
-                        reason = self._routes.errors[key]
+                        reason = self._routes.errors[key].reason
                         out.append(VersionState(info.name, v.version, "UNAVAILABLE", reason))
                     else:
                         out.append(VersionState(info.name, v.version, "UNLOADED"))

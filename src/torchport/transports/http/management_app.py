@@ -159,6 +159,18 @@ def build_management_app(
         await run_in_threadpool(lambda: management.delete(model, version, actor=_actor(request)))
         return json_response({"name": model, "version": version, "deleted": True})
 
+    async def load_version(request: Request) -> Response:
+        model, version = model_and_version(request)
+        assert version is not None
+        await run_in_threadpool(management.load_version, model, version)
+        return json_response({"name": model, "version": version, "state": "READY"})
+
+    async def unload_version(request: Request) -> Response:
+        model, version = model_and_version(request)
+        assert version is not None
+        await run_in_threadpool(management.unload_version, model, version)
+        return json_response({"name": model, "version": version, "state": "UNLOADED"})
+
     async def set_config(request: Request) -> Response:
         model, version = model_and_version(request)
         assert version is not None
@@ -233,6 +245,8 @@ def build_management_app(
         Route("/models/{model}/rollback", rollback, methods=["POST"]),
         Route("/models/{model}/versions/{version}", delete_version, methods=["DELETE"]),
         Route("/models/{model}/versions/{version}/config", set_config, methods=["PUT"]),
+        Route("/models/{model}/versions/{version}/load", load_version, methods=["POST"]),
+        Route("/models/{model}/versions/{version}/unload", unload_version, methods=["POST"]),
         Route("/models/{model}/compare", compare),
         Route("/audit", audit),
         Route("/stats", overview),
