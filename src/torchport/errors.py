@@ -7,6 +7,9 @@ name the field and the problem.
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
 from typing import ClassVar
 
 
@@ -85,6 +88,25 @@ class StoreError(TorchportError):
     """The model store is unreadable, locked for too long, or inconsistent."""
 
     code = "store_error"
+
+
+class InsufficientStorage(TorchportError):
+    """A disk (the store's, or the one temporary files go to) has no room left."""
+
+    code = "insufficient_storage"
+
+
+def out_of_space(exc: OSError, path: Path, needed: int | None = None) -> TorchportError | None:
+    """`InsufficientStorage` naming `path` and the room it lacks if `exc` says the disk is
+    full (or over quota), else None: every place that writes answers a full disk alike."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    try:
+        free = f"{shutil.disk_usage(path if path.is_dir() else path.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{needed:,} bytes needed, " if needed is not None else ""
+    return InsufficientStorage(f"no space left on the disk of {path} ({need}{free})")
 
 
 class Unauthorized(TorchportError):

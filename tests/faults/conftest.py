@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -22,14 +24,41 @@ def _can_mount() -> bool:
     return done.returncode == 0
 
 
-def on_small_mounts(**sizes: str) -> tuple[str, ...]:
-    """A command prefix: run in a private mount namespace where each path (a keyword, `_`
-    for `/`) is a fresh tmpfs of its size, e.g. `on_small_mounts(dev_shm="8m")`. The
-    command is exec'd in place, so its pid is the prefix's."""
+def on_small_mounts(sizes: dict[str, str]) -> tuple[str, ...]:
+    """A command prefix: run in a private mount namespace where each path (it must exist)
+    is a fresh tmpfs of its size, e.g. `on_small_mounts({"/dev/shm": "8m"})`. The command
+    is exec'd in place, so its pid is the prefix's."""
     if not _can_mount():
         pytest.skip("needs root and unshare --mount to make a small filesystem")
-    mounts = [
-        f"mount -t tmpfs -o size={size} tmpfs {'/' + name.replace('_', '/')}"
-        for name, size in sizes.items()
-    ]
+    mounts = [f"mount -t tmpfs -o size={size} tmpfs {path}" for path, size in sizes.items()]
     return ("unshare", "--mount", "sh", "-c", " && ".join([*mounts, 'exec "$@"']), "sh")
+
+
+BIG_MODEL = """
+import torch
+
+
+def build() -> torch.nn.Module:
+    return torch.nn.Linear(1024, 1024)
+"""
+
+
+@pytest.fixture(scope="session")
+def big_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4 MiB package: larger than the small disks these tests make."""
+    import torch
+
+    import torchport
+
+    work = tmp_path_factory.mktemp("big")
+    (work / "model.py").write_text(BIG_MODEL)
+    out = work / "big.tpa"
+    torch.manual_seed(0)
+    torchport.package(
+        torch.nn.Linear(1024, 1024),  # 4 MiB of random weights: they do not compress
+        name="big",
+        code=f"{work / 'model.py'}:build",
+        example={"x": np.ones((1, 1024), np.float32)},
+        out=out,
+    )
+    return out

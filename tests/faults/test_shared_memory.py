@@ -37,7 +37,7 @@ def test_a_request_too_big_for_dev_shm_is_refused_and_the_server_lives(
     server = ServerProcess(
         tmp_path_factory.mktemp("shm") / "store",
         [slow_package],
-        prefix=on_small_mounts(dev_shm="8m"),
+        prefix=on_small_mounts({"/dev/shm": "8m"}),
     ).start()
     try:
         workers = configure(server, "slow", worker_kind="process", workers=1, max_batch_size=1)

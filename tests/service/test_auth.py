@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from torchport.errors import Unauthorized
+from torchport.errors import StoreError, Unauthorized
 from torchport.service.auth import check_bearer, resolve_token
 
 
@@ -35,3 +35,18 @@ def test_anything_but_the_right_bearer_token_is_refused(header: str | None) -> N
 def test_the_right_bearer_token_passes() -> None:
     check_bearer("Bearer secret-token-value", "secret-token-value")
     check_bearer("bearer secret-token-value", "secret-token-value")
+
+
+@pytest.mark.parametrize("content", ["", "\n", "short-token\n"])
+def test_an_empty_or_short_token_file_is_refused_not_served_with(
+    tmp_path: Path, content: str
+) -> None:
+    (tmp_path / "token").write_text(content)
+    with pytest.raises(StoreError, match="delete it to have a new one made"):
+        resolve_token(None, tmp_path)
+
+
+def test_the_token_file_is_written_whole_and_leaves_nothing_else(tmp_path: Path) -> None:
+    token = resolve_token(None, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token"]
+    assert (tmp_path / "token").read_text() == token + "\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from torchport.errors import Conflict, InvalidInput, NotFound
+from torchport.errors import Conflict, InsufficientStorage, InvalidInput, NotFound
 from torchport.store import SQLiteStore
 
 
@@ -213,3 +213,55 @@ def test_a_writer_killed_mid_write_never_leaves_a_half_registered_version(
     assert repo.verify() == []
     referenced = {v.digest for v in repo.get_model("crashy").versions}
     assert repo.blobs.digests() == referenced
+
+
+def test_a_store_is_private_to_its_owner(tmp_path: Path) -> None:
+    assert (SQLiteStore(tmp_path / "new").root.stat().st_mode & 0o777) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    SQLiteStore(shared)
+    assert (shared.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_new_blob_folder_is_synced_into_its_parent(
+    store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    info = store.add_version("m", blob(tmp_path, b"first package"))
+    folder = store.blobs.path(info.digest).parent
+    # The file, its new folder (in sha256/), and the folder's entry in sha256/ itself.
+    assert str(folder) in synced
+    assert str(folder.parent) in synced
+
+
+def test_a_database_that_cannot_grow_refuses_the_write_and_keeps_the_rest(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    store.add_version("m", blob(tmp_path, b"v1"))
+    # SQLite's own "database or disk is full" (SQLITE_FULL), at the page where it strikes.
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    written: dict[str, object] = {}
+
+    def fill() -> None:
+        nonlocal written
+        for i in range(200):  # each audit row grows the database a little
+            store.set_config("m", 1, {"workers": i + 1, "note": "x" * 2000}, actor="t")
+            written = {"workers": i + 1, "note": "x" * 2000}
+
+    with pytest.raises(InsufficientStorage, match="no space left on the disk of the store"):
+        fill()
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    # The failed write left nothing behind: the config is the last one that succeeded.
+    assert store.get_version("m", 1).config == written
+    assert len(store.audit("m", 1000)) == 1 + (written.get("workers", 0))
+    assert store.verify() == []
+    store.add_version("m", blob(tmp_path, b"v2"))  # and it goes on once there is room

@@ -13,7 +13,14 @@ from typing import IO
 
 from torchport.archive.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from torchport.archive.paths import check_member_name
-from torchport.errors import IntegrityError, NotFound, PackageError, TooLarge, UnsafeContent
+from torchport.errors import (
+    IntegrityError,
+    NotFound,
+    PackageError,
+    TooLarge,
+    UnsafeContent,
+    out_of_space,
+)
 from torchport.settings import Limits
 
 _MANIFEST_MAX = 16 * 1024 * 1024
@@ -45,17 +52,23 @@ def unpack_package(path: Path, dest: Path, limits: Limits | None = None) -> Pack
     left with no verified content and the error says which file failed.
     """
     with _open(path, limits or Limits()) as (zf, manifest):
-        dest.mkdir(parents=True, exist_ok=True)
-        if any(dest.iterdir()):
-            raise PackageError(f"cannot unpack into {dest}: directory is not empty")
-        for name, want in manifest.files.items():
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(name) as member, target.open("wb") as out:
-                got = _hash_copy(name, member, out)
-            if got != want:
-                target.unlink()
-                _verify(name, got, want)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            if any(dest.iterdir()):
+                raise PackageError(f"cannot unpack into {dest}: directory is not empty")
+            for name, want in manifest.files.items():
+                target = dest / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as member, target.open("wb") as out:
+                    got = _hash_copy(name, member, out)
+                if got != want:
+                    target.unlink()
+                    _verify(name, got, want)
+        except OSError as exc:  # writing, not reading: the package is not at fault
+            unpacked = sum(i.file_size for i in zf.infolist())
+            raise out_of_space(exc, dest, unpacked) or PackageError(
+                f"cannot unpack into {dest}: {exc.strerror}"
+            ) from None
     return Package(path=path, manifest=manifest)
 
 
@@ -136,15 +149,17 @@ def _check(zf: zipfile.ZipFile, path: Path, limits: Limits) -> Manifest:
 
 def _hash_copy(name: str, member: IO[bytes], out: IO[bytes] | None) -> str:
     digest = hashlib.sha256()
-    try:
-        while chunk := member.read(1 << 20):
-            digest.update(chunk)
-            if out is not None:
-                out.write(chunk)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        # zipfile checks each member's CRC and length: a changed or cut file fails here.
-        raise IntegrityError(f"file '{name}' is corrupt or truncated ({exc})") from None
-    return digest.hexdigest()
+    while True:
+        try:
+            chunk = member.read(1 << 20)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            # zipfile checks each member's CRC and length: a changed or cut file fails here.
+            raise IntegrityError(f"file '{name}' is corrupt or truncated ({exc})") from None
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+        if out is not None:
+            out.write(chunk)  # an OSError here is the disk's, not the package's
 
 
 def _verify(name: str, got: str, want: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from torchport.errors import StoreError, Unauthorized
@@ -18,20 +20,43 @@ def resolve_token(configured: str | None, store_root: Path) -> str:
         return configured
     path = store_root / TOKEN_FILE
     try:
-        if path.exists():
-            token = path.read_text().strip()
-            if token:
-                return token
-        token = secrets.token_urlsafe(32)
-        # O_EXCL: two servers starting at once never overwrite each other's token.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
-    except FileExistsError:
-        return path.read_text().strip()
+        if not path.exists():
+            _create(path, secrets.token_urlsafe(32))
+        token = path.read_text().strip()
     except OSError as exc:
         raise StoreError(f"cannot read or create the token file {path}: {exc.strerror}") from None
+    if len(token) < MIN_TOKEN:
+        # Never serve with a token anyone could guess, nor lock management silently.
+        raise StoreError(
+            f"the token file {path} holds {'no token' if not token else 'a token too short'} "
+            f"(at least {MIN_TOKEN} characters): delete it to have a new one made, or set "
+            "TORCHPORT_TOKEN"
+        )
+    return token
+
+
+MIN_TOKEN = 16
+
+
+def _create(path: Path, token: str) -> None:
+    """Write the token whole or not at all: into a private file, fsynced, then linked into
+    place (failing if another server made one meanwhile: that one wins) and the folder
+    fsynced."""
+    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=".token-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(staged, path)
+    finally:
+        os.unlink(staged)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def check_bearer(authorization: str | None, token: str) -> None:

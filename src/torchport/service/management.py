@@ -33,6 +33,7 @@ from torchport.errors import (
     PackageError,
     TooLarge,
     TorchportError,
+    out_of_space,
 )
 from torchport.runtime import LocalRunner, check_examples, open_runner
 from torchport.service.compare import RecentRequests, compare_versions
@@ -327,4 +328,7 @@ def _copy_limited(src: Path, dest: Path, limit: int) -> None:
             "(max_package_bytes)",
             field="package",
         )
-    shutil.copyfile(src, dest)
+    try:
+        shutil.copyfile(src, dest)
+    except OSError as exc:
+        raise out_of_space(exc, dest.parent, size) or exc from None

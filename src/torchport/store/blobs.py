@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from torchport.errors import StoreError
+from torchport.errors import StoreError, out_of_space
 
 
 class LocalBlobs:
@@ -41,7 +41,10 @@ class LocalBlobs:
                 os.fsync(out.fileno())
         except OSError as exc:
             Path(name).unlink(missing_ok=True)
-            raise StoreError(f"cannot write to the store at {self.root}: {exc.strerror}") from None
+            full = out_of_space(exc, self.root, source.stat().st_size)
+            raise full or StoreError(
+                f"cannot write to the store at {self.root}: {exc.strerror}"
+            ) from None
         return Path(name), digest.hexdigest(), size
 
     def publish(self, staged: Path, digest: str) -> Path:
@@ -50,7 +53,7 @@ class LocalBlobs:
         if final.exists():
             staged.unlink(missing_ok=True)
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(final.parent, self.root)
         os.chmod(staged, 0o444)
         staged.replace(final)
         _fsync_dir(final.parent)
@@ -75,6 +78,21 @@ class LocalBlobs:
             except FileNotFoundError:
                 pass
         return removed
+
+
+def make_dirs(path: Path, root: Path) -> None:
+    """`path` and its missing parents below `root`, each new directory's entry fsynced in
+    its parent: a power cut never loses a folder that a published file lives in."""
+    missing = []
+    while not path.exists() and path != root:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(folder.parent)
 
 
 def _fsync_dir(path: Path) -> None:

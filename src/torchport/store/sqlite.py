@@ -15,17 +15,19 @@ with no row (swept by `gc`), never a row with no blob.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from torchport.archive import check_model_name
 from torchport.archive.hashing import sha256_file
-from torchport.errors import Conflict, NotFound, StoreError
+from torchport.errors import Conflict, InsufficientStorage, NotFound, StoreError, TorchportError
 from torchport.store.base import AuditEntry, ModelInfo, ModelStore, VersionInfo
 from torchport.store.blobs import LocalBlobs
 
@@ -62,6 +64,14 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+def _private(root: Path) -> None:
+    """Packages hold code and weights, and the token file lives here: only the owner may
+    look in (group and other bits are taken off a store this user owns)."""
+    mode = root.stat()
+    if mode.st_uid == os.getuid() and mode.st_mode & 0o077:
+        root.chmod(mode.st_mode & 0o700)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -72,7 +82,8 @@ class SQLiteStore(ModelStore):
     def __init__(self, root: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.root = Path(root)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private(self.root)
             self.blobs = LocalBlobs(self.root / "blobs")
             self._db = sqlite3.connect(
                 self.root / "store.db",
@@ -114,11 +125,21 @@ class SQLiteStore(ModelStore):
                 raise StoreError(f"store {self.root} is busy: {exc}") from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._failed(exc) from None
+                raise
+
+    def _failed(self, exc: sqlite3.Error) -> TorchportError:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return InsufficientStorage(
+                f"no space left on the disk of the store at {self.root} "
+                f"({shutil.disk_usage(self.root).free:,} bytes free): nothing was changed"
+            )
+        return StoreError(f"the store at {self.root} failed a write: {exc}")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -139,6 +139,7 @@ STATUS: dict[str, grpc.StatusCode] = {
     "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "store_error": grpc.StatusCode.UNAVAILABLE,
+    "insufficient_storage": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

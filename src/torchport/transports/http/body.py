@@ -8,7 +8,12 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from torchport.errors import InvalidInput, TooLarge
+from torchport.errors import InvalidInput, TooLarge, out_of_space
+
+
+def _declared(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isascii() and declared.isdigit() else None
 
 
 def _check_declared(request: Request, limit: int) -> None:
@@ -44,7 +49,10 @@ async def save_body(request: Request, dest: Path, limit: int) -> int:
             size += len(chunk)
             if size > limit:
                 raise TooLarge(f"upload is over the limit of {limit} bytes (max_package_bytes)")
-            out.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise out_of_space(exc, dest.parent, _declared(request)) or exc from None
     if size == 0:
         raise InvalidInput("the request body is empty: send the package file", field="body")
     return size

@@ -4,6 +4,8 @@ become status codes."""
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from torchport.errors import TorchportError
+from torchport.errors import TorchportError, out_of_space
 from torchport.tensors import to_jsonable
 
 log = logging.getLogger("torchport.http")
@@ -32,6 +34,7 @@ STATUS = {
     "unavailable": 503,
     "overloaded": 503,
     "store_error": 503,
+    "insufficient_storage": 507,
     "deadline_exceeded": 504,
     "internal": 500,
 }
@@ -79,6 +82,9 @@ async def on_http_error(_request: Request, exc: Exception) -> Response:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
+    full = out_of_space(exc, Path(tempfile.gettempdir())) if isinstance(exc, OSError) else None
+    if full is not None:  # a full disk somewhere no message names: still one answer
+        return error_response(full)
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return json_response(
         {"error": f"internal error: {type(exc).__name__}", "code": "internal"}, 500
