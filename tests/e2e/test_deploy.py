@@ -44,6 +44,16 @@ def load(path: Path) -> dict[str, Any]:
     return doc
 
 
+def assert_writable_tmp_and_shm(pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """/tmp and a memory-backed /dev/shm are mounted from the pod's volumes."""
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+    assert shm["medium"] == "Memory"
+    assert shm["sizeLimit"]
+
+
 @pytest.mark.parametrize("name", ["deployment", "service", "hpa", "pdb"])
 def test_kubernetes_manifests_validate_strictly(deployed: Path, name: str) -> None:
     doc = load(deployed / "k8s" / f"{name}.yaml")
@@ -72,6 +82,7 @@ def test_the_deployment_runs_safely_and_probes_the_right_routes(deployed: Path) 
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert_writable_tmp_and_shm(pod, container)
     assert container["resources"]["requests"]["cpu"] == "500m"
     assert container["resources"]["limits"]["cpu"] == "1000m"
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -102,9 +113,12 @@ def test_kserve_and_sagemaker_files_fit_together(deployed: Path) -> None:
     assert model["modelFormat"]["name"] in {
         f["name"] for f in runtime["spec"]["supportedModelFormats"]
     }
-    # The KServe container is a Kubernetes container: validate it as one, in a Pod.
+    # The KServe container is a Kubernetes container: validate it as one, in a Pod with
+    # the runtime's volumes (a read-only root needs a writable /tmp to start at all).
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert_writable_tmp_and_shm(runtime["spec"], container)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
-           "spec": {"containers": [container]}}  # fmt: skip
+           "spec": {"containers": [container], "volumes": runtime["spec"]["volumes"]}}  # fmt: skip
     kubernetes_validate.validate(pod, KUBERNETES, strict=True)
     sm_model = json.loads((deployed / "sagemaker" / "model.json").read_text())
     sm_config = json.loads((deployed / "sagemaker" / "endpoint-config.json").read_text())
@@ -224,7 +238,14 @@ def test_build_ray_writes_a_kuberay_rayservice(mlp_package: Path, tmp_path: Path
     assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     [workers] = cluster["workerGroupSpecs"]
     assert (workers["minReplicas"], workers["maxReplicas"]) == (2, 4)
+    # Ray's GCS and client ports take only holders of the token KubeRay makes.
+    assert cluster["authOptions"] == {"mode": "token"}
     for template in (head["template"], workers["template"]):
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, **template}
         kubernetes_validate.validate(pod, KUBERNETES, strict=True)
-        assert template["spec"]["containers"][0]["image"] == f"torchport-mlp:{__version__}"
+        [container] = template["spec"]["containers"]
+        assert container["image"] == f"torchport-mlp:{__version__}"
+        assert template["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert_writable_tmp_and_shm(template["spec"], container)
+    assert workers["template"]["spec"]["automountServiceAccountToken"] is False

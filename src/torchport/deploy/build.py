@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from torchport.archive import ModelKind, read_package
-from torchport.deploy.container import dockerfile, environment
+from torchport.deploy.container import SHM_SIZE_MIB, dockerfile, environment
 from torchport.deploy.kserve import inference_service, serving_runtime
 from torchport.deploy.kubernetes import autoscaler, deployment, disruption_budget, dns_name, service
 from torchport.deploy.ray import ray_service
@@ -132,7 +132,8 @@ Written by `torchport build` (torchport {__version__}) for `{package_name}`.
 
 ```sh
 docker build -t {image} .                    # verifies the package while building
-docker run --rm -p 8080:8080 -p 8081:8081 --read-only --tmpfs /tmp {image}
+docker run --rm -p 8080:8080 -p 8081:8081 --read-only --tmpfs /tmp \\
+    --shm-size={SHM_SIZE_MIB}m {image}        # /dev/shm: tensors of worker processes
 kubectl apply -f k8s/                        # Deployment, Service, HPA, PodDisruptionBudget
 kubectl apply -f kserve/                     # or: KServe (ServingRuntime + InferenceService)
 ```

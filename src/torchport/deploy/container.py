@@ -13,6 +13,10 @@ UID = 10001
 UNREADY_SECONDS = 5
 DRAIN_SECONDS = 30
 MODELS_DIR = "/models"
+SHM_SIZE_MIB = 4 * 64
+"""`/dev/shm` for worker processes: four default-sized requests (64 MiB, max_request_bytes)
+in flight, each in and out. Containers get 64 MiB by default, one request's worth."""
+TMP_SIZE = "1Gi"
 TORCH_VERSION = "2.13.0"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchport.deploy.kubernetes import container
+from torchport.deploy.kubernetes import container, volumes
 
 
 def serving_runtime(
@@ -13,7 +13,7 @@ def serving_runtime(
     main = container("kserve-container", image, env, {
         "requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory},
     })  # fmt: skip
-    for key in ("startupProbe", "livenessProbe", "volumeMounts"):
+    for key in ("startupProbe", "livenessProbe"):
         main.pop(key)
     return {
         "apiVersion": "serving.kserve.io/v1alpha1",
@@ -23,6 +23,8 @@ def serving_runtime(
             "supportedModelFormats": [{"name": "torchport", "version": "1", "autoSelect": True}],
             "protocolVersions": ["v2", "grpc-v2", "v1"],
             "containers": [main],
+            # The root filesystem is read-only: /tmp (and /dev/shm) must be volumes.
+            "volumes": volumes(),
         },
     }
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from torchport.deploy.container import DRAIN_SECONDS, GRPC_PORT, HTTP_PORT, UID, UNREADY_SECONDS
+from torchport.deploy.container import (
+    DRAIN_SECONDS,
+    GRPC_PORT,
+    HTTP_PORT,
+    SHM_SIZE_MIB,
+    TMP_SIZE,
+    UID,
+    UNREADY_SECONDS,
+)
 from torchport.errors import InvalidInput
 
 
@@ -49,8 +57,21 @@ def container(
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": volume_mounts(),
     }
+
+
+def volume_mounts() -> list[dict[str, Any]]:
+    return [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def volumes(shm: str = f"{SHM_SIZE_MIB}Mi") -> list[dict[str, Any]]:
+    """A writable `/tmp` (the root filesystem is read-only) and a memory-backed `/dev/shm`
+    of `shm` (worker processes' tensors; Ray's object store)."""
+    return [
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+    ]
 
 
 def deployment(
@@ -97,7 +118,7 @@ def deployment(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container(name, image, env, resources)],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                    "volumes": volumes(),
                 },
             },
         },

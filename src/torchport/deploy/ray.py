@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from torchport.deploy.container import MODELS_DIR, UID
-from torchport.deploy.kubernetes import labels
+from torchport.deploy.kubernetes import labels, volume_mounts, volumes
 
 RAY_VERSION = "2.60.0"
 SERVE_PORT = 8000
@@ -63,26 +63,40 @@ def ray_service(
     config = serve_config(name, f"{MODELS_DIR}/{package_name}", replicas=replicas,
                           max_replicas=max_replicas, http_port=SERVE_PORT)  # fmt: skip
 
-    def pod(container: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
+    def pod(container: str, ports: list[tuple[str, int]], *, head: bool) -> dict[str, Any]:
         resources = {
             "requests": {"cpu": cpu, "memory": memory},
             "limits": {"cpu": cpu_limit, "memory": memory},
         }
         return {
             "spec": {
-                "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "fsGroup": UID},
+                # The head's autoscaler sidecar talks to the Kubernetes API with the pod's
+                # service account; workers need none.
+                "automountServiceAccountToken": head,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": UID,
+                    "runAsGroup": UID,
+                    "fsGroup": UID,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
                 "containers": [
                     {
                         "name": container,
                         "image": image,
                         "ports": [{"name": n, "containerPort": p} for n, p in ports],
+                        "env": [{"name": "HOME", "value": "/tmp"}],
                         "resources": resources,
                         "securityContext": {
                             "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]},
                         },
+                        # Ray's session files go to /tmp/ray, its object store to /dev/shm.
+                        "volumeMounts": volume_mounts(),
                     }
                 ],
+                "volumes": volumes(shm=memory),
             }
         }
 
@@ -94,12 +108,17 @@ def ray_service(
             "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
+                # KubeRay (1.5.1 and later) makes a Secret with a random token and gives it
+                # to every Ray container: the GCS and client ports refuse anyone without it.
+                "authOptions": {"mode": "token"},
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {
                     # The head runs no replicas; its dashboard stays inside the pod.
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "127.0.0.1"},
                     "template": pod(
-                        "ray-head", [("gcs", 6379), ("client", 10001), ("serve", SERVE_PORT)]
+                        "ray-head",
+                        [("gcs", 6379), ("client", 10001), ("serve", SERVE_PORT)],
+                        head=True,
                     ),
                 },
                 "workerGroupSpecs": [
@@ -109,7 +128,7 @@ def ray_service(
                         "minReplicas": replicas,
                         "maxReplicas": max_replicas,
                         "rayStartParams": {},
-                        "template": pod("ray-worker", []),
+                        "template": pod("ray-worker", [], head=False),
                     }
                 ],
             },
