@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import math
 import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +58,32 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn(app: object, drain_seconds: float) -> _Server:
+@dataclass(frozen=True)
+class Tls:
+    """A certificate and its key, checked to load before any port opens."""
+
+    cert: Path
+    key: Path
+
+    @staticmethod
+    def of(settings: Settings) -> Tls | None:
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        tls = Tls(settings.tls_cert, settings.tls_key)
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TorchportError(
+                f"cannot use tls_cert {tls.cert} with tls_key {tls.key}: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        return tls
+
+    def grpc_pair(self) -> tuple[bytes, bytes]:
+        return self.key.read_bytes(), self.cert.read_bytes()
+
+
+def _uvicorn(app: object, drain_seconds: float, tls: Tls | None) -> _Server:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         log_level="warning",
@@ -66,6 +93,8 @@ def _uvicorn(app: object, drain_seconds: float) -> _Server:
         http="httptools",
         loop="none",
         timeout_graceful_shutdown=math.ceil(drain_seconds),
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
     )
     return _Server(config)
 
@@ -99,9 +128,16 @@ def serve(
         import torch
 
         torch.set_num_threads(settings.torch_threads)  # once, for the process, at start
+    tls = Tls.of(settings)
     # Ports first: a port in use fails at once, before minutes of model loading.
     http_socket = bind(settings.host, settings.http_port)
-    mgmt_socket = None if microservice else bind(settings.host, settings.management_port)
+    mgmt_socket = None if microservice else bind(settings.management_host, settings.management_port)
+    if mgmt_socket is not None and tls is None and not _loopback(settings.management_host):
+        log.warning(
+            "management listens on %s without TLS: its bearer token crosses the network in "
+            "clear (set tls_cert and tls_key)",
+            settings.management_host,
+        )
     if settings.grpc_port:
         bind(settings.host, settings.grpc_port).close()  # gRPC binds its own, once loaded
     private_store = (
@@ -137,17 +173,18 @@ def serve(
             sagemaker_model=models[0][0] if microservice else None,
         ),
         settings.drain_seconds,
+        tls,
     )
     live = LiveStats(registry.metrics.registry)
     servers = [http]
     if token is not None and mgmt_socket is not None:
         servers.append(
-            _uvicorn(build_management_app(management, token, live), settings.drain_seconds)
+            _uvicorn(build_management_app(management, token, live), settings.drain_seconds, tls)
         )
     info = ServerInfo(
-        inference_url=_url(settings.host, http_socket),
+        inference_url=_url(settings.host, http_socket, tls),
         grpc_address="",
-        management_url=_url(settings.host, mgmt_socket) if mgmt_socket else "",
+        management_url=_url(settings.management_host, mgmt_socket, tls) if mgmt_socket else "",
         store=store.root,
         token_source=_token_source(settings, store.root) if token is not None else "",
         models=models,
@@ -163,6 +200,7 @@ def serve(
             host=settings.host,
             port=settings.grpc_port,
             max_message_bytes=settings.max_request_bytes,
+            tls=tls.grpc_pair() if tls else None,
         )
 
         def close() -> None:
@@ -279,8 +317,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(host: str, sock: socket.socket) -> str:
-    return f"http://{_address(host, sock.getsockname()[1])}"
+def _url(host: str, sock: socket.socket, tls: Tls | None) -> str:
+    return f"{'https' if tls else 'http'}://{_address(host, sock.getsockname()[1])}"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _address(host: str, port: int) -> str:

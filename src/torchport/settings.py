@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from torchport.errors import InvalidInput
@@ -44,9 +44,17 @@ class Settings(BaseSettings):
 
     store: Path = Field(default_factory=default_store_dir)
     host: str = "127.0.0.1"
+    """Where inference listens (HTTP and gRPC)."""
+    management_host: str = "127.0.0.1"
+    """Where management listens: loopback unless said, even when `host` is public."""
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=8081, ge=0, le=65535)
     management_port: int = Field(default=8082, ge=0, le=65535)
+    tls_cert: Path | None = None
+    """A PEM certificate (chain): with `tls_key`, every port speaks TLS only (HTTPS, gRPC
+    over TLS), so the management token never crosses a network in clear."""
+    tls_key: Path | None = None
+    """The PEM private key of `tls_cert`."""
     token: str | None = Field(default=None, min_length=16)
     """The management token; by default generated once into `<store>/token`."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
@@ -83,6 +91,12 @@ class Settings(BaseSettings):
     before a request may try again."""
     limits: Limits = Field(default_factory=Limits)
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both, or neither")
+        return self
+
 
 def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
     """Build `Settings` from a TOML file, the environment and flags (highest precedence).
@@ -116,11 +130,14 @@ def _env_overrides() -> dict[str, Any]:
 
 def _first_field(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    return ".".join(str(p) for p in err["loc"])
+    # A check across settings has no location; the first setting its message names is it.
+    return ".".join(str(p) for p in err["loc"]) or str(err["msg"]).split()[2]
 
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
+    if not err["loc"]:
+        return str(err["msg"]).removeprefix("Value error, ")
     return f"setting '{_first_field(exc)}': {err['msg']}"
 
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -49,16 +50,31 @@ class ServerProcess:
         self.log = store.parent / f"server-{self.http_port}.log"
 
     @property
+    def scheme(self) -> str:
+        return "https" if "TORCHPORT_TLS_CERT" in self.env else "http"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx checks the server's certificate against (its own, self-signed)."""
+        cert = self.env.get("TORCHPORT_TLS_CERT")
+        return ssl.create_default_context(cafile=cert) if cert else True
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://{self.host}:{self.http_port}"
+
+    @property
+    def host(self) -> str:
+        return self.env.get("TORCHPORT_HOST", "127.0.0.1")
 
     @property
     def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
+        host = self.env.get("TORCHPORT_MANAGEMENT_HOST", "127.0.0.1")
+        return f"{self.scheme}://{host}:{self.management_port}"
 
     @property
     def auth(self) -> dict[str, str]:
@@ -90,7 +106,7 @@ class ServerProcess:
             command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, text=True
         )
         try:
-            wait_ready(self.proc, self.url, self.log, timeout)
+            wait_ready(self.proc, self.url, self.log, timeout, self.verify)
         except RuntimeError:
             self.stop()
             raise
@@ -112,7 +128,13 @@ class ServerProcess:
         return self.log.read_text()
 
 
-def wait_ready(proc: subprocess.Popen[Any], url: str, log: Path, timeout: float = 120.0) -> None:
+def wait_ready(
+    proc: subprocess.Popen[Any],
+    url: str,
+    log: Path,
+    timeout: float = 120.0,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     """Wait until `url/v2/health/ready` answers 200; fail with the process's log if it
     exits first or is not ready in `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -120,7 +142,7 @@ def wait_ready(proc: subprocess.Popen[Any], url: str, log: Path, timeout: float 
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited early:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             pass

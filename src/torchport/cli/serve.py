@@ -18,7 +18,16 @@ def serve_cmd(
         list[Path] | None, typer.Argument(help="Packages to register at start (skipped if held).")
     ] = None,
     store: Annotated[Path | None, Opt(help="Store directory [env TORCHPORT_STORE].")] = None,
-    host: Annotated[str | None, Opt(help="Address to bind (default 127.0.0.1).")] = None,
+    host: Annotated[
+        str | None, Opt(help="Address inference binds, HTTP and gRPC (default 127.0.0.1).")
+    ] = None,
+    management_host: Annotated[
+        str | None, Opt(help="Address management binds (default 127.0.0.1, whatever --host).")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, Opt(help="PEM certificate: every port speaks TLS only (with --tls-key).")
+    ] = None,
+    tls_key: Annotated[Path | None, Opt(help="PEM private key of --tls-cert.")] = None,
     http_port: Annotated[int | None, Opt(help="Inference port (default 8080).")] = None,
     grpc_port: Annotated[int | None, Opt(help="gRPC inference port (default 8081).")] = None,
     management_port: Annotated[int | None, Opt(help="Management port (default 8082).")] = None,
@@ -53,6 +62,9 @@ def serve_cmd(
         config,
         store=store,
         host=host,
+        management_host=management_host,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         http_port=http_port,
         grpc_port=grpc_port,
         management_port=management_port,

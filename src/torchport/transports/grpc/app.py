@@ -28,7 +28,9 @@ class GrpcServer:
         host: str,
         port: int,
         max_message_bytes: int,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """`tls`: a PEM private key and certificate (chain): TLS only on the port."""
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -54,7 +56,11 @@ class GrpcServer:
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            if tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials([tls])
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise TorchportError(f"cannot listen for gRPC on {address}: {exc}") from None
         if not self.port:
