@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
 	$(BIN)/python benchmarks/cpu_cost.py
+	$(BIN)/python benchmarks/large_requests.py
 	$(BIN)/python benchmarks/serving.py --models minilm --targets torchport \
 		torchport-torchscript torchport-onnx --out benchmarks/results/serving-exports.json
 	$(BIN)/python benchmarks/serving.py --models mlp --targets torchport torchport-grpc \

@@ -4,6 +4,7 @@ named in the error when it does not fit."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -195,20 +196,7 @@ def from_raw(
     """Parse `to_raw`'s bytes back into an array of `shape`, naming `name` on error."""
     count = element_count(shape, name=name)
     if datatype is Datatype.BYTES:
-        view = memoryview(data)
-        items: list[bytes] = []
-        offset = 0
-        while offset < len(view):
-            if offset + 4 > len(view):
-                raise InvalidInput(
-                    f"tensor '{name}': BYTES data ends inside a length prefix", field=name
-                )
-            size = int.from_bytes(view[offset : offset + 4], "little")
-            offset += 4
-            if offset + size > len(view):
-                raise InvalidInput(f"tensor '{name}': BYTES element runs past the data", field=name)
-            items.append(bytes(view[offset : offset + size]))
-            offset += size
+        items = _length_prefixed(bytes(data), name)
         if len(items) != count:
             raise InvalidInput(
                 f"tensor '{name}': shape {list(shape)} needs {count} elements, "
@@ -227,6 +215,39 @@ def from_raw(
         )
     array = np.frombuffer(data, dtype=dtype).reshape(tuple(shape))
     return array.astype(datatype.numpy, copy=False)
+
+
+HEAVY_BYTES = 256 * 1024
+"""Tensors (or bodies) past this size are decoded, encoded and stacked off the event
+loop: below it the thread hop costs more than the work."""
+
+
+def weight(tensors: Tensors) -> int:
+    """About how many bytes `tensors` hold (a BYTES element counted as 64)."""
+    return sum(a.size * 64 if a.dtype == object else a.nbytes for a in tensors.values())
+
+
+_LENGTH = struct.Struct("<I")
+
+
+def _length_prefixed(data: bytes, name: str) -> list[bytes]:
+    """BYTES elements, each a 4-byte little-endian length and the bytes. The tightest
+    loop Python has for it (a large tensor holds the GIL for the whole walk)."""
+    items: list[bytes] = []
+    append, unpack = items.append, _LENGTH.unpack_from
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInput(
+                f"tensor '{name}': BYTES data ends inside a length prefix", field=name
+            )
+        (size,) = unpack(data, offset)
+        offset += 4
+        if offset + size > end:
+            raise InvalidInput(f"tensor '{name}': BYTES element runs past the data", field=name)
+        append(data[offset : offset + size])
+        offset += size
+    return items
 
 
 MAX_ELEMENTS = 1 << 31

@@ -32,6 +32,7 @@ from torchport.runtime.load import RecentPeak
 from torchport.runtime.packing import Key, Packing
 from torchport.runtime.runner import Runner
 from torchport.runtime.workers import ThreadBudget, WorkerPool
+from torchport.tensors import HEAVY_BYTES, weight
 from torchport.types import Tensors, batch_size
 
 LOAD_WINDOW = 0.25
@@ -370,7 +371,12 @@ class Batcher:
             for p in batch:
                 self.observer.waited(now - p.arrived)
         try:
-            inputs = self._packing.pack([p.inputs for p in batch])
+            requests = [p.inputs for p in batch]
+            if len(requests) > 1 and sum(map(weight, requests)) >= HEAVY_BYTES:
+                # Padding and copying megabytes would stall the loop every port runs on.
+                inputs = await asyncio.to_thread(self._packing.pack, requests)
+            else:
+                inputs = self._packing.pack(requests)
             outputs = await self._call(inputs, alone=alone)
         except BaseException as exc:
             for p in batch:

@@ -10,9 +10,10 @@ the transport opened around the whole request) counts it once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -21,7 +22,10 @@ from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.requests import RequestCounter, Tracked, tracked
 from torchport.service.compare import RecentRequests
 from torchport.service.registry import Registry
+from torchport.tensors import HEAVY_BYTES
 from torchport.types import Signature, Tensors
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,17 @@ class DataPlane:
         self.recent = recent or RecentRequests()
         self.counter = RequestCounter(registry.metrics, registry.labels)
         self._loads = anyio.CapacityLimiter(1)
+        # One: decoding holds the GIL, so a second thread would not decode faster, only
+        # take the GIL from the event loop more often.
+        self._codecs = anyio.CapacityLimiter(1)
+
+    async def offload(self, size: int, work: Callable[..., T], *args: object) -> T:
+        """`work(*args)` — a transport's decoding or encoding of `size` bytes — on the event
+        loop when small, else on a thread of its own: one large body never stalls
+        the loop that serves every port, health probes included."""
+        if size < HEAVY_BYTES:
+            return work(*args)
+        return await anyio.to_thread.run_sync(work, *args, limiter=self._codecs)
 
     def track(
         self, protocol: str, model: str = "", version: int | None = None

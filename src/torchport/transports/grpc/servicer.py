@@ -24,6 +24,7 @@ from torchport.observability.logs import new_request_id, request_id
 from torchport.service.auth import check_bearer
 from torchport.service.dataplane import DataPlane, timeout_parameter
 from torchport.service.management import Management
+from torchport.tensors import weight
 from torchport.transports.grpc import convert
 from torchport.version import __version__
 
@@ -54,7 +55,7 @@ def answers_errors(method: Method[Resp]) -> Handler[Resp]:
         if not counts:
             return await method(self, convert.parse(message_type, raw), context)
         with self.service.track("oip_grpc") as tracked:
-            request = convert.parse(message_type, raw)
+            request = await self.service.offload(len(raw), convert.parse, message_type, raw)
             tracked.model = request.model_name
             return await method(self, request, context)
 
@@ -124,7 +125,9 @@ class InferenceServicer:
         return response
 
     async def _infer(self, request: Any, context: Context) -> Any:
-        infer_request, raw = convert.decode_request(request)
+        infer_request, raw = await self.service.offload(
+            request.ByteSize(), convert.decode_request, request
+        )
         timeout = timeout_parameter(infer_request.parameters)
         remaining = context.time_remaining()  # the client's gRPC deadline, if it set one
         if remaining is not None and (timeout is None or remaining < timeout):
@@ -132,7 +135,9 @@ class InferenceServicer:
         if timeout is not None:
             infer_request = replace(infer_request, timeout_s=timeout)
         response = await self.service.infer(infer_request)
-        return convert.encode_response(response, raw)
+        return await self.service.offload(
+            weight(response.outputs), convert.encode_response, response, raw
+        )
 
     # -- the model repository extension (management token) ------------------------------
 

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import DataPlane, InferRequest
-from torchport.tensors import to_array
+from torchport.tensors import to_array, weight
 from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
@@ -50,18 +50,26 @@ def outputs_to_predictions(outputs: Tensors) -> list[Any]:
     return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 
 
+def _inputs(body: bytes, signature: Signature) -> Tensors:
+    doc = parse_json(body)
+    if not isinstance(doc, dict) or "instances" not in doc:
+        raise InvalidInput('the request must be {"instances": [...]}', field="instances")
+    return instances_to_inputs(doc["instances"], signature)
+
+
+def _predictions(outputs: Tensors) -> Response:
+    return json_response({"predictions": outputs_to_predictions(outputs)})
+
+
 def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
     async def predict(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
-        doc = parse_json(body)
-        if not isinstance(doc, dict) or "instances" not in doc:
-            raise InvalidInput('the request must be {"instances": [...]}', field="instances")
         signature = service.signature(model, version)
-        inputs = instances_to_inputs(doc["instances"], signature)
+        inputs = await service.offload(len(body), _inputs, body, signature)
         timeout = timeout_seconds(request)
         response = await service.infer(InferRequest(model, inputs, version, timeout_s=timeout))
-        return json_response({"predictions": outputs_to_predictions(response.outputs)})
+        return await service.offload(weight(response.outputs), _predictions, response.outputs)
 
     async def model_status(request: Request) -> Response:
         model, version = model_and_version(request)

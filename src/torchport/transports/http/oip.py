@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.service.dataplane import DataPlane
+from torchport.tensors import weight
 from torchport.transports.http.body import read_body
 from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
@@ -58,14 +59,16 @@ def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
         model, version = model_and_version(request)
         service.resolve(model, version)  # an unknown model is a 404 before its body is read
         body = await read_body(request, max_body)
-        infer_request, fmt = decode_request(
-            body, request.headers.get(HEADER_LENGTH), model, version
+        infer_request, fmt = await service.offload(
+            len(body), decode_request, body, request.headers.get(HEADER_LENGTH), model, version
         )
         timeout = timeout_seconds(request, infer_request.parameters)
         if timeout is not None:
             infer_request = replace(infer_request, timeout_s=timeout)
         response = await service.infer(infer_request)
-        content, headers = encode_response(response, fmt)
+        content, headers = await service.offload(
+            weight(response.outputs), encode_response, response, fmt
+        )
         return Response(content, headers=headers)
 
     return [

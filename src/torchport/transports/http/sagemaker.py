@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from torchport.service.dataplane import DataPlane, InferRequest
-from torchport.tensors import element_count, to_array
+from torchport.tensors import element_count, to_array, weight
 from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import decode_document, encode_response
@@ -53,23 +53,29 @@ def routes(service: DataPlane, max_body: int, model: str) -> list[BaseRoute]:
             content_type = JSON  # what `curl -d` sends with a JSON body
         signature = service.signature(model)
         timeout = timeout_seconds(request)
+        size = len(body)
         if content_type == JSON and body.lstrip().startswith(b"{") and b'"inputs"' in body:
-            doc = parse_json(body)
+            doc = await service.offload(size, parse_json, body)
             if isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
                 # An Open Inference Protocol body: answered as one, unless asked otherwise.
-                infer_request, fmt = decode_document(doc, memoryview(b""), model, None)
+                infer_request, fmt = await service.offload(
+                    size, decode_document, doc, memoryview(b""), model, None
+                )
                 response = await service.infer(replace(infer_request, timeout_s=timeout))
+                out = weight(response.outputs)
                 if answer == JSON:
-                    content, headers = encode_response(response, fmt)
+                    content, headers = await service.offload(out, encode_response, response, fmt)
                     return Response(content, headers=headers)
-                return _answer(response.outputs, answer, named=False)
-            inputs, named = _from_json(doc, signature)  # parsed once
+                return await service.offload(out, _answer, response.outputs, answer, False)
+            inputs, named = await service.offload(size, _from_json, doc, signature)
         else:
-            inputs, named = _decode(body, content_type, signature)
+            inputs, named = await service.offload(size, _decode, body, content_type, signature)
         response = await service.infer(
             InferRequest(model=model, version=None, inputs=inputs, timeout_s=timeout)
         )
-        return _answer(response.outputs, answer, named=named)
+        return await service.offload(
+            weight(response.outputs), _answer, response.outputs, answer, named
+        )
 
     return [Route("/invocations", invocations, methods=["POST"])]
 
@@ -213,7 +219,7 @@ def _csv_rows(body: bytes, spec: TensorSpec) -> np.ndarray:
     return to_array(array, spec.datatype, name=spec.name)
 
 
-def _answer(outputs: Tensors, answer: str, *, named: bool) -> Response:
+def _answer(outputs: Tensors, answer: str, named: bool) -> Response:
     if answer == NPY:
         if len(outputs) != 1:
             raise NotAcceptable(

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import DataPlane, InferRequest
-from torchport.tensors import to_array
+from torchport.tensors import to_array, weight
 from torchport.transports.http.body import parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
@@ -49,18 +49,25 @@ def body_to_inputs(body: bytes, content_type: str, signature: Signature) -> tupl
     return {single.name: to_array([doc], single.datatype, name=single.name)}, True
 
 
+def _answer(outputs: Tensors, single: bool) -> Response:
+    if not single:
+        return json_response({k: json_ready(v) for k, v in outputs.items()})
+    rows = {k: json_ready(v)[0] for k, v in outputs.items()}
+    return json_response(next(iter(rows.values())) if len(rows) == 1 else rows)
+
+
 def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
     async def predictions(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
         signature = service.signature(model, version)
-        inputs, single = body_to_inputs(body, request.headers.get("content-type", ""), signature)
+        content_type = request.headers.get("content-type", "")
+        inputs, single = await service.offload(
+            len(body), body_to_inputs, body, content_type, signature
+        )
         timeout = timeout_seconds(request)
         response = await service.infer(InferRequest(model, inputs, version, timeout_s=timeout))
-        if not single:
-            return json_response({k: json_ready(v) for k, v in response.outputs.items()})
-        rows = {k: json_ready(v)[0] for k, v in response.outputs.items()}
-        return json_response(next(iter(rows.values())) if len(rows) == 1 else rows)
+        return await service.offload(weight(response.outputs), _answer, response.outputs, single)
 
     async def ping(_request: Request) -> Response:
         ok = service.server_ready()
