@@ -71,10 +71,12 @@ def in_process(
     registry.start()
     live = LiveStats(registry.metrics.registry)
     inference_app = build_inference_app(
-        dataplane, max_body=max_request_bytes, sagemaker_model=names[0] if sagemaker else None
+        dataplane, config, sagemaker_model=names[0] if sagemaker else None
     )
     http = TestClient(inference_app, base_url="http://127.0.0.1")
-    admin = TestClient(build_management_app(management, TOKEN, live), base_url="http://127.0.0.1")
+    admin = TestClient(
+        build_management_app(management, TOKEN, config, live), base_url="http://127.0.0.1"
+    )
     port = free_port()
 
     async def start_grpc() -> GrpcServer:  # grpc.aio takes the loop it is made on

@@ -133,6 +133,12 @@ class DeadlineExceeded(TorchportError):
     code = "deadline_exceeded"
 
 
+class RequestTimeout(TorchportError):
+    """A client took longer than allowed to send its request."""
+
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(InvalidInput):
     """A request body in a content type the route does not read."""
 

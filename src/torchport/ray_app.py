@@ -54,10 +54,10 @@ class Replica:
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
-        self._max_body = settings.max_request_bytes
+        self._settings = settings
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_inference_app(self.dataplane, max_body=self._max_body)
+        return build_inference_app(self.dataplane, self._settings)
 
     def __del__(self) -> None:  # Ray Serve's graceful shutdown of a replica
         registry = getattr(self, "registry", None)

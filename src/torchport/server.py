@@ -83,7 +83,7 @@ class Tls:
         return self.key.read_bytes(), self.cert.read_bytes()
 
 
-def _uvicorn(app: object, drain_seconds: float, tls: Tls | None) -> _Server:
+def _uvicorn(app: object, settings: Settings, tls: Tls | None) -> _Server:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         log_level="warning",
@@ -92,7 +92,8 @@ def _uvicorn(app: object, drain_seconds: float, tls: Tls | None) -> _Server:
         server_header=False,
         http="httptools",
         loop="none",
-        timeout_graceful_shutdown=math.ceil(drain_seconds),
+        timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
+        limit_concurrency=settings.max_connections,
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
     )
@@ -168,18 +169,20 @@ def serve(
     models = [(m.name, m.default) for m in store.list_models()]
     http = _uvicorn(
         build_inference_app(
-            dataplane,
-            max_body=settings.max_request_bytes,
-            sagemaker_model=models[0][0] if microservice else None,
+            dataplane, settings, sagemaker_model=models[0][0] if microservice else None
         ),
-        settings.drain_seconds,
+        settings,
         tls,
     )
     live = LiveStats(registry.metrics.registry)
     servers = [http]
     if token is not None and mgmt_socket is not None:
         servers.append(
-            _uvicorn(build_management_app(management, token, live), settings.drain_seconds, tls)
+            _uvicorn(
+                build_management_app(management, token, settings, live),
+                settings,
+                tls,
+            )
         )
     info = ServerInfo(
         inference_url=_url(settings.host, http_socket, tls),
@@ -200,6 +203,7 @@ def serve(
             host=settings.host,
             port=settings.grpc_port,
             max_message_bytes=settings.max_request_bytes,
+            max_calls=settings.max_grpc_calls,
             tls=tls.grpc_pair() if tls else None,
         )
 
@@ -270,7 +274,11 @@ def open_services(
     """The services of a server on `store`: the registry of loaded versions, the data plane
     every protocol calls, and management (nothing is loaded until `registry.start`)."""
     backend = Backend(
-        settings.backend, settings.limits, cores=cores, torch_threads=settings.torch_threads
+        settings.backend,
+        settings.limits,
+        cores=cores,
+        torch_threads=settings.torch_threads,
+        request_timeout_s=settings.request_timeout_s,
     )
     loads = RequestLoads(
         settings.load_on_request, settings.max_loaded_on_request, settings.load_retry_seconds

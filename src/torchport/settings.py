@@ -59,6 +59,23 @@ class Settings(BaseSettings):
     """The management token; by default generated once into `<store>/token`."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest inference request body accepted (413 past it)."""
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """An inference (or management JSON) body must arrive whole within this (408 past it,
+    and the connection is closed): a client dripping bytes cannot hold a connection."""
+    upload_timeout_s: float = Field(default=600.0, gt=0, le=86400)
+    """A package upload's body must arrive whole within this (408 past it)."""
+    max_inflight: int = Field(default=512, ge=1, le=100_000)
+    """Requests in progress on each HTTP port (reading their bodies included); the next
+    gets 503 with Retry-After at once. Health probes and /metrics are never refused."""
+    max_connections: int = Field(default=2048, ge=1, le=100_000)
+    """Open connections (or requests) on each HTTP port past which every new request gets
+    503 (uvicorn's limit, a backstop behind `max_inflight`)."""
+    max_grpc_calls: int = Field(default=512, ge=1, le=100_000)
+    """gRPC calls in progress at once; the next gets RESOURCE_EXHAUSTED."""
+    request_timeout_s: float = Field(default=120.0, gt=0, le=86400)
+    """A batch running longer than this fails its requests with 504, and its worker is
+    replaced: a worker process is killed and restarted; a thread, which cannot be killed,
+    is abandoned to its batch and another takes its place."""
     torch_threads: int = Field(default=1, ge=0, le=1024)
     """torch intra-op threads of a batch that runs beside others under load; a batch that
     runs alone on an idle server uses every core. 0 leaves torch's settings alone.

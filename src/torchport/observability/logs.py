@@ -53,7 +53,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    # Private attributes are other libraries' (Ray stamps `_ray_timestamp_ns` on every
+    # record once imported), not fields of ours.
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and k[0] != "_"}
 
 
 class TextFormatter(logging.Formatter):

@@ -22,6 +22,7 @@ from torchport.runtime.workers import ThreadBudget
 from torchport.settings import Limits
 
 BackendName = Literal["local", "ray"]
+PROCESS_KILL_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ class Backend:
         *,
         cores: int = 1,
         torch_threads: int = 0,
+        request_timeout_s: float | None = None,
     ) -> None:
         self.name = name
         self.limits = limits or Limits()
+        self.request_timeout_s = request_timeout_s
+        """How long a batch may run (None: as long as it takes)."""
         self.torch_threads = torch_threads
         """Intra-op threads of a batch under load (0: torch's settings are left alone)."""
         self.threads = ThreadBudget(cores, torch_threads) if torch_threads else None
@@ -66,6 +70,15 @@ class Backend:
         if policy.worker_kind == "process":
             return Plan(policy, Placement("process", processes=policy.workers))
         return Plan(policy, Placement())
+
+    def timeout_for(self, deployment: Deployment) -> float | None:
+        """How long the batcher waits for a batch: a worker process is killed at
+        `request_timeout_s` by its pool (which answers), so the batcher waits a little
+        longer for that answer; threads and replicas are waited on for exactly as long."""
+        if self.request_timeout_s is None:
+            return None
+        margin = PROCESS_KILL_MARGIN_S if deployment.placement.kind == "process" else 0.0
+        return self.request_timeout_s + margin
 
     def threads_for(self, deployment: Deployment) -> ThreadBudget | None:
         """The torch threads the batcher sets per batch: only for batches run here (worker
@@ -96,6 +109,7 @@ class Backend:
                     self.torch_threads,
                     compile=local.compiled,
                     on_restart=on_restart,
+                    batch_timeout_s=self.request_timeout_s,
                 )
             from torchport.runtime.ray_backend import RayServeRunner  # only with Ray
 

@@ -107,11 +107,12 @@ class Batcher:
         policy: BatchPolicy | None = None,
         threads: ThreadBudget | None = None,
         observer: BatchObserver | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.runner = runner
         self.observer = observer
         self.policy = policy or BatchPolicy()
-        self.pool = WorkerPool(runner, self.policy.workers, threads)
+        self.pool = WorkerPool(runner, self.policy.workers, threads, timeout_s)
         self.target: LatencyTarget | None = None
         """Plans batch sizes when the policy sets `target_p99_ms`."""
         self.stats = BatchStats()

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from torchport.archive import Manifest, read_package
-from torchport.errors import ModelLoadError, TorchportError, Unavailable, error_for
+from torchport.errors import (
+    DeadlineExceeded,
+    ModelLoadError,
+    TorchportError,
+    Unavailable,
+    error_for,
+)
 from torchport.runtime.placement import Placement, Workers
 from torchport.settings import Limits
 from torchport.tensors import from_raw, to_raw
@@ -181,6 +187,10 @@ class WorkerDied(Unavailable):
     """The worker process died while it held a batch."""
 
 
+class WorkerHung(DeadlineExceeded):
+    """The worker process did not answer a batch in time (it is killed)."""
+
+
 class WorkerProcess:
     """One worker process and the pipe to it; `predict` runs one batch there."""
 
@@ -218,10 +228,16 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def predict(self, batch: Tensors) -> Tensors:
+    def predict(self, batch: Tensors, timeout_s: float | None = None) -> Tensors:
         described, blocks = _put(batch)
         try:
             _send(self.conn, {"kind": "predict", "inputs": described})
+            if timeout_s is not None and not self.conn.poll(timeout_s):
+                self.kill()
+                raise WorkerHung(
+                    f"the worker process (pid {self.pid}) ran this batch past "
+                    f"request_timeout_s ({timeout_s:g} s); it was killed and is being replaced"
+                )
             reply = _recv(self.conn)
         except (EOFError, OSError, BrokenPipeError):
             raise WorkerDied(
@@ -261,8 +277,12 @@ class ProcessPoolRunner:
         *,
         compile: bool = False,
         on_restart: Callable[[], None] | None = None,
+        batch_timeout_s: float | None = None,
     ) -> None:
         self.on_restart = on_restart
+        self.batch_timeout_s = batch_timeout_s
+        """A worker that has not answered a batch by then is hung: it is killed and
+        replaced, and the batch fails with `DeadlineExceeded`."""
         self.compiled = compile
         self.placement = Placement("process", processes=workers)
         # How every worker, first or replacement, is started (torch_threads 0: torch's).
@@ -302,8 +322,8 @@ class ProcessPoolRunner:
         except queue.Empty:
             raise Unavailable("no worker process is available") from None
         try:
-            result = worker.predict(batch)
-        except WorkerDied:
+            result = worker.predict(batch, self.batch_timeout_s)
+        except (WorkerDied, WorkerHung):
             self._replace(worker)
             raise
         except BaseException:

@@ -224,6 +224,7 @@ class Registry:
             plan.policy,
             self.backend.threads_for(deployment),
             self.metrics.observer(model, version),
+            self.backend.timeout_for(deployment),
         )
         return LoadedVersion(model, version, deployment, batcher, load_seconds)
 

@@ -28,16 +28,19 @@ class GrpcServer:
         host: str,
         port: int,
         max_message_bytes: int,
+        max_calls: int | None = None,
         tls: tuple[bytes, bytes] | None = None,
     ) -> None:
-        """`tls`: a PEM private key and certificate (chain): TLS only on the port."""
+        """`max_calls`: calls in progress at once (the next is RESOURCE_EXHAUSTED); `tls`: a
+        PEM private key and certificate (chain): TLS only on the port."""
         self.server = grpc.aio.server(
+            maximum_concurrent_rpcs=max_calls,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # Two servers on one port would split the traffic silently: refuse instead.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self.server.add_generic_rpc_handlers(
             (convert.method_handlers(InferenceServicer(service, management, token)),)

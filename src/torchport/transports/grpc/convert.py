@@ -137,6 +137,7 @@ STATUS: dict[str, grpc.StatusCode] = {
     "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "request_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "store_error": grpc.StatusCode.UNAVAILABLE,
     "insufficient_storage": grpc.StatusCode.RESOURCE_EXHAUSTED,

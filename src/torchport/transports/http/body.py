@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import orjson
 from starlette.requests import Request
 
-from torchport.errors import InvalidInput, TooLarge, out_of_space
+from torchport.errors import InvalidInput, RequestTimeout, TooLarge, out_of_space
 from torchport.tensors import HEAVY_BYTES
 
 
@@ -29,30 +33,56 @@ def _check_declared(request: Request, limit: int) -> None:
             raise TooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes `limit` bytes."""
-    _check_declared(request, limit)
+@dataclass(frozen=True)
+class BodyLimit:
+    """How much a body may hold, and how long it may take to arrive."""
+
+    max_bytes: int
+    timeout_s: float
+    setting: str = "body_timeout_s"
+    """The setting that says `timeout_s`, named in the 408."""
+
+    @contextmanager
+    def clock(self) -> Iterator[None]:
+        try:
+            with anyio.fail_after(self.timeout_s):
+                yield
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.timeout_s:g} s ({self.setting})",
+                field="body",
+            ) from None
+
+
+async def read_body(request: Request, limit: BodyLimit) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit.max_bytes` bytes, and
+    with 408 if it has not all arrived within `limit.timeout_s`."""
+    _check_declared(request, limit.max_bytes)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    with limit.clock():
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit.max_bytes:
+                raise TooLarge(f"request body is over the limit of {limit.max_bytes} bytes")
+            chunks.append(chunk)
     if size >= HEAVY_BYTES:  # copying megabytes into fresh pages takes the loop ~2 ms a MiB
         return await anyio.to_thread.run_sync(b"".join, chunks)
     return b"".join(chunks)
 
 
-async def save_body(request: Request, dest: Path, limit: int) -> int:
-    """Stream the body to `dest`, refused with 413 past `limit` bytes; returns its size."""
-    _check_declared(request, limit)
+async def save_body(request: Request, dest: Path, limit: BodyLimit) -> int:
+    """Stream the body to `dest`, refused with 413 past `limit.max_bytes` bytes and 408
+    past `limit.timeout_s`; returns its size."""
+    _check_declared(request, limit.max_bytes)
     size = 0
-    with dest.open("wb") as out:
+    with dest.open("wb") as out, limit.clock():
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"upload is over the limit of {limit} bytes (max_package_bytes)")
+            if size > limit.max_bytes:
+                raise TooLarge(
+                    f"upload is over the limit of {limit.max_bytes} bytes (max_package_bytes)"
+                )
             try:
                 out.write(chunk)
             except OSError as exc:

@@ -6,15 +6,21 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from torchport.errors import TorchportError
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.metrics import CONTENT_TYPE
 from torchport.service.dataplane import DataPlane
+from torchport.settings import Settings
 from torchport.transports.http import kserve_v1, oip, sagemaker, torchserve
+from torchport.transports.http.body import BodyLimit
+from torchport.transports.http.limits import InflightLimit
 from torchport.transports.http.responses import HANDLERS, error_response
 
 REQUEST_ID_HEADER = "X-Request-ID"
+PROBES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"})
+"""Never refused for load: a busy server is still alive, and says whether it is ready."""
 
 
 def _observed(service: DataPlane, route: BaseRoute, protocol: str, model: str = "") -> BaseRoute:
@@ -45,10 +51,12 @@ def _observed(service: DataPlane, route: BaseRoute, protocol: str, model: str = 
 
 
 def build_inference_app(
-    service: DataPlane, *, max_body: int, sagemaker_model: str | None = None
-) -> Starlette:
+    service: DataPlane, settings: Settings, *, sagemaker_model: str | None = None
+) -> ASGIApp:
     """Every inference protocol; with `sagemaker_model` (the microservice), SageMaker's
-    `POST /invocations` for that model too."""
+    `POST /invocations` for that model too. At most `settings.max_inflight` requests at
+    once (health probes and /metrics aside)."""
+    max_body = BodyLimit(settings.max_request_bytes, settings.body_timeout_s)
 
     async def metrics(_request: Request) -> Response:
         return Response(service.metrics_text(), media_type=CONTENT_TYPE)
@@ -64,4 +72,5 @@ def build_inference_app(
             _observed(service, r, "sagemaker", sagemaker_model)
             for r in sagemaker.routes(service, max_body, sagemaker_model)
         ]
-    return Starlette(routes=routes, exception_handlers=dict(HANDLERS))
+    app = Starlette(routes=routes, exception_handlers=dict(HANDLERS))
+    return InflightLimit(app, settings.max_inflight, exempt=PROBES)

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import DataPlane, InferRequest
 from torchport.tensors import to_array, weight
-from torchport.transports.http.body import parse_json, read_body
+from torchport.transports.http.body import BodyLimit, parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
 from torchport.types import Signature, Tensors
@@ -61,7 +61,7 @@ def _predictions(outputs: Tensors) -> Response:
     return json_response({"predictions": outputs_to_predictions(outputs)})
 
 
-def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
     async def predict(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)

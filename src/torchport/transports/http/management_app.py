@@ -22,8 +22,9 @@ from torchport.errors import InvalidInput, TorchportError
 from torchport.observability.live import LiveStats
 from torchport.service.auth import check_bearer
 from torchport.service.management import Management
+from torchport.settings import Settings
 from torchport.store import ModelInfo
-from torchport.transports.http.body import parse_json, read_body, save_body
+from torchport.transports.http.body import BodyLimit, parse_json, read_body, save_body
 from torchport.transports.http.params import model_and_version
 from torchport.transports.http.responses import HANDLERS, error_response, json_response
 from torchport.types import version_number
@@ -94,13 +95,18 @@ def _actor(request: Request) -> str:
     return f"api@{client.host}" if client else "api"
 
 
-async def _json_body(request: Request) -> Any:
-    return parse_json(await read_body(request, 1024 * 1024) or b"{}")
+async def _json_body(request: Request, limit: BodyLimit) -> Any:
+    return parse_json(await read_body(request, limit) or b"{}")
 
 
 def build_management_app(
-    management: Management, token: str, live: LiveStats | None = None
+    management: Management, token: str, settings: Settings, live: LiveStats | None = None
 ) -> Starlette:
+    json_limit = BodyLimit(1024 * 1024, settings.body_timeout_s)
+    upload_limit = BodyLimit(
+        management.limits.max_package_bytes, settings.upload_timeout_s, "upload_timeout_s"
+    )
+
     async def list_models(_request: Request) -> Response:
         models = await run_in_threadpool(management.list_models)
         known = await run_in_threadpool(management.states)
@@ -123,7 +129,7 @@ def build_management_app(
         promote = request.query_params.get("promote", "false").lower() in ("1", "true", "yes")
         with tempfile.TemporaryDirectory(prefix="torchport-upload-") as tmp:
             path = Path(tmp) / "upload.tpa"
-            await save_body(request, path, management.limits.max_package_bytes)
+            await save_body(request, path, upload_limit)
             report = await run_in_threadpool(
                 lambda: management.upload(path, name=model, promote=promote, actor=_actor(request))
             )
@@ -139,7 +145,7 @@ def build_management_app(
 
     async def promote(request: Request) -> Response:
         model, _ = model_and_version(request)
-        doc = await _json_body(request)
+        doc = await _json_body(request, json_limit)
         version = doc.get("version") if isinstance(doc, dict) else None
         if not isinstance(version, int) or isinstance(version, bool):
             raise InvalidInput('send {"version": N} with an integer N', field="version")
@@ -174,7 +180,7 @@ def build_management_app(
     async def set_config(request: Request) -> Response:
         model, version = model_and_version(request)
         assert version is not None
-        doc = await _json_body(request)
+        doc = await _json_body(request, json_limit)
         info = await run_in_threadpool(
             lambda: management.set_config(model, version, doc, actor=_actor(request))
         )

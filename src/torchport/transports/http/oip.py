@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from torchport.service.dataplane import DataPlane
 from torchport.tensors import weight
-from torchport.transports.http.body import read_body
+from torchport.transports.http.body import BodyLimit, read_body
 from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_response
@@ -19,7 +19,7 @@ from torchport.version import __version__
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
-def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
     async def server_metadata(_request: Request) -> Response:
         return json_response(
             {"name": "torchport", "version": __version__, "extensions": EXTENSIONS}

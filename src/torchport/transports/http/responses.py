@@ -36,6 +36,7 @@ STATUS = {
     "store_error": 503,
     "insufficient_storage": 507,
     "deadline_exceeded": 504,
+    "request_timeout": 408,
     "internal": 500,
 }
 
@@ -64,6 +65,8 @@ def error_response(exc: TorchportError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if status == 503:
         headers = {"Retry-After": "1"}
+    if status == 408:  # the rest of a dripped body is never read: the connection goes
+        headers = {"Connection": "close"}
     return json_response(exc.to_dict(), status, headers)
 
 

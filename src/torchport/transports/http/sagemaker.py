@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from torchport.service.dataplane import DataPlane, InferRequest
 from torchport.tensors import element_count, to_array, weight
-from torchport.transports.http.body import parse_json, read_body
+from torchport.transports.http.body import BodyLimit, parse_json, read_body
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import decode_document, encode_response
 from torchport.transports.http.params import timeout_seconds
@@ -44,7 +44,7 @@ FORM = "application/x-www-form-urlencoded"
 ANSWERS = (JSON, CSV, NPY)
 
 
-def routes(service: DataPlane, max_body: int, model: str) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: BodyLimit, model: str) -> list[BaseRoute]:
     async def invocations(request: Request) -> Response:
         content_type = _media_type(request.headers.get("content-type")) or JSON
         answer = _accepted(request.headers.get("accept"))

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 from torchport.errors import InvalidInput
 from torchport.service.dataplane import DataPlane, InferRequest
 from torchport.tensors import to_array, weight
-from torchport.transports.http.body import parse_json, read_body
+from torchport.transports.http.body import BodyLimit, parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
 from torchport.types import Datatype, Signature, Tensors
@@ -56,7 +56,7 @@ def _answer(outputs: Tensors, single: bool) -> Response:
     return json_response(next(iter(rows.values())) if len(rows) == 1 else rows)
 
 
-def routes(service: DataPlane, max_body: int) -> list[BaseRoute]:
+def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
     async def predictions(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
