@@ -16,7 +16,6 @@ Serve config (what `torchport ray deploy` writes and deploys):
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from ray.serve import Application
 from torchport.archive import read_package
 from torchport.errors import InvalidInput
 from torchport.runtime import Scaling
+from torchport.scratch import scratch_dir
 from torchport.server import open_services
 from torchport.settings import Settings
 from torchport.store import SQLiteStore
@@ -42,7 +42,7 @@ class Replica:
 
         settings = Settings(torch_threads=torch_threads)
         torch.set_num_threads(torch_threads)
-        self._dir = Path(tempfile.mkdtemp(prefix="torchport-replica-"))
+        self._dir = scratch_dir("replica")
         try:
             self._store = SQLiteStore(self._dir)
             # The replica owns `torch_threads` CPUs: a lone batch takes those, no more.

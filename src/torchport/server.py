@@ -9,11 +9,9 @@ import ipaddress
 import logging
 import math
 import os
-import shutil
 import signal
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +24,7 @@ from torchport.examples import register_examples
 from torchport.observability.live import LiveStats
 from torchport.observability.logs import configure_logging
 from torchport.runtime import Backend
+from torchport.scratch import remove, scratch, scratch_dir, sweep
 from torchport.service import DataPlane, Management, Registry, RequestLoads
 from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.compare import RecentRequests
@@ -141,9 +140,10 @@ def serve(
         )
     if settings.grpc_port:
         bind(settings.host, settings.grpc_port).close()  # gRPC binds its own, once loaded
-    private_store = (
-        Path(tempfile.mkdtemp(prefix="torchport-microservice-")) if microservice else None
-    )
+    swept = sweep()
+    if swept:
+        say(f"removed {swept} temporary files left by stopped torchport processes")
+    private_store = scratch_dir("microservice") if microservice else None
     store = SQLiteStore(private_store or settings.store)
     token = None if microservice else resolve_token(settings.token, store.root)
     ray_started = False
@@ -154,8 +154,8 @@ def serve(
         ray_started = ray_backend.connect(settings.ray_address, available_cores())
     registry, dataplane, management = open_services(store, settings, available_cores())
     if examples:
-        with tempfile.TemporaryDirectory(prefix="torchport-examples-") as tmp:
-            register_examples(management, Path(tmp), say)
+        with scratch("examples") as tmp:
+            register_examples(management, tmp, say)
     for package in packages or []:
         report = management.upload_if_new(package, actor="serve")
         done = f"registered v{report.version.version}" if report else "already registered"
@@ -265,7 +265,7 @@ def serve(
 
             ray_backend.disconnect(ray_started)
         if private_store is not None:
-            shutil.rmtree(private_store, ignore_errors=True)
+            remove(private_store)
 
 
 def open_services(

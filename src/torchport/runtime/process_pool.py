@@ -33,6 +33,7 @@ from torchport.errors import (
     error_for,
 )
 from torchport.runtime.placement import Placement, Workers
+from torchport.scratch import shm_name, sweep
 from torchport.settings import Limits
 from torchport.tensors import from_raw, to_raw
 from torchport.types import Datatype, Signature, Tensors
@@ -74,7 +75,7 @@ def _put(tensors: Tensors) -> tuple[list[dict[str, Any]], list[SharedMemory]]:
 
 def _reserved_block(size: int) -> SharedMemory:
     try:
-        block = SharedMemory(create=True, size=max(1, size))
+        block = SharedMemory(name=shm_name(), create=True, size=max(1, size))
     except OSError as exc:
         raise Unavailable(
             f"cannot make a shared-memory block of {size} bytes: {exc.strerror}"
@@ -338,6 +339,7 @@ class ProcessPoolRunner:
                 self._all.remove(dead)
         dead.kill()
         log.warning("worker process %s died; starting another", dead.pid)
+        sweep(pid=dead.pid)  # its unpacked package, and blocks it made and never handed over
         if self.on_restart is not None:
             self.on_restart()
 

@@ -13,8 +13,8 @@ import contextlib
 import logging
 import os
 import secrets
-import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from torchport.archive import Manifest, read_package
 from torchport.errors import ModelLoadError, Overloaded, TorchportError, Unavailable
 from torchport.runtime.placement import Placement, Scaling, Workers
 from torchport.runtime.runner import LocalRunner, open_runner
+from torchport.scratch import remove, scratch_dir
 from torchport.settings import Limits
 from torchport.types import Signature, Tensors
 
@@ -45,8 +46,9 @@ class Replica:
             import torch
 
             torch.set_num_threads(torch_threads)
-        self._dir = tempfile.TemporaryDirectory(prefix="torchport-replica-")
-        path = Path(self._dir.name) / "package.tpa"
+        self._dir = scratch_dir("replica")
+        weakref.finalize(self, remove, self._dir)
+        path = self._dir / "package.tpa"
         path.write_bytes(package)
         self.runner: LocalRunner = open_runner(path, compile=compile)
 

@@ -6,8 +6,6 @@ Batching, worker pools and remote backends wrap or implement this same interface
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import weakref
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -21,6 +19,7 @@ from torchport.errors import InvalidInput, ModelLoadError, TorchportError
 from torchport.runtime.handler import Handler
 from torchport.runtime.loader import compile_model, handler_context, load_handler, load_model
 from torchport.runtime.placement import Placement, Workers
+from torchport.scratch import remove, scratch_dir
 from torchport.settings import Limits
 from torchport.tensors import json_to_arrays, to_array
 from torchport.types import Signature, Tensors
@@ -115,8 +114,8 @@ class UnpackedPackage:
     """A package verified and unpacked into a private directory, removed on `close`."""
 
     def __init__(self, path: Path, limits: Limits | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="torchport-"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
+        self.dir = scratch_dir("unpacked")
+        self._cleanup = weakref.finalize(self, remove, self.dir)
         try:
             self.package: Package = unpack_package(path, self.dir / "files", limits)
         except BaseException:

@@ -12,7 +12,6 @@ it.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torchport.errors import (
     out_of_space,
 )
 from torchport.runtime import LocalRunner, check_examples, open_runner
+from torchport.scratch import scratch
 from torchport.service.compare import RecentRequests, compare_versions
 from torchport.service.registry import Registry, VersionState
 from torchport.settings import Limits
@@ -112,9 +112,9 @@ class Management:
         """
         if name is not None:
             check_model_name(name)
-        with tempfile.TemporaryDirectory(prefix="torchport-upload-") as tmp:
+        with scratch("upload") as tmp:
             # What is verified is a private copy, and that same copy is what gets stored.
-            private = Path(tmp) / "package.tpa"
+            private = tmp / "package.tpa"
             _copy_limited(package, private, self.limits.max_package_bytes)
             started = time.perf_counter()
             runner: LocalRunner | None = open_runner(private, self.limits, warm_up=False)

@@ -4,9 +4,7 @@ repository extension, and the dashboard page. Every route needs `Authorization: 
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from torchport import dashboard
 from torchport.errors import InvalidInput, TorchportError
 from torchport.observability.live import LiveStats
+from torchport.scratch import scratch
 from torchport.service.auth import check_bearer
 from torchport.service.management import Management
 from torchport.settings import Settings
@@ -127,8 +126,8 @@ def build_management_app(
     async def upload(request: Request) -> Response:
         model, _ = model_and_version(request)
         promote = request.query_params.get("promote", "false").lower() in ("1", "true", "yes")
-        with tempfile.TemporaryDirectory(prefix="torchport-upload-") as tmp:
-            path = Path(tmp) / "upload.tpa"
+        with scratch("body") as tmp:
+            path = tmp / "upload.tpa"
             await save_body(request, path, upload_limit)
             report = await run_in_threadpool(
                 lambda: management.upload(path, name=model, promote=promote, actor=_actor(request))
