@@ -48,6 +48,12 @@ class PackageError(TorchportError):
     code = "invalid_package"
 
 
+class Untrusted(PackageError):
+    """A package that is unsigned, or not signed by a key the server trusts."""
+
+    code = "untrusted_package"
+
+
 class IntegrityError(PackageError):
     """A file in a package does not hash to what its manifest says."""
 

