@@ -216,6 +216,16 @@ def test_text_that_is_not_utf8_is_refused(served: InProcess) -> None:
     assert "not UTF-8" in response.json()["error"]
 
 
+def test_an_oip_id_in_unicode_comes_back_in_the_body_and_a_new_request_id_is_made(
+    served: InProcess,
+) -> None:
+    body = {**infer_body(), "id": "🚀 é"}
+    response = served.http.post("/v2/models/mlp/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == "🚀 é"
+    assert response.headers["X-Request-ID"].isascii()
+
+
 def test_an_empty_batch_is_refused(served: InProcess) -> None:
     body = {"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES", "data": []}]}
     response = served.http.post("/v2/models/minilm/infer", json=body)

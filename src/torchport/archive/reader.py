@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from torchport.settings import Limits
 
 _MANIFEST_MAX = 16 * 1024 * 1024
 _ENCRYPTED = 0x1
+# What reading a damaged member raises: zipfile's own checks, a cut file, or deflate data
+# that does not inflate (zlib's error is none of the others).
+_UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error)
 _METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
@@ -137,7 +141,7 @@ def _check(zf: zipfile.ZipFile, path: Path, limits: Limits) -> Manifest:
         raise TooLarge(f"{MANIFEST_NAME} is over {_MANIFEST_MAX} bytes")
     try:
         manifest = parse_manifest(zf.read(MANIFEST_NAME))
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _UNREADABLE as exc:
         raise PackageError(f"{path.name}: {MANIFEST_NAME} is unreadable ({exc})") from None
     members = seen - {MANIFEST_NAME, SIGNATURE_NAME}  # the signature covers the manifest
     listed = set(manifest.files)
@@ -153,7 +157,7 @@ def _hash_copy(name: str, member: IO[bytes], out: IO[bytes] | None) -> str:
     while True:
         try:
             chunk = member.read(1 << 20)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except _UNREADABLE as exc:
             # zipfile checks each member's CRC and length: a changed or cut file fails here.
             raise IntegrityError(f"file '{name}' is corrupt or truncated ({exc})") from None
         if not chunk:

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,7 @@ def read_signature(zf: zipfile.ZipFile) -> dict[str, str] | None:
         raise PackageError(f"{SIGNATURE_NAME} is over {SIGNATURE_MAX} bytes")
     try:
         record = json.loads(zf.read(SIGNATURE_NAME))
-    except (ValueError, zipfile.BadZipFile) as exc:
+    except (ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise PackageError(f"{SIGNATURE_NAME} is not valid JSON: {exc}") from None
     if (
         not isinstance(record, dict)
@@ -183,7 +184,7 @@ def check_signature(package: Path, trusted: Sequence[TrustedKey]) -> str:
         with zipfile.ZipFile(package) as zf:
             record = read_signature(zf)
             manifest = zf.read(MANIFEST_NAME)
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, zlib.error) as exc:
         raise PackageError(f"{package.name} is not a torchport package ({exc})") from None
     if record is None:
         raise Untrusted(

@@ -24,8 +24,9 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 def new_request_id(given: str | None = None) -> str:
-    """The client's id when it is usable (printable, at most 128 characters), else a new one."""
-    if given and len(given) <= 128 and given.isprintable():
+    """The client's id when it is usable (printable ASCII, at most 128 characters: it goes
+    back in an HTTP header and gRPC metadata, which carry nothing else), else a new one."""
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
         return given
     return f"{_PREFIX}{next(_COUNTER):016x}"
 

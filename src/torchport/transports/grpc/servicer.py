@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from functools import wraps
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio.to_thread
 import grpc
@@ -121,7 +122,7 @@ class InferenceServicer:
         response = await self._infer(request, context)
         # With the status, in the one batch that ends the call: initial metadata sent on
         # its own would cost another round through the completion queue (~10 % of a call).
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id.get() or ""),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, metadata_value(request_id.get() or "")),))
         return response
 
     async def _infer(self, request: Any, context: Context) -> Any:
@@ -220,11 +221,21 @@ async def _abort(context: Context, exc: TorchportError) -> None:
     and the request id) in trailing metadata. Raises."""
     metadata = [("torchport-error-code", exc.code)]
     if request_id.get():
-        metadata.append((REQUEST_ID_KEY, request_id.get() or ""))
+        metadata.append((REQUEST_ID_KEY, metadata_value(request_id.get() or "")))
     if exc.field:
-        metadata.append(("torchport-error-field", exc.field))
+        metadata.append(("torchport-error-field", metadata_value(exc.field)))
     context.set_trailing_metadata(tuple(metadata))
     await context.abort(convert.status_of(exc), exc.message)
+
+
+_METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def metadata_value(value: str) -> str:
+    """`value` as gRPC text metadata may carry it (printable ASCII): anything else — a
+    tensor named with a control character, a request id in Unicode — percent-encoded, as
+    gRPC encodes status messages. (grpcio fails the whole call on an invalid value.)"""
+    return quote(value, safe=_METADATA_SAFE)
 
 
 def _name(name: str) -> str:

@@ -13,10 +13,10 @@ from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.metrics import CONTENT_TYPE
 from torchport.service.dataplane import DataPlane
 from torchport.settings import Settings
-from torchport.transports.http import kserve_v1, oip, sagemaker, torchserve
+from torchport.transports.http import kserve_v1, oip, openapi, sagemaker, torchserve
 from torchport.transports.http.body import BodyLimit
 from torchport.transports.http.limits import InflightLimit
-from torchport.transports.http.responses import HANDLERS, error_response
+from torchport.transports.http.responses import HANDLERS, error_response, json_response
 
 REQUEST_ID_HEADER = "X-Request-ID"
 PROBES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"})
@@ -61,8 +61,21 @@ def build_inference_app(
     async def metrics(_request: Request) -> Response:
         return Response(service.metrics_text(), media_type=CONTENT_TYPE)
 
+    async def document(_request: Request) -> Response:
+        signatures = {name: service.signature(name) for name in service.models()}
+        return json_response(openapi.inference_document(signatures))
+
+    async def model_document(request: Request) -> Response:
+        name = request.path_params["model"]
+        service.resolve(name)  # 404 for a model the store does not hold
+        doc = openapi.inference_document({})
+        doc["paths"] = openapi.model_paths(name, service.signature(name))
+        return json_response(doc)
+
     routes = [
         Route("/metrics", metrics),
+        Route("/openapi.json", document),
+        Route("/v2/models/{model}/openapi.json", model_document),
         *(_observed(service, r, "oip_rest") for r in oip.routes(service, max_body)),
         *(_observed(service, r, "kserve_v1") for r in kserve_v1.routes(service, max_body)),
         *(_observed(service, r, "torchserve") for r in torchserve.routes(service, max_body)),

@@ -23,6 +23,7 @@ from torchport.service.auth import check_bearer
 from torchport.service.management import Management
 from torchport.settings import Settings
 from torchport.store import ModelInfo
+from torchport.transports.http import openapi
 from torchport.transports.http.body import BodyLimit, parse_json, read_body, save_body
 from torchport.transports.http.params import model_and_version
 from torchport.transports.http.responses import HANDLERS, error_response, json_response
@@ -201,6 +202,10 @@ def build_management_app(
             versions.append(version_number(request.query_params.get(key, ""), key))
         return json_response(await management.compare(model, versions[0], versions[1]))
 
+    async def document(_request: Request) -> Response:
+        models = await run_in_threadpool(management.list_models)
+        return json_response(openapi.management_document([m.name for m in models]))
+
     async def overview(_request: Request) -> Response:
         return json_response(
             {"interval_s": live.interval if live else 0, "versions": live.latest() if live else []}
@@ -254,6 +259,7 @@ def build_management_app(
         Route("/models/{model}/versions/{version}/unload", unload_version, methods=["POST"]),
         Route("/models/{model}/compare", compare),
         Route("/audit", audit),
+        Route("/openapi.json", document),
         Route("/stats", overview),
         Route("/models/{model}/stats", model_stats),
         Route(DASHBOARD, page),
