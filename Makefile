@@ -10,7 +10,7 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint typecheck unit bench protos vendor clean
+.PHONY: soak install serve test lint typecheck unit bench protos vendor clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ unit: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# Ten minutes of mixed REST and gRPC load with uploads, promotes and rollbacks (not in CI).
+soak: install
+	$(BIN)/python benchmarks/soak.py --minutes 10
 
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

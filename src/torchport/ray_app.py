@@ -37,10 +37,14 @@ class Replica:
     """One replica: the package verified into a private store of its own, loaded, and
     served by torchport's inference app."""
 
-    def __init__(self, package: str, torch_threads: int = 1) -> None:
+    def __init__(
+        self, package: str, torch_threads: int = 1, max_request_bytes: int | None = None
+    ) -> None:
         import torch
 
         settings = Settings(torch_threads=torch_threads)
+        if max_request_bytes:
+            settings = settings.model_copy(update={"max_request_bytes": max_request_bytes})
         torch.set_num_threads(torch_threads)
         self._dir = scratch_dir("replica")
         try:
@@ -88,5 +92,6 @@ def build_app(args: dict[str, Any]) -> Application:
         # Scale on requests in flight: a replica is busy with one full batch.
         **scaling.serve_options(target_ongoing=runtime.max_batch_size),
     )(Replica)
-    app: Application = deployment.bind(package, threads)
+    limit = args.get("max_request_bytes")
+    app: Application = deployment.bind(package, threads, int(limit) if limit else None)
     return app

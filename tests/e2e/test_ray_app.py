@@ -84,7 +84,8 @@ def test_a_package_runs_as_a_ray_serve_application(mlp_package: Path, tmp_path: 
             for _ in range(24)]  # fmt: skip
     with torchport.load(mlp_package) as model:
         want = [model.predict({"input": x})["output"] for x in rows]
-    with ray_app(mlp_package, tmp_path / "ray.log", "--replicas", "2") as url:
+    options = ("--replicas", "2", "--max-request-bytes", str(1 << 20))
+    with ray_app(mlp_package, tmp_path / "ray.log", *options) as url:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # batched in the replicas
             got = pool.map(lambda x: output(infer(url, x)), rows)
             for answer, expected in zip(got, want, strict=True):
@@ -95,6 +96,10 @@ def test_a_package_runs_as_a_ray_serve_application(mlp_package: Path, tmp_path: 
         assert bad.status_code == 400
         assert bad.json()["field"] == "input"
         assert httpx.get(f"{url}/v2/models/nope").status_code == 404
+        # Behind Ray's proxy, which has no body limit, each replica keeps its own.
+        big = httpx.post(f"{url}/v2/models/mlp/infer", content=b"[" + b"0.0," * (1 << 19))
+        assert big.status_code == 413, big.text
+        assert "over the limit" in big.json()["error"]
         # Each replica is torchport's own inference app: every protocol, and its metrics.
         sample = httpx.post(f"{url}/predictions/mlp", json=rows[0][0].tolist())
         np.testing.assert_allclose(sample.json(), want[0][0], atol=1e-5)

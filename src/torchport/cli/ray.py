@@ -36,6 +36,10 @@ def deploy_cmd(
     ] = None,
     torch_threads: Annotated[int, Opt(help="torch threads (and CPUs) per replica.", min=1)] = 1,
     http_port: Annotated[int, Opt(help="Ray Serve's HTTP port.")] = 8000,
+    max_request_bytes: Annotated[
+        int | None,
+        Opt(help="Largest request body a replica takes (413 past it; default 64 MiB).", min=1),
+    ] = None,
     route_prefix: Annotated[str | None, Opt(help="URL prefix (default: /NAME).")] = None,
     config_out: Annotated[
         Path | None, Opt("--config-out", help="Also write the Serve config YAML here.")
@@ -68,7 +72,8 @@ def deploy_cmd(
 
     config = serve_config(name, str(package.resolve()), replicas=replicas,
                           max_replicas=max_replicas, torch_threads=torch_threads,
-                          route_prefix=route_prefix, http_port=http_port)  # fmt: skip
+                          max_request_bytes=max_request_bytes, route_prefix=route_prefix,
+                          http_port=http_port)  # fmt: skip
     ServeDeploySchema.model_validate(config)  # Ray's own check of the config
     if config_out is not None:
         config_out.write_text(

@@ -22,6 +22,7 @@ def serve_config(
     replicas: int | None = None,
     max_replicas: int | None = None,
     torch_threads: int = 1,
+    max_request_bytes: int | None = None,
     route_prefix: str | None = None,
     http_port: int = 8000,
 ) -> dict[str, Any]:
@@ -41,6 +42,7 @@ def serve_config(
                     "name": name,
                     **{k: v for k, v in scale.items() if v is not None},
                     "torch_threads": torch_threads,
+                    **({"max_request_bytes": max_request_bytes} if max_request_bytes else {}),
                 },
             }
         ],
