@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import handler_package
 from tests.inprocess import InProcess, in_process
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,13 +97,6 @@ def slow_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-ECHO_MODEL = """
-import torch
-
-def build() -> torch.nn.Module:
-    return torch.nn.Identity()
-"""
-
 ECHO_HANDLER = """
 from torchport.runtime import Handler as Base
 
@@ -137,21 +131,8 @@ EVERY_DATATYPE = {
 
 @pytest.fixture(scope="session")
 def echo_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torchport
-
-    work = tmp_path_factory.mktemp("echo")
-    (work / "model.py").write_text(ECHO_MODEL)
-    (work / "handler.py").write_text(ECHO_HANDLER)
     example = {name.lower(): array for name, array in EVERY_DATATYPE.items()}
-    out = work / "echo.tpa"
-    torchport.package(
-        name="echo",
-        code=f"{work / 'model.py'}:build",
-        handler=work / "handler.py",
-        example=example,
-        out=out,
-    )
-    return out
+    return handler_package(tmp_path_factory.mktemp("echo"), "echo", ECHO_HANDLER, example=example)
 
 
 @pytest.fixture(scope="session")

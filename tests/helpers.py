@@ -37,3 +37,26 @@ def edit_manifest(
         return files
 
     return rewrite(src, dest, apply)
+
+
+IDENTITY_MODEL = """
+import torch
+
+def build() -> torch.nn.Module:
+    return torch.nn.Identity()
+"""
+
+
+def handler_package(work: Path, name: str, handler: str, **options: Any) -> Path:
+    """A package of an identity model whose behaviour is all in `handler` (its source),
+    written under `work`; `options` go to `torchport.package` (example, runtime, …)."""
+    import torchport
+
+    (work / "model.py").write_text(IDENTITY_MODEL)
+    (work / "handler.py").write_text(handler)
+    out = work / f"{name}.tpa"
+    torchport.package(
+        name=name, code=f"{work / 'model.py'}:build", handler=work / "handler.py", out=out,
+        **options,
+    )  # fmt: skip
+    return out

@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.server import ServerProcess, oip_body
 from tests.e2e.test_workers import configure
+from tests.helpers import handler_package
 
 STUCK_HANDLER = """
 import time
@@ -31,21 +32,13 @@ TIMEOUT_S = 2.0
 
 @pytest.fixture(scope="module")
 def stuck(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    import torchport
-
     work = tmp_path_factory.mktemp("stuck")
-    (work / "model.py").write_text(
-        "import torch\n\ndef build() -> torch.nn.Module:\n    return torch.nn.Identity()\n"
-    )
-    (work / "handler.py").write_text(STUCK_HANDLER)
-    package = work / "stuck.tpa"
-    torchport.package(
-        name="stuck",
-        code=f"{work / 'model.py'}:build",
-        handler=work / "handler.py",
+    package = handler_package(
+        work,
+        "stuck",
+        STUCK_HANDLER,
         example={"x": np.ones((1, 2), np.float32)},
         runtime={"max_batch_size": 1},
-        out=package,
     )
     server = ServerProcess(
         work / "store", [package], TORCHPORT_REQUEST_TIMEOUT_S=str(TIMEOUT_S)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-import torchport
+from tests.helpers import handler_package
 from torchport.errors import InvalidInput, TorchportError
 from torchport.runtime.process_pool import ProcessPoolRunner
 from torchport.settings import Limits
@@ -33,18 +33,7 @@ class Handler(Base):
 @pytest.fixture(scope="module")
 def picky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessPoolRunner]:
     work = tmp_path_factory.mktemp("picky")
-    (work / "model.py").write_text(
-        "import torch\n\ndef build() -> torch.nn.Module:\n    return torch.nn.Identity()\n"
-    )
-    (work / "handler.py").write_text(PICKY_HANDLER)
-    out = work / "picky.tpa"
-    torchport.package(
-        name="picky",
-        code=f"{work / 'model.py'}:build",
-        handler=work / "handler.py",
-        example={"x": np.ones((1, 2), np.float32)},
-        out=out,
-    )
+    out = handler_package(work, "picky", PICKY_HANDLER, example={"x": np.ones((1, 2), np.float32)})
     runner = ProcessPoolRunner(out, Limits(), workers=1)
     try:
         yield runner

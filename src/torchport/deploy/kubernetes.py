@@ -61,6 +61,16 @@ def container(
     }
 
 
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "fsGroup": UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""Every pod torchport writes: its non-root user, and the runtime's default seccomp."""
+
+
 def volume_mounts() -> list[dict[str, Any]]:
     return [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
 
@@ -110,13 +120,7 @@ def deployment(
                 "spec": {
                     "terminationGracePeriodSeconds": UNREADY_SECONDS + DRAIN_SECONDS + 5,
                     "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": UID,
-                        "runAsGroup": UID,
-                        "fsGroup": UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": POD_SECURITY,
                     "containers": [container(name, image, env, resources)],
                     "volumes": volumes(),
                 },

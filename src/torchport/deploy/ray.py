@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from torchport.deploy.container import MODELS_DIR, UID
-from torchport.deploy.kubernetes import labels, volume_mounts, volumes
+from torchport.deploy.container import MODELS_DIR
+from torchport.deploy.kubernetes import POD_SECURITY, labels, volume_mounts, volumes
 
 RAY_VERSION = "2.60.0"
 SERVE_PORT = 8000
@@ -75,13 +75,7 @@ def ray_service(
                 # The head's autoscaler sidecar talks to the Kubernetes API with the pod's
                 # service account; workers need none.
                 "automountServiceAccountToken": head,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": UID,
-                    "runAsGroup": UID,
-                    "fsGroup": UID,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": POD_SECURITY,
                 "containers": [
                     {
                         "name": container,
