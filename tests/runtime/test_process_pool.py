@@ -4,6 +4,9 @@ that answered stays in service."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -62,3 +65,24 @@ def test_a_crash_names_only_its_type_and_the_worker_stays_in_service(
     out = picky.predict({"x": np.ones((1, 2), np.float32)})
     np.testing.assert_array_equal(out["output"], np.ones((1, 2), np.float32))
     assert picky.pids == [pid]
+
+
+def test_a_hung_idle_worker_is_found_by_the_watchdog_and_replaced(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    work = tmp_path_factory.mktemp("watched")
+    out = handler_package(
+        work, "watched", PICKY_HANDLER, example={"x": np.ones((1, 2), np.float32)}
+    )
+    runner = ProcessPoolRunner(out, Limits(), workers=1, watchdog_s=0.5)
+    try:
+        [pid] = runner.pids
+        os.kill(pid, signal.SIGSTOP)  # alive, and answering nothing: as a deadlock looks
+        deadline = time.monotonic() + 60
+        while runner.pids in ([], [pid]):
+            assert time.monotonic() < deadline, "the hung worker was not replaced"
+            time.sleep(0.2)
+        out_rows = runner.predict({"x": np.ones((1, 2), np.float32)})["output"]
+        np.testing.assert_array_equal(out_rows, np.ones((1, 2), np.float32))
+    finally:
+        runner.close()

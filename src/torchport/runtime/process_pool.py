@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing import resource_tracker
@@ -41,6 +42,8 @@ from torchport.types import Datatype, Signature, Tensors
 log = logging.getLogger("torchport.workers")
 
 _START_TIMEOUT_S = 300.0
+WATCHDOG_S = 10.0
+PING_TIMEOUT_S = 5.0
 
 
 def _put(tensors: Tensors) -> tuple[list[dict[str, Any]], list[SharedMemory]]:
@@ -153,6 +156,9 @@ def _worker_main(
             message = _recv(conn)
             if message["kind"] == "stop":
                 return
+            if message["kind"] == "ping":
+                _send(conn, {"kind": "pong"})
+                continue
             blocks: list[SharedMemory] = []
             try:
                 inputs = _take(message["inputs"], unlink=False)
@@ -253,6 +259,13 @@ class WorkerProcess:
             raise error_for(reply["code"], reply["error"], reply.get("field"))
         return _take(reply["outputs"], unlink=True)
 
+    def answers_ping(self) -> bool:
+        try:
+            _send(self.conn, {"kind": "ping"})
+            return self.conn.poll(PING_TIMEOUT_S) and _recv(self.conn)["kind"] == "pong"
+        except (EOFError, OSError, ValueError):
+            return False
+
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
@@ -279,6 +292,7 @@ class ProcessPoolRunner:
         compile: bool = False,
         on_restart: Callable[[], None] | None = None,
         batch_timeout_s: float | None = None,
+        watchdog_s: float = WATCHDOG_S,
     ) -> None:
         self.on_restart = on_restart
         self.batch_timeout_s = batch_timeout_s
@@ -295,6 +309,25 @@ class ProcessPoolRunner:
         self._closed = False
         for _ in range(workers):
             self._add(self._spawn())
+        self._watchdog_s = watchdog_s
+        threading.Thread(target=self._watch, daemon=True, name="torchport-watchdog").start()
+
+    def _watch(self) -> None:
+        """Every `watchdog_s`, each idle worker must answer a ping within `PING_TIMEOUT_S`;
+        one that does not (stopped, deadlocked, swapped out) is replaced before a request
+        meets it. A busy worker is watched by its batch's own timeout."""
+        while not self._closed:
+            time.sleep(self._watchdog_s)
+            idle: list[WorkerProcess] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    idle.append(self._idle.get_nowait())
+            for worker in idle:
+                if self._closed or worker.answers_ping():
+                    self._idle.put(worker)
+                else:
+                    log.warning("worker process %s did not answer its watchdog", worker.pid)
+                    self._replace(worker)
 
     @property
     def signature(self) -> Signature:
