@@ -19,7 +19,7 @@ from openapi_spec_validator import validate
 from tests.e2e.server import TOKEN, ServerProcess
 
 # CI runs a bounded pass; `FUZZ_SECONDS=600 pytest tests/fuzz` runs a long one.
-SECONDS = int(os.environ.get("FUZZ_SECONDS", "40"))
+SECONDS = int(os.environ.get("FUZZ_SECONDS", "30"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 
 
