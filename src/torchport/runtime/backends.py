@@ -73,11 +73,12 @@ class Backend:
 
     def timeout_for(self, deployment: Deployment) -> float | None:
         """How long the batcher waits for a batch: a worker process is killed at
-        `request_timeout_s` by its pool (which answers), so the batcher waits a little
-        longer for that answer; threads and replicas are waited on for exactly as long."""
+        `request_timeout_s` by its pool, and a Ray call given up by Ray, each answering
+        itself, so the batcher waits a little longer for that answer; threads are waited on
+        for exactly as long."""
         if self.request_timeout_s is None:
             return None
-        margin = PROCESS_KILL_MARGIN_S if deployment.placement.kind == "process" else 0.0
+        margin = PROCESS_KILL_MARGIN_S if deployment.placement.kind != "thread" else 0.0
         return self.request_timeout_s + margin
 
     def threads_for(self, deployment: Deployment) -> ThreadBudget | None:
@@ -122,6 +123,7 @@ class Backend:
                 self.limits,
                 torch_threads=self.torch_threads,
                 compile=local.compiled,
+                timeout_s=self.request_timeout_s,
             )
         finally:
             local.close()

@@ -24,7 +24,13 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from torchport.archive import Manifest, read_package
-from torchport.errors import ModelLoadError, Overloaded, TorchportError, Unavailable
+from torchport.errors import (
+    DeadlineExceeded,
+    ModelLoadError,
+    Overloaded,
+    TorchportError,
+    Unavailable,
+)
 from torchport.runtime.placement import Placement, Scaling, Workers
 from torchport.runtime.runner import LocalRunner, open_runner
 from torchport.scratch import remove, scratch_dir
@@ -112,8 +118,11 @@ class RayServeRunner:
         *,
         torch_threads: int = 1,
         compile: bool = False,
+        timeout_s: float | None = None,
     ) -> None:
         self.manifest: Manifest = read_package(package, limits).manifest
+        self.timeout_s = timeout_s or REQUEST_TIMEOUT_S
+        """How long a batch may take, its wait for a free replica included."""
         self.name = app_name(model, version)
         self.scaling = scaling
         self.compiled = compile
@@ -165,7 +174,7 @@ class RayServeRunner:
 
     def predict(self, batch: Tensors) -> Tensors:
         try:
-            outputs: Tensors = self._handle.remote(batch).result(timeout_s=REQUEST_TIMEOUT_S)
+            outputs: Tensors = self._handle.remote(batch).result(timeout_s=self.timeout_s)
         except RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, TorchportError):
@@ -178,7 +187,10 @@ class RayServeRunner:
         except BackPressureError as exc:
             raise Overloaded(f"every Ray replica of {self.name} is busy") from exc
         except TimeoutError as exc:
-            raise Unavailable(f"no Ray replica of {self.name} answered in time") from exc
+            raise DeadlineExceeded(
+                f"no Ray replica of {self.name} answered within request_timeout_s "
+                f"({self.timeout_s:g} s)"
+            ) from exc
         return outputs
 
     def close(self) -> None:
