@@ -66,6 +66,7 @@ def fuzz(url: str, report: Path, *options: str) -> dict[str, object]:
             *options,
         ],
         capture_output=True, text=True, timeout=SECONDS + 300,
+        cwd=report.parent,  # its cache of crashes goes there, not into the work tree
     )  # fmt: skip
     result: dict[str, object] = json.loads(report.read_text())
     # A crash inside the fuzzer itself (seen: CPython's AST recursion check tripping in
