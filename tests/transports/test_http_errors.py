@@ -117,6 +117,14 @@ CASES = [
             ("POST", "/v1/models/mlp/versions/%C2%B2:predict", {"instances": [ROW]}),
         )
     ),
+    # Past Python's 4,300-digit limit, `int()` itself raises.
+    *(
+        (method, path, {"json": body}, 400, "is not a version number")
+        for method, path, body in (
+            ("POST", "/v2/models/mlp/versions/" + "9" * 5000 + "/infer", infer_body()),
+            ("POST", "/predictions/mlp/" + "9" * 5000, ROW),
+        )
+    ),
     (
         "POST",
         "/v2/models/mlp/infer",

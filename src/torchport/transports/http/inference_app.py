@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from torchport.errors import TorchportError
+from torchport.errors import InvalidInput, TorchportError
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.metrics import CONTENT_TYPE
 from torchport.service.dataplane import DataPlane
@@ -17,6 +17,7 @@ from torchport.transports.http import kserve_v1, oip, openapi, sagemaker, torchs
 from torchport.transports.http.body import BodyLimit
 from torchport.transports.http.limits import InflightLimit
 from torchport.transports.http.responses import HANDLERS, error_response, json_response
+from torchport.types import version_number
 
 REQUEST_ID_HEADER = "X-Request-ID"
 PROBES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"})
@@ -34,8 +35,7 @@ def _observed(service: DataPlane, route: BaseRoute, protocol: str, model: str = 
         given = request.headers.get(REQUEST_ID_HEADER)
         token = request_id.set(new_request_id(given) if given else None)
         params = request.path_params
-        version = params.get("version")
-        wanted = int(version) if version and version.isascii() and version.isdigit() else None
+        wanted = _version_label(params.get("version"))
         try:
             try:
                 with service.track(protocol, params.get("model", model), wanted):
@@ -48,6 +48,14 @@ def _observed(service: DataPlane, route: BaseRoute, protocol: str, model: str = 
             request_id.reset(token)
 
     return Route(route.path, observed, methods=list(route.methods or ()))
+
+
+def _version_label(raw: str | None) -> int | None:
+    """The version a path names, for counting; a bad one is the route's to refuse."""
+    try:
+        return version_number(raw) if raw else None
+    except InvalidInput:
+        return None
 
 
 def build_inference_app(

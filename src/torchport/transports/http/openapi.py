@@ -19,15 +19,10 @@ from torchport.version import __version__
 JSON = "application/json"
 OPENAPI = "3.1.0"
 
+# A tensor's JSON element type, by its numpy kind (BYTES are object arrays of bytes).
 _ELEMENT: dict[Datatype, dict[str, Any]] = {
-    Datatype.BOOL: {"type": "boolean"},
-    Datatype.BYTES: {"type": "string"},
-    **{d: {"type": "number"} for d in (Datatype.FP16, Datatype.FP32, Datatype.FP64)},
-    **{
-        d: {"type": "integer"}
-        for d in Datatype
-        if d not in (Datatype.BOOL, Datatype.BYTES, Datatype.FP16, Datatype.FP32, Datatype.FP64)
-    },
+    d: {"type": {"b": "boolean", "O": "string", "f": "number"}.get(d.numpy.kind, "integer")}
+    for d in Datatype
 }
 
 ERROR = {
