@@ -150,8 +150,10 @@ def _env_overrides() -> dict[str, Any]:
 
 def _first_field(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    # A check across settings has no location; the first setting its message names is it.
-    return ".".join(str(p) for p in err["loc"]) or str(err["msg"]).split()[2]
+    if err["loc"]:
+        return ".".join(str(p) for p in err["loc"])
+    # A check across settings has no location: the first setting its message names.
+    return next((w for w in str(err["msg"]).split() if w in Settings.model_fields), "settings")
 
 
 def _first_error(exc: ValidationError) -> str:
