@@ -9,6 +9,8 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchserve`, `torchserve-batch`: TorchServe 0.12.0 (set up in build/torchserve-venv on first
   use, Java 17), 2 workers, the same model code and weights; batch size 1, and 8 (mlp) / 32
   (minilm) with a 5 ms delay;
+- `torchport-fe0`, `torchport-fe1`, … and `torchport-grpc-feN` (`--targets` to add them):
+  `torchport serve --frontends N` (0: one process; the default is one per two cores);
 - `torchport-ray-1`, `torchport-ray-2` (`--targets` to add them): `torchport serve --backend
   ray` on a local Ray, the version on 1 or 2 replicas (torchport's front end and batching);
 - `ray-app`: `torchport ray deploy` (the package as a plain Ray Serve application: Ray's
@@ -60,6 +62,8 @@ LUA = ROOT / "benchmarks" / "wrk_post.lua"
 SENTENCE = "torchport serves PyTorch models."
 CONCURRENCY = (1, 8, 32)
 TOKEN = "benchmark-token-0123456789"
+FRONTENDS = re.compile(r"torchport(-grpc)?(?:-fe(\d+))?")
+"""`torchport`, `torchport-grpc`: the defaults; `-feN`: with `--frontends N`."""
 EXPORTS = {
     "torchport-torchscript": "torchscript",
     "torchport-onnx": "onnx",
@@ -103,7 +107,13 @@ def wait_ready(
 
 
 def start_torchport(
-    model: str, package: Path, work: Path, *, grpc: bool = False, ray_replicas: int = 0
+    model: str,
+    package: Path,
+    work: Path,
+    *,
+    grpc: bool = False,
+    ray_replicas: int = 0,
+    frontends: int | None = None,
 ) -> Started:
     http, grpc_port, mgmt = free_port(), free_port(), free_port()
     store = Path(tempfile.mkdtemp(dir=work)) / "store"
@@ -112,7 +122,8 @@ def start_torchport(
         [str(BIN / "torchport"), "serve", "--store", str(store), "--http-port", str(http),
          "--grpc-port", str(grpc_port), "--management-port", str(mgmt), str(package)],
         env={**os.environ, "TORCHPORT_TOKEN": TOKEN,
-             **({"TORCHPORT_BACKEND": "ray"} if ray_replicas else {})},
+             **({"TORCHPORT_BACKEND": "ray"} if ray_replicas else {}),
+             **({} if frontends is None else {"TORCHPORT_FRONTENDS": str(frontends)})},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ready = wait_ready(proc, f"http://127.0.0.1:{http}/v2/health/ready", started)
@@ -319,8 +330,12 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
     """Start a target; a start that fails (say, a free port taken meanwhile) is retried."""
     for attempt in range(3):
         try:
-            if target in ("torchport", "torchport-grpc"):
-                return start_torchport(model, package, work, grpc=target == "torchport-grpc")
+            served = FRONTENDS.fullmatch(target)
+            if served:
+                processes = None if served.group(2) is None else int(served.group(2))
+                return start_torchport(
+                    model, package, work, grpc=bool(served.group(1)), frontends=processes
+                )
             if target in EXPORTS:
                 return start_torchport(model, exported(package, EXPORTS[target], work), work)
             if target.startswith("torchport-ray-"):

@@ -19,6 +19,7 @@ from tests.e2e.server import TOKEN, Samples, free_port, parse_samples
 from torchport.observability.live import LiveStats
 from torchport.server import open_services
 from torchport.service import DataPlane, Management, Registry
+from torchport.service.management import LocalRepository
 from torchport.settings import Settings
 from torchport.store import SQLiteStore
 from torchport.transports.grpc import GrpcServer
@@ -80,8 +81,8 @@ def in_process(
     port = free_port()
 
     async def start_grpc() -> GrpcServer:  # grpc.aio takes the loop it is made on
-        grpc = GrpcServer(dataplane, management, TOKEN, host="127.0.0.1", port=port,
-                          max_message_bytes=max_request_bytes)  # fmt: skip
+        grpc = GrpcServer(dataplane, LocalRepository(management), TOKEN, host="127.0.0.1",
+                          port=port, max_message_bytes=max_request_bytes)  # fmt: skip
         await grpc.start()
         return grpc
 

@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import ipaddress
 import logging
-import math
-import os
 import signal
 import socket
-import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import uvicorn
-
 from torchport.archive.signing import load_trusted_keys
-from torchport.errors import TorchportError
 from torchport.examples import register_examples
 from torchport.observability.live import LiveStats
 from torchport.observability.logs import configure_logging
+from torchport.ports import (
+    Server,
+    ServerInfo,
+    Tls,
+    address,
+    bind,
+    http_server,
+    microservice_settings,
+    run,
+    url,
+    warn_if_clear,
+)
 from torchport.runtime import Backend
 from torchport.scratch import remove, scratch, scratch_dir, sweep
 from torchport.service import DataPlane, Management, Registry, RequestLoads
 from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.compare import RecentRequests
+from torchport.service.intake import Intake
+from torchport.service.management import LocalRepository
 from torchport.settings import Settings, available_cores
 from torchport.store import ModelStore, SQLiteStore
 from torchport.transports.grpc import GrpcServer
@@ -40,64 +46,18 @@ REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
-class ServerInfo:
-    inference_url: str
-    grpc_address: str
-    management_url: str
-    store: Path
-    token_source: str
-    models: list[tuple[str, int | None]]
-    seconds_to_ready: float
+class EngineRole:
+    """This process as the engine of a server whose protocols run in front-end processes
+    (`supervisor`): no inference ports here, a Unix socket front ends hand requests to."""
 
-
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to `serve`, which runs several."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@dataclass(frozen=True)
-class Tls:
-    """A certificate and its key, checked to load before any port opens."""
-
-    cert: Path
-    key: Path
-
-    @staticmethod
-    def of(settings: Settings) -> Tls | None:
-        if settings.tls_cert is None or settings.tls_key is None:
-            return None
-        tls = Tls(settings.tls_cert, settings.tls_key)
-        try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise TorchportError(
-                f"cannot use tls_cert {tls.cert} with tls_key {tls.key}: "
-                f"{getattr(exc, 'strerror', None) or exc}"
-            ) from None
-        return tls
-
-    def grpc_pair(self) -> tuple[bytes, bytes]:
-        return self.key.read_bytes(), self.cert.read_bytes()
-
-
-def _uvicorn(app: object, settings: Settings, tls: Tls | None) -> _Server:
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        server_header=False,
-        http="httptools",
-        loop="none",
-        timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
-        limit_concurrency=settings.max_connections,
-        ssl_certfile=tls.cert if tls else None,
-        ssl_keyfile=tls.key if tls else None,
-    )
-    return _Server(config)
+    intake: str
+    """The intake's address (`handoff.intake_address`)."""
+    management_fd: int | None
+    """The management port's listening socket, made (and kept) by the supervisor."""
+    store: Path | None = None
+    """A microservice's private store, made (and removed) by the supervisor."""
+    token: Callable[[str | None], None] | None = None
+    """Told the management token once known (front ends check it on gRPC's repository)."""
 
 
 def serve(
@@ -108,6 +68,7 @@ def serve(
     microservice: bool = False,
     announce: Callable[[ServerInfo], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    engine: EngineRole | None = None,
 ) -> None:
     """Run the model server until SIGINT or SIGTERM. Blocks.
 
@@ -119,34 +80,47 @@ def serve(
     On SIGTERM (or SIGINT) readiness turns false at once; requests are still served for
     `unready_seconds`, then the ports close and requests in flight get `drain_seconds` to
     finish. A second signal stops at once.
+
+    With `engine`, this process is the engine of a supervised server: the inference ports
+    are the front ends' (`frontend.py`), which reach it through `engine.intake`.
     """
     started = time.perf_counter()
     say = progress or (lambda _m: None)
     configure_logging(settings.log_format, settings.access_log)
     if microservice:
-        settings = _microservice_settings(settings, packages or [], examples)
+        settings = microservice_settings(settings, packages or [], examples)
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)  # once, for the process, at start
     tls = Tls.of(settings)
     # Ports first: a port in use fails at once, before minutes of model loading.
-    http_socket = bind(settings.host, settings.http_port)
-    mgmt_socket = None if microservice else bind(settings.management_host, settings.management_port)
-    if mgmt_socket is not None and tls is None and not _loopback(settings.management_host):
-        log.warning(
-            "management listens on %s without TLS: its bearer token crosses the network in "
-            "clear (set tls_cert and tls_key)",
-            settings.management_host,
+    http_socket = None if engine else bind(settings.host, settings.http_port)
+    if engine is not None:
+        mgmt_socket = (
+            None if engine.management_fd is None else socket.socket(fileno=engine.management_fd)
         )
-    if settings.grpc_port:
-        bind(settings.host, settings.grpc_port).close()  # gRPC binds its own, once loaded
-    swept = sweep()
-    if swept:
-        say(f"removed {swept} temporary files left by stopped torchport processes")
-    private_store = scratch_dir("microservice") if microservice else None
+        if mgmt_socket is not None:
+            mgmt_socket.setblocking(False)
+    else:
+        mgmt_socket = (
+            None if microservice else bind(settings.management_host, settings.management_port)
+        )
+        if mgmt_socket is not None:
+            warn_if_clear(settings, tls)
+        if settings.grpc_port:
+            bind(settings.host, settings.grpc_port).close()  # gRPC binds its own, once loaded
+        swept = sweep()
+        if swept:
+            say(f"removed {swept} temporary files left by stopped torchport processes")
+    private_store = None
+    if microservice:
+        private_store = engine.store if engine is not None else None
+        private_store = private_store or scratch_dir("microservice")
     store = SQLiteStore(private_store or settings.store)
     token = None if microservice else resolve_token(settings.token, store.root)
+    if engine is not None and engine.token is not None:
+        engine.token(token)
     ray_started = False
     if settings.backend == "ray":
         from torchport.runtime import ray_backend
@@ -168,27 +142,27 @@ def serve(
     gc.freeze()
 
     models = [(m.name, m.default) for m in store.list_models()]
-    http = _uvicorn(
-        build_inference_app(
-            dataplane, settings, sagemaker_model=models[0][0] if microservice else None
-        ),
-        settings,
-        tls,
-    )
+    repository = None if microservice else LocalRepository(management)
     live = LiveStats(registry.metrics.registry)
-    servers = [http]
+    servers: list[Server] = []
+    sockets: list[socket.socket] = []
+    if http_socket is not None:
+        inference = build_inference_app(
+            dataplane, settings, sagemaker_model=models[0][0] if microservice else None
+        )
+        servers.append(http_server(inference, settings, tls))
+        sockets.append(http_socket)
     if token is not None and mgmt_socket is not None:
         servers.append(
-            _uvicorn(
-                build_management_app(management, token, settings, live),
-                settings,
-                tls,
-            )
+            http_server(build_management_app(management, token, settings, live), settings, tls)
         )
+        sockets.append(mgmt_socket)
     info = ServerInfo(
-        inference_url=_url(settings.host, http_socket, tls),
+        inference_url=url(settings.host, http_socket.getsockname()[1], tls) if http_socket else "",
         grpc_address="",
-        management_url=_url(settings.management_host, mgmt_socket, tls) if mgmt_socket else "",
+        management_url=(
+            url(settings.management_host, mgmt_socket.getsockname()[1], tls) if mgmt_socket else ""
+        ),
         store=store.root,
         token_source=_token_source(settings, store.root) if token is not None else "",
         models=models,
@@ -197,20 +171,27 @@ def serve(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        grpc = GrpcServer(
-            dataplane,
-            None if microservice else management,
-            token,
-            host=settings.host,
-            port=settings.grpc_port,
-            max_message_bytes=settings.max_request_bytes,
-            max_calls=settings.max_grpc_calls,
-            tls=tls.grpc_pair() if tls else None,
-        )
+        stopped = asyncio.Event()
+        grpc = None
+        intake = None
+        if engine is None:
+            grpc = GrpcServer(
+                dataplane,
+                repository,
+                token,
+                host=settings.host,
+                port=settings.grpc_port,
+                max_message_bytes=settings.max_request_bytes,
+                max_calls=settings.max_grpc_calls,
+                tls=tls.grpc_pair() if tls else None,
+            )
+        else:
+            intake = Intake(dataplane, repository)
 
         def close() -> None:
             for server in servers:
                 server.should_exit = True
+            stopped.set()
 
         def stop() -> None:
             if registry.draining:  # a second signal: no more waiting
@@ -229,8 +210,10 @@ def serve(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
-        await grpc.start()
-        sockets = [http_socket] if mgmt_socket is None else [http_socket, mgmt_socket]
+        if grpc is not None:
+            await grpc.start()
+        if intake is not None and engine is not None:
+            await intake.start(engine.intake)
         tasks = [
             asyncio.create_task(server.serve(sockets=[sock]))
             for server, sock in zip(servers, sockets, strict=True)
@@ -241,23 +224,29 @@ def serve(
             announce(
                 replace(
                     info,
-                    grpc_address=_address(settings.host, grpc.port),
+                    grpc_address=address(settings.host, grpc.port) if grpc else "",
                     seconds_to_ready=time.perf_counter() - started,
                 )
             )
         background = [
-            asyncio.create_task(_refresh(registry, servers)),
-            asyncio.create_task(_sample(live, servers)),
+            asyncio.create_task(_refresh(registry, stopped)),
+            asyncio.create_task(_sample(live, stopped)),
         ]
         try:
-            await asyncio.gather(*tasks)
+            if tasks:
+                await asyncio.gather(*tasks)
+            else:
+                await stopped.wait()
         finally:
             for task in background:
                 task.cancel()
-            await grpc.stop(grace=settings.drain_seconds)
+            if grpc is not None:
+                await grpc.stop(grace=settings.drain_seconds)
+            if intake is not None:
+                await intake.close()
 
     try:
-        _run(main())
+        run(main())
     finally:
         registry.close()
         store.close()
@@ -265,7 +254,7 @@ def serve(
             from torchport.runtime import ray_backend
 
             ray_backend.disconnect(ray_started)
-        if private_store is not None:
+        if private_store is not None and engine is None:
             remove(private_store)
 
 
@@ -299,53 +288,9 @@ def _token_source(settings: Settings, store_root: Path) -> str:
     return "TORCHPORT_TOKEN" if settings.token else str(store_root / TOKEN_FILE)
 
 
-def _microservice_settings(settings: Settings, packages: list[Path], examples: bool) -> Settings:
-    if examples or len(packages) != 1:
-        raise TorchportError(
-            "a microservice serves exactly one package: torchport serve PACKAGE.tpa --microservice"
-        )
-    port = os.environ.get("SAGEMAKER_BIND_TO_PORT")
-    if port is None:
-        return settings
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise TorchportError(f"SAGEMAKER_BIND_TO_PORT={port!r} is not a port number")
-    return settings.model_copy(update={"http_port": int(port)})
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on `host:port` (port 0: any free port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise TorchportError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
-
-
-def _url(host: str, sock: socket.socket, tls: Tls | None) -> str:
-    return f"{'https' if tls else 'http'}://{_address(host, sock.getsockname()[1])}"
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _address(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
-    return f"{shown}:{port}"
-
-
-async def _refresh(registry: Registry, servers: list[_Server]) -> None:
+async def _refresh(registry: Registry, stopped: asyncio.Event) -> None:
     # Another process (`torchport store promote`, a second server) may change the store.
-    while not any(s.should_exit for s in servers):
+    while not stopped.is_set():
         await asyncio.sleep(REFRESH_SECONDS)
         try:
             await asyncio.to_thread(registry.refresh)
@@ -353,9 +298,9 @@ async def _refresh(registry: Registry, servers: list[_Server]) -> None:
             log.exception("refreshing aliases from the store failed")
 
 
-async def _sample(live: LiveStats, servers: list[_Server]) -> None:
+async def _sample(live: LiveStats, stopped: asyncio.Event) -> None:
     # On the loop itself: reading the registry takes well under a millisecond per model.
-    while not any(s.should_exit for s in servers):
+    while not stopped.is_set():
         try:
             live.sample()
         except Exception:
@@ -363,15 +308,4 @@ async def _sample(live: LiveStats, servers: list[_Server]) -> None:
         await asyncio.sleep(live.interval)
 
 
-def _run(coro: object) -> None:
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(coro)  # type: ignore[arg-type]
-
-
-__all__ = ["ServerInfo", "bind", "open_services", "serve"]
+__all__ = ["EngineRole", "ServerInfo", "bind", "open_services", "serve"]

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     load_retry_seconds: float = Field(default=30.0, ge=0, le=3600)
     """After a failed load: 503 for this long (doubling per failure, up to 10 minutes)
     before a request may try again."""
+    frontends: int | None = Field(default=None, ge=0, le=64)
+    """Processes that run the inference protocols (HTTP and gRPC, sharing the ports) and
+    hand decoded requests to the engine process, which holds the models. 0: one process
+    does everything. None: `default_frontends(cores)`."""
     limits: Limits = Field(default_factory=Limits)
 
     @model_validator(mode="after")
@@ -161,6 +165,12 @@ def _first_error(exc: ValidationError) -> str:
     if not err["loc"]:
         return str(err["msg"]).removeprefix("Value error, ")
     return f"setting '{_first_field(exc)}': {err['msg']}"
+
+
+def default_frontends(cores: int) -> int:
+    """Front-end processes for `cores` cores: one per two cores, at most four (protocol
+    work is a share of a request's cost, the model the rest); none on one core."""
+    return 0 if cores < 2 else min(4, cores // 2)
 
 
 def available_cores() -> int:

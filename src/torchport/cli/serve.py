@@ -47,6 +47,14 @@ def serve_cmd(
     ray_address: Annotated[
         str | None, Opt(help="With --backend ray: auto, ray://HOST:10001 (default: a local Ray).")
     ] = None,
+    frontends: Annotated[
+        int | None,
+        Opt(
+            help="Processes that run the inference protocols and hand requests to the one "
+            "that holds the models; 0: one process does all (default: one per two cores, "
+            "at most 4).",
+        ),
+    ] = None,
     microservice: Annotated[
         bool,
         Opt(
@@ -61,8 +69,8 @@ def serve_cmd(
     # Read by OpenMP when torch loads: idle torch threads sleep instead of spinning, so
     # they do not take the event loop's core between batches. A user's value wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from torchport.server import ServerInfo, serve
-    from torchport.settings import load_settings
+    from torchport.ports import ServerInfo
+    from torchport.settings import available_cores, default_frontends, load_settings
 
     settings = load_settings(
         config,
@@ -77,6 +85,7 @@ def serve_cmd(
         management_port=management_port,
         backend=backend,
         ray_address=ray_address,
+        frontends=frontends,
     )
 
     def announce(info: ServerInfo) -> None:
@@ -98,18 +107,37 @@ def serve_cmd(
             out.print(f"  try: {line}", markup=False)
         out.print("  Ctrl-C stops it.")
 
+    say = lambda message: err.print(f"  {message}", markup=False)  # noqa: E731
+    processes = settings.frontends
+    if processes is None:
+        processes = default_frontends(available_cores())
+    if processes:
+        from torchport.supervisor import serve_supervised
+
+        serve_supervised(
+            settings,
+            processes,
+            packages or [],
+            examples=examples,
+            microservice=microservice,
+            announce=announce,
+            progress=say,
+        )
+        return
+    from torchport.server import serve
+
     serve(
         settings,
         packages or [],
         examples=examples,
         microservice=microservice,
         announce=announce,
-        progress=lambda message: err.print(f"  {message}", markup=False),
+        progress=say,
     )
 
 
 def try_lines(info: object) -> list[str]:
-    from torchport.server import ServerInfo
+    from torchport.ports import ServerInfo
 
     assert isinstance(info, ServerInfo)
     url = info.inference_url

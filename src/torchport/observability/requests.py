@@ -47,10 +47,8 @@ def tracked() -> Tracked | None:
     return _current.get()
 
 
-class RequestCounter:
-    def __init__(self, metrics: Metrics, labels: Labels) -> None:
-        self.metrics = metrics
-        self._labels = labels
+class Counter:
+    """Opens `track` around a request and hands its outcome to `count`."""
 
     @contextmanager
     def track(
@@ -65,29 +63,43 @@ class RequestCounter:
         try:
             yield item
         except TorchportError as exc:
-            self._count(item, exc.code, started)
+            self.count(item, exc.code, time.perf_counter() - started)
             raise
         except Exception:
-            self._count(item, "internal", started)
+            self.count(item, "internal", time.perf_counter() - started)
             raise
         else:
-            self._count(item, "ok", started)
+            self.count(item, "ok", time.perf_counter() - started)
         finally:
             _current.reset(token)
 
-    def _count(self, item: Tracked, outcome: str, started: float) -> None:
+    def count(self, item: Tracked, outcome: str, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class RequestCounter(Counter):
+    """Counts into the server's metrics and writes the request's log line."""
+
+    def __init__(self, metrics: Metrics, labels: Labels) -> None:
+        self.metrics = metrics
+        self._labels = labels
+
+    def count(
+        self, item: Tracked, outcome: str, seconds: float, request: str | None = None
+    ) -> None:
+        """Count one request: `request` is its id when it was handled elsewhere (a front
+        end), else the running task's."""
         model, version = (
             (item.model, item.version) if item.known else self._labels(item.model, item.version)
         )
         labels = (model, "" if version is None else str(version), item.protocol)
-        seconds = time.perf_counter() - started
         self.metrics.requests.labels(*labels, outcome).inc()
         self.metrics.request_seconds.labels(*labels).observe(seconds)
         if requests_log.isEnabledFor(logging.INFO):
             requests_log.info(
                 "request",
                 extra={
-                    "request_id": request_id.get(),
+                    "request_id": request or request_id.get(),
                     "model": labels[0],
                     "version": labels[1],
                     "protocol": item.protocol,

@@ -8,7 +8,6 @@ only the batch it held (`Unavailable`, a 503 to the client) and is restarted.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
@@ -19,12 +18,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
+from torchport import shm_tensors
 from torchport.archive import Manifest, read_package
 from torchport.errors import (
     DeadlineExceeded,
@@ -34,95 +33,15 @@ from torchport.errors import (
     error_for,
 )
 from torchport.runtime.placement import Placement, Workers
-from torchport.scratch import shm_name, sweep
+from torchport.scratch import sweep
 from torchport.settings import Limits
-from torchport.tensors import from_raw, to_raw
-from torchport.types import Datatype, Signature, Tensors
+from torchport.types import Signature, Tensors
 
 log = logging.getLogger("torchport.workers")
 
 _START_TIMEOUT_S = 300.0
 WATCHDOG_S = 10.0
 PING_TIMEOUT_S = 5.0
-
-
-def _put(tensors: Tensors) -> tuple[list[dict[str, Any]], list[SharedMemory]]:
-    """Copy tensors into new shared-memory blocks; returns their descriptions and blocks.
-
-    Every block's pages are reserved before it is written: a sparse block on a full
-    `/dev/shm` would fault (SIGBUS, killing the process) instead of raising. When there is
-    no room, nothing is left behind and the caller gets `Unavailable` (a 503)."""
-    described: list[dict[str, Any]] = []
-    blocks: list[SharedMemory] = []
-    try:
-        for name, array in tensors.items():
-            raw = to_raw(array)
-            block = _reserved_block(len(raw))
-            blocks.append(block)
-            assert block.buf is not None
-            block.buf[: len(raw)] = raw
-            described.append(
-                {
-                    "name": name,
-                    "datatype": Datatype.from_numpy(array.dtype).value,
-                    "shape": list(array.shape),
-                    "block": block.name,
-                    "size": len(raw),
-                }
-            )
-    except BaseException:
-        _release(blocks)
-        raise
-    return described, blocks
-
-
-def _reserved_block(size: int) -> SharedMemory:
-    try:
-        block = SharedMemory(name=shm_name(), create=True, size=max(1, size))
-    except OSError as exc:
-        raise Unavailable(
-            f"cannot make a shared-memory block of {size} bytes: {exc.strerror}"
-        ) from None
-    try:
-        os.posix_fallocate(block._fd, 0, max(1, size))  # type: ignore[attr-defined]
-    except OSError as exc:
-        _release([block])
-        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
-            raise Unavailable(
-                f"no room in shared memory (/dev/shm) for {size} bytes; give the server a "
-                "larger /dev/shm (docker run --shm-size), or send smaller requests"
-            ) from None
-        raise Unavailable(f"cannot reserve shared memory: {exc.strerror}") from None
-    return block
-
-
-def _release(blocks: list[SharedMemory]) -> None:
-    for block in blocks:
-        block.close()
-        with contextlib.suppress(FileNotFoundError):
-            block.unlink()
-
-
-def _take(described: list[dict[str, Any]], *, unlink: bool) -> Tensors:
-    """Read tensors from the blocks `_put` described (copied out, so blocks can go)."""
-    out: Tensors = {}
-    for item in described:
-        block = SharedMemory(name=item["block"])
-        try:
-            if not unlink:
-                # Attached, not owned: the creator unlinks it. (Python < 3.13 registers
-                # attachments with the resource tracker too.)
-                resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
-            assert block.buf is not None
-            data = bytes(block.buf[: item["size"]])
-        finally:
-            block.close()
-            if unlink:
-                block.unlink()
-        out[item["name"]] = from_raw(
-            data, Datatype(item["datatype"]), item["shape"], name=item["name"]
-        ).copy()
-    return out
 
 
 def _send(conn: Connection, message: dict[str, Any]) -> None:
@@ -159,12 +78,12 @@ def _worker_main(
             if message["kind"] == "ping":
                 _send(conn, {"kind": "pong"})
                 continue
-            blocks: list[SharedMemory] = []
+            block: SharedMemory | None = None
             try:
-                inputs = _take(message["inputs"], unlink=False)
+                inputs = shm_tensors.take(message["inputs"], message["block"], unlink=False)
                 outputs = runner.predict(inputs)
-                described, blocks = _put(outputs)
-                _send(conn, {"kind": "ok", "outputs": described})
+                described, block = shm_tensors.put(outputs)
+                _send(conn, {"kind": "ok", "outputs": described, "block": block.name})
             except TorchportError as exc:
                 _send(conn, {"kind": "error", **exc.to_dict()})
             except Exception as exc:
@@ -180,10 +99,8 @@ def _worker_main(
                     },
                 )
             finally:
-                for block in blocks:
-                    # The parent attaches, copies and unlinks; this side only lets go.
-                    resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
-                    block.close()
+                if block is not None:  # the parent attaches, copies and unlinks it
+                    shm_tensors.disown(block)
     except (EOFError, OSError):
         return
     finally:
@@ -236,9 +153,9 @@ class WorkerProcess:
         return self.process.is_alive()
 
     def predict(self, batch: Tensors, timeout_s: float | None = None) -> Tensors:
-        described, blocks = _put(batch)
+        described, block = shm_tensors.put(batch)
         try:
-            _send(self.conn, {"kind": "predict", "inputs": described})
+            _send(self.conn, {"kind": "predict", "inputs": described, "block": block.name})
             if timeout_s is not None and not self.conn.poll(timeout_s):
                 self.kill()
                 raise WorkerHung(
@@ -252,12 +169,12 @@ class WorkerProcess:
                 "it is being restarted, retry"
             ) from None
         finally:
-            _release(blocks)
+            shm_tensors.release(block)
         if reply["kind"] != "ok":
             if "traceback" in reply:
                 log.error("worker process %s: %s", self.pid, reply["traceback"].rstrip())
             raise error_for(reply["code"], reply["error"], reply.get("field"))
-        return _take(reply["outputs"], unlink=True)
+        return shm_tensors.take(reply["outputs"], reply["block"], unlink=True)
 
     def answers_ping(self) -> bool:
         try:

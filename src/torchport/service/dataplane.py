@@ -12,63 +12,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio.to_thread
 
-from torchport.errors import InvalidInput
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.requests import RequestCounter, Tracked, tracked
 from torchport.service.compare import RecentRequests
+from torchport.service.inference import (
+    Codec,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    VersionState,
+    timeout_parameter,
+    wanted_outputs,
+)
 from torchport.service.registry import Registry
-from torchport.tensors import HEAVY_BYTES
-from torchport.types import Signature, Tensors
+from torchport.types import Signature
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    model: str
-    inputs: Tensors
-    version: int | None = None
-    outputs: list[str] | None = None
-    """Names of the outputs wanted, in order; all of them when None."""
-    id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    timeout_s: float | None = None
-    """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
-
-
-@dataclass(frozen=True)
-class InferResponse:
-    model: str
-    version: int
-    outputs: Tensors
-    id: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What a protocol's metadata call tells of a model (or one version of it)."""
-
-    name: str
-    versions: list[int]
-    """The version asked for, or every version the store holds."""
-    version: int
-    """The version that serves requests that name none (or the one asked for)."""
-    signature: Signature
-
-
-def timeout_parameter(parameters: dict[str, Any]) -> float | None:
-    """Seconds from the Open Inference Protocol's `timeout` parameter (µs), if given."""
-    micros = parameters.get("timeout")
-    if micros is None:
-        return None
-    if not isinstance(micros, int | float) or isinstance(micros, bool) or micros <= 0:
-        raise InvalidInput("parameter 'timeout' must be a positive number of µs", field="timeout")
-    return float(micros) / 1_000_000
 
 
 class DataPlane:
@@ -77,17 +40,12 @@ class DataPlane:
         self.recent = recent or RecentRequests()
         self.counter = RequestCounter(registry.metrics, registry.labels)
         self._loads = anyio.CapacityLimiter(1)
-        # One: decoding holds the GIL, so a second thread would not decode faster, only
-        # take the GIL from the event loop more often.
-        self._codecs = anyio.CapacityLimiter(1)
+        self._codec = Codec()
 
     async def offload(self, size: int, work: Callable[..., T], *args: object) -> T:
-        """`work(*args)` — a transport's decoding or encoding of `size` bytes — on the event
-        loop when small, else on a thread of its own: one large body never stalls
-        the loop that serves every port, health probes included."""
-        if size < HEAVY_BYTES:
-            return work(*args)
-        return await anyio.to_thread.run_sync(work, *args, limiter=self._codecs)
+        """`work(*args)` — a transport's decoding or encoding of `size` bytes — where
+        `Codec` runs it."""
+        return await self._codec.offload(size, work, *args)
 
     def track(
         self, protocol: str, model: str = "", version: int | None = None
@@ -114,7 +72,7 @@ class DataPlane:
         try:
             signature = loaded.signature
             signature.check_inputs(request.inputs)
-            wanted = _wanted_outputs(signature, request.outputs)
+            wanted = wanted_outputs(signature, request.outputs)
             deadline = None if request.timeout_s is None else time.monotonic() + request.timeout_s
             outputs = await loaded.batcher.predict(request.inputs, deadline=deadline)
         finally:
@@ -132,14 +90,14 @@ class DataPlane:
 
     # -- what the protocols tell of the models ------------------------------------------
 
-    def resolve(self, model: str, version: int | None = None) -> int:
+    async def resolve(self, model: str, version: int | None = None) -> int:
         """The version that serves a request; `NotFound` naming the model or version."""
         return self.registry.resolve(model, version)
 
-    def signature(self, model: str, version: int | None = None) -> Signature:
+    async def signature(self, model: str, version: int | None = None) -> Signature:
         return self.registry.signature(model, version)[1]
 
-    def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
+    async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
         resolved, signature = self.registry.signature(model, version)
         versions = (
             [version]
@@ -148,33 +106,23 @@ class DataPlane:
         )
         return ModelMetadata(model, versions, resolved, signature)
 
-    def models(self) -> list[str]:
+    async def models(self) -> list[str]:
         """The names of every model in the store."""
         return [m.name for m in self.registry.store.list_models()]
 
-    def ready(self, model: str, version: int | None = None) -> bool:
+    async def ready(self, model: str, version: int | None = None) -> bool:
         """Whether the version that serves `model` is loaded (`NotFound` if unknown)."""
         return self.registry.is_ready(model, version)
 
-    def server_ready(self) -> bool:
+    async def server_ready(self) -> bool:
         return self.registry.server_ready()
 
     @property
     def draining(self) -> bool:
         return self.registry.draining
 
-    def metrics_text(self) -> bytes:
+    async def metrics_text(self) -> bytes:
         return self.registry.metrics.exposition()
-
-
-def _wanted_outputs(signature: Signature, requested: list[str] | None) -> list[str]:
-    names = [s.name for s in signature.outputs]
-    if requested is None:
-        return names
-    for name in requested:
-        if name not in names:
-            raise InvalidInput(f"unknown output '{name}' (outputs: {', '.join(names)})", field=name)
-    return list(dict.fromkeys(requested))
 
 
 __all__ = [
@@ -182,5 +130,6 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "ModelMetadata",
+    "VersionState",
     "timeout_parameter",
 ]

@@ -39,7 +39,8 @@ from torchport.errors import (
 from torchport.runtime import LocalRunner, check_examples, open_runner
 from torchport.scratch import scratch
 from torchport.service.compare import RecentRequests, compare_versions
-from torchport.service.registry import Registry, VersionState
+from torchport.service.inference import VersionState
+from torchport.service.registry import Registry
 from torchport.settings import Limits
 from torchport.store import AuditEntry, ModelInfo, ModelStore, VersionInfo
 
@@ -325,6 +326,23 @@ def _metadata(manifest: Manifest) -> dict[str, Any]:
         "created_at": manifest.created_at.isoformat(),
         "runtime": manifest.runtime.model_dump(mode="json"),
     }
+
+
+class LocalRepository:
+    """The model repository extension over this process's `Management`, its blocking
+    calls (the store, loading a model) on worker threads."""
+
+    def __init__(self, management: Management) -> None:
+        self.management = management
+
+    async def index(self) -> list[VersionState]:
+        return await anyio.to_thread.run_sync(self.management.index)
+
+    async def load(self, model: str) -> None:
+        await anyio.to_thread.run_sync(self.management.load, model)
+
+    async def unload(self, model: str) -> None:
+        await anyio.to_thread.run_sync(self.management.unload, model)
 
 
 def _copy_limited(src: Path, dest: Path, limit: int) -> None:

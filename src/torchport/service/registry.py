@@ -20,6 +20,7 @@ from typing import Any
 from torchport.errors import NotFound, TorchportError, Unavailable
 from torchport.observability.metrics import Metrics, VersionGauges
 from torchport.runtime import Backend, Batcher, Deployment, LocalRunner, open_runner
+from torchport.service.inference import VersionState
 from torchport.store import ModelStore, VersionInfo
 from torchport.types import Signature
 
@@ -46,14 +47,6 @@ class LoadedVersion:
 
     def close(self) -> None:
         self.batcher.close()
-
-
-@dataclass(frozen=True)
-class VersionState:
-    model: str
-    version: int
-    state: str  # READY, UNAVAILABLE, UNLOADED
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,10 +103,20 @@ class Registry:
         stay together, so a stale read never undoes a newer promote or rollback."""
         self._routes = _Routes()
         self._load_locks: dict[Key, threading.Lock] = {}
+        self._listeners: list[Callable[[], None]] = []
         self.started = False
         self.draining = False
         """Set when the server is shutting down: it reports not ready from then on."""
         self.metrics.watch(self._gauges)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from any thread) after what serves a model may have changed:
+        a version loaded or unloaded, a default switched. Front ends drop what they know."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -169,6 +172,7 @@ class Registry:
             with self._lock:
                 if current == version and model not in self._routes.unloaded:
                     self._routes.defaults[model] = version
+        self._changed()
 
     # -- loading -------------------------------------------------------------------------
 
@@ -290,6 +294,7 @@ class Registry:
                 self._routes.defaults[loaded.model] = loaded.version
                 self._routes.unloaded.discard(loaded.model)
             close_old = old is not None and _retire(old)
+        self._changed()
         if close_old and old is not None:
             old.close()
 
@@ -300,6 +305,7 @@ class Registry:
             self._routes.defaults[model] = version
             self._routes.unloaded.discard(model)
             self._routes.on_request.discard((model, version))
+        self._changed()
 
     def unload(self, model: str, version: int | None = None) -> None:
         """Stop serving `model` (every version, or one); in-flight requests finish first."""
@@ -311,6 +317,7 @@ class Registry:
                 routes.defaults.pop(model, None)
             idle = [item for item in map(routes.loaded.pop, keys) if _retire(item)]
             routes.on_request.difference_update(keys)
+        self._changed()
         for item in idle:
             item.close()
 

@@ -10,8 +10,7 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from torchport.errors import TorchportError
-from torchport.service.dataplane import DataPlane
-from torchport.service.management import Management
+from torchport.service.inference import InferenceService, Repository
 from torchport.transports.grpc import convert
 from torchport.transports.grpc.servicer import Context, HealthServicer, InferenceServicer, parsed
 
@@ -21,8 +20,8 @@ class GrpcServer:
 
     def __init__(
         self,
-        service: DataPlane,
-        management: Management | None,
+        service: InferenceService,
+        repository: Repository | None,
         token: str | None,
         *,
         host: str,
@@ -30,20 +29,23 @@ class GrpcServer:
         max_message_bytes: int,
         max_calls: int | None = None,
         tls: tuple[bytes, bytes] | None = None,
+        share_port: bool = False,
     ) -> None:
         """`max_calls`: calls in progress at once (the next is RESOURCE_EXHAUSTED); `tls`: a
-        PEM private key and certificate (chain): TLS only on the port."""
+        PEM private key and certificate (chain): TLS only on the port; `share_port`: bind
+        with SO_REUSEPORT, for front-end processes that each serve the port."""
         self.server = grpc.aio.server(
             maximum_concurrent_rpcs=max_calls,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-                # Two servers on one port would split the traffic silently: refuse instead.
-                ("grpc.so_reuseport", 0),
+                # Two servers on one port would split the traffic silently: refuse, but
+                # for the front-end processes of one server, which share it on purpose.
+                ("grpc.so_reuseport", 1 if share_port else 0),
             ],
         )
         self.server.add_generic_rpc_handlers(
-            (convert.method_handlers(InferenceServicer(service, management, token)),)
+            (convert.method_handlers(InferenceServicer(service, repository, token)),)
         )
         names = (
             convert.SERVICE_NAME,

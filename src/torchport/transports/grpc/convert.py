@@ -25,8 +25,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from torchport.errors import InvalidInput, TorchportError
-from torchport.service.dataplane import InferRequest, InferResponse
-from torchport.service.registry import VersionState
+from torchport.service.inference import InferRequest, InferResponse, VersionState
 from torchport.tensors import element_count, from_raw, to_raw
 from torchport.types import Array, Datatype, Signature, Tensors, version_number
 

@@ -16,15 +16,13 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import anyio.to_thread
 import grpc
 from grpc_health.v1 import health_pb2
 
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unauthorized
 from torchport.observability.logs import new_request_id, request_id
 from torchport.service.auth import check_bearer
-from torchport.service.dataplane import DataPlane, timeout_parameter
-from torchport.service.management import Management
+from torchport.service.inference import InferenceService, Repository, timeout_parameter
 from torchport.tensors import weight
 from torchport.transports.grpc import convert
 from torchport.version import __version__
@@ -80,10 +78,10 @@ class InferenceServicer:
     """One coroutine per method of the service; `convert.method_handlers` registers them."""
 
     def __init__(
-        self, service: DataPlane, management: Management | None, token: str | None
+        self, service: InferenceService, repository: Repository | None, token: str | None
     ) -> None:
         self.service = service
-        self.management = management
+        self.repository = repository
         """The model repository extension's calls (none on a read-only microservice)."""
         self.token = token
 
@@ -93,13 +91,13 @@ class InferenceServicer:
 
     @answers_errors
     async def ServerReady(self, request: Any, context: Context) -> Any:
-        return convert.server_ready(self.service.server_ready())
+        return convert.server_ready(await self.service.server_ready())
 
     @answers_errors
     async def ModelReady(self, request: Any, context: Context) -> Any:
         version = convert.version_of(request.version, "version")
         try:
-            ready = self.service.ready(_name(request.name), version)
+            ready = await self.service.ready(_name(request.name), version)
         except NotFound:
             ready = False  # as clients expect: an unknown model is simply not ready
         return convert.model_ready(ready)
@@ -112,7 +110,7 @@ class InferenceServicer:
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
         model = _name(request.name)
         version = convert.version_of(request.version, "version")
-        meta = self.service.metadata(model, version)
+        meta = await self.service.metadata(model, version)
         return convert.model_metadata(model, [str(v) for v in meta.versions], meta.signature)
 
     @answers_errors
@@ -142,27 +140,25 @@ class InferenceServicer:
 
     # -- the model repository extension (management token) ------------------------------
 
-    def _repository(self, context: Context) -> Management:
-        if self.token is None or self.management is None:
+    def _repository(self, context: Context) -> Repository:
+        if self.token is None or self.repository is None:
             raise Unauthorized("this is a read-only microservice: it has no model repository")
         check_bearer(_metadata(context, "authorization"), self.token)
-        return self.management
+        return self.repository
 
     @answers_errors
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
-        states = await anyio.to_thread.run_sync(self._repository(context).index)
+        states = await self._repository(context).index()
         return convert.repository_index(states, ready_only=request.ready)
 
     @answers_errors
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
-        repository = self._repository(context)
-        await anyio.to_thread.run_sync(repository.load, _name(request.model_name))
+        await self._repository(context).load(_name(request.model_name))
         return convert.repository_loaded()
 
     @answers_errors
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
-        repository = self._repository(context)
-        await anyio.to_thread.run_sync(repository.unload, _name(request.model_name))
+        await self._repository(context).unload(_name(request.model_name))
         return convert.repository_unloaded()
 
 
@@ -175,19 +171,19 @@ class HealthServicer:
     from the server's readiness: SERVING once the models are loaded, NOT_SERVING while
     loading or draining (Kubernetes `grpc:` probes)."""
 
-    def __init__(self, service: DataPlane) -> None:
+    def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    def _status(self, name: str) -> Any:
+    async def _status(self, name: str) -> Any:
         if name not in ("", convert.SERVICE_NAME):
             return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-        if self.service.server_ready():
+        if await self.service.server_ready():
             return health_pb2.HealthCheckResponse.SERVING
         return health_pb2.HealthCheckResponse.NOT_SERVING
 
     async def Check(self, raw: bytes, context: Context) -> Any:
         request = await parsed(health_pb2.HealthCheckRequest, raw, context)
-        status = self._status(request.service)
+        status = await self._status(request.service)
         if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
@@ -196,7 +192,7 @@ class HealthServicer:
         request = await parsed(health_pb2.HealthCheckRequest, raw, context)
         last = None
         while True:
-            status = self._status(request.service)
+            status = await self._status(request.service)
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp
 from torchport.errors import InvalidInput, TorchportError
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.metrics import CONTENT_TYPE
-from torchport.service.dataplane import DataPlane
+from torchport.service.inference import InferenceService
 from torchport.settings import Settings
 from torchport.transports.http import kserve_v1, oip, openapi, sagemaker, torchserve
 from torchport.transports.http.body import BodyLimit
@@ -24,7 +24,9 @@ PROBES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"})
 """Never refused for load: a busy server is still alive, and says whether it is ready."""
 
 
-def _observed(service: DataPlane, route: BaseRoute, protocol: str, model: str = "") -> BaseRoute:
+def _observed(
+    service: InferenceService, route: BaseRoute, protocol: str, model: str = ""
+) -> BaseRoute:
     """An inference route with a request id (`X-Request-ID` in, and back on the answer),
     each request counted once by the data plane, whatever its outcome."""
     if not isinstance(route, Route) or "POST" not in (route.methods or ()):
@@ -59,7 +61,7 @@ def _version_label(raw: str | None) -> int | None:
 
 
 def build_inference_app(
-    service: DataPlane, settings: Settings, *, sagemaker_model: str | None = None
+    service: InferenceService, settings: Settings, *, sagemaker_model: str | None = None
 ) -> ASGIApp:
     """Every inference protocol; with `sagemaker_model` (the microservice), SageMaker's
     `POST /invocations` for that model too. At most `settings.max_inflight` requests at
@@ -67,17 +69,17 @@ def build_inference_app(
     max_body = BodyLimit(settings.max_request_bytes, settings.body_timeout_s)
 
     async def metrics(_request: Request) -> Response:
-        return Response(service.metrics_text(), media_type=CONTENT_TYPE)
+        return Response(await service.metrics_text(), media_type=CONTENT_TYPE)
 
     async def document(_request: Request) -> Response:
-        signatures = {name: service.signature(name) for name in service.models()}
+        signatures = {name: await service.signature(name) for name in await service.models()}
         return json_response(openapi.inference_document(signatures))
 
     async def model_document(request: Request) -> Response:
         name = request.path_params["model"]
-        service.resolve(name)  # 404 for a model the store does not hold
+        await service.resolve(name)  # 404 for a model the store does not hold
         doc = openapi.inference_document({})
-        doc["paths"] = openapi.model_paths(name, service.signature(name))
+        doc["paths"] = openapi.model_paths(name, await service.signature(name))
         return json_response(doc)
 
     routes = [

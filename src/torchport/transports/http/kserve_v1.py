@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
-from torchport.service.dataplane import DataPlane, InferRequest
+from torchport.service.inference import InferenceService, InferRequest
 from torchport.tensors import to_array, weight
 from torchport.transports.http.body import BodyLimit, parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
@@ -61,11 +61,11 @@ def _predictions(outputs: Tensors) -> Response:
     return json_response({"predictions": outputs_to_predictions(outputs)})
 
 
-def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
+def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:
     async def predict(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
-        signature = service.signature(model, version)
+        signature = await service.signature(model, version)
         inputs = await service.offload(len(body), _inputs, body, signature)
         timeout = timeout_seconds(request)
         response = await service.infer(InferRequest(model, inputs, version, timeout_s=timeout))
@@ -73,11 +73,11 @@ def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
 
     async def model_status(request: Request) -> Response:
         model, version = model_and_version(request)
-        service.resolve(model, version)  # an unloaded model is unavailable (503)
-        return json_response({"name": model, "ready": service.ready(model, version)})
+        await service.resolve(model, version)  # an unloaded model is unavailable (503)
+        return json_response({"name": model, "ready": await service.ready(model, version)})
 
     async def list_models(_request: Request) -> Response:
-        return json_response({"models": service.models()})
+        return json_response({"models": await service.models()})
 
     return [
         Route("/v1/models", list_models),

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from torchport.service.dataplane import DataPlane
+from torchport.service.inference import InferenceService
 from torchport.tensors import weight
 from torchport.transports.http.body import BodyLimit, read_body
 from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
@@ -19,7 +19,7 @@ from torchport.version import __version__
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
-def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
+def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:
     async def server_metadata(_request: Request) -> Response:
         return json_response(
             {"name": "torchport", "version": __version__, "extensions": EXTENSIONS}
@@ -29,12 +29,12 @@ def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
         return json_response({"live": True})
 
     async def ready(_request: Request) -> Response:
-        ok = service.server_ready()
+        ok = await service.server_ready()
         return json_response({"ready": ok}, 200 if ok else 503)
 
     async def model_metadata(request: Request) -> Response:
         model, version = model_and_version(request)
-        meta = service.metadata(model, version)
+        meta = await service.metadata(model, version)
         return json_response(
             {
                 "name": meta.name,
@@ -52,12 +52,12 @@ def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
 
     async def model_ready(request: Request) -> Response:
         model, version = model_and_version(request)
-        ok = service.ready(model, version)
+        ok = await service.ready(model, version)
         return json_response({"name": model, "ready": ok}, 200 if ok else 503)
 
     async def infer(request: Request) -> Response:
         model, version = model_and_version(request)
-        service.resolve(model, version)  # an unknown model is a 404 before its body is read
+        await service.resolve(model, version)  # an unknown model is a 404 before its body is read
         body = await read_body(request, max_body)
         infer_request, fmt = await service.offload(
             len(body), decode_request, body, request.headers.get(HEADER_LENGTH), model, version

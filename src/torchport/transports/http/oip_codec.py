@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from torchport.errors import InvalidInput
-from torchport.service.dataplane import InferRequest, InferResponse
+from torchport.service.inference import InferRequest, InferResponse
 from torchport.tensors import element_count, from_raw, to_array, to_raw
 from torchport.transports.http.body import parse_json
 from torchport.types import Array, Datatype, Tensors

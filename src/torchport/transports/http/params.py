@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from torchport.errors import InvalidInput
-from torchport.service.dataplane import timeout_parameter
+from torchport.service.inference import timeout_parameter
 from torchport.types import version_number
 
 

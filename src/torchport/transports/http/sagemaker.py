@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
-from torchport.service.dataplane import DataPlane, InferRequest
+from torchport.service.inference import InferenceService, InferRequest
 from torchport.tensors import element_count, to_array, weight
 from torchport.transports.http.body import BodyLimit, parse_json, read_body
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
@@ -44,14 +44,14 @@ FORM = "application/x-www-form-urlencoded"
 ANSWERS = (JSON, CSV, NPY)
 
 
-def routes(service: DataPlane, max_body: BodyLimit, model: str) -> list[BaseRoute]:
+def routes(service: InferenceService, max_body: BodyLimit, model: str) -> list[BaseRoute]:
     async def invocations(request: Request) -> Response:
         content_type = _media_type(request.headers.get("content-type")) or JSON
         answer = _accepted(request.headers.get("accept"))
         body = await read_body(request, max_body)
         if content_type == FORM and body.lstrip()[:1] in (b"{", b"["):
             content_type = JSON  # what `curl -d` sends with a JSON body
-        signature = service.signature(model)
+        signature = await service.signature(model)
         timeout = timeout_seconds(request)
         size = len(body)
         if content_type == JSON and body.lstrip().startswith(b"{") and b'"inputs"' in body:

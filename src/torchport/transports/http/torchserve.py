@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput
-from torchport.service.dataplane import DataPlane, InferRequest
+from torchport.service.inference import InferenceService, InferRequest
 from torchport.tensors import to_array, weight
 from torchport.transports.http.body import BodyLimit, parse_json, read_body
 from torchport.transports.http.params import model_and_version, timeout_seconds
@@ -56,11 +56,11 @@ def _answer(outputs: Tensors, single: bool) -> Response:
     return json_response(next(iter(rows.values())) if len(rows) == 1 else rows)
 
 
-def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
+def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:
     async def predictions(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
-        signature = service.signature(model, version)
+        signature = await service.signature(model, version)
         content_type = request.headers.get("content-type", "")
         inputs, single = await service.offload(
             len(body), body_to_inputs, body, content_type, signature
@@ -70,7 +70,7 @@ def routes(service: DataPlane, max_body: BodyLimit) -> list[BaseRoute]:
         return await service.offload(weight(response.outputs), _answer, response.outputs, single)
 
     async def ping(_request: Request) -> Response:
-        ok = service.server_ready()
+        ok = await service.server_ready()
         return json_response({"status": "Healthy" if ok else "Unhealthy"}, 200 if ok else 503)
 
     return [
