@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from torchport.errors import InvalidInput
-from torchport.settings import load_settings
+from torchport.settings import available_cores, default_frontends, load_settings
 
 
 def test_defaults_bind_to_loopback_only() -> None:
@@ -31,3 +32,19 @@ def test_unknown_keys_and_bad_values_name_the_setting(tmp_path: Path) -> None:
     config.write_text("http_port = 70000\n")
     with pytest.raises(InvalidInput, match="setting 'http_port'"):
         load_settings(config)
+
+
+def test_cores_are_the_affinity_mask_capped_by_the_cgroup_quota(tmp_path: Path) -> None:
+    mask = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")
+    assert available_cores(quota) == mask
+    quota.write_text("150000 100000\n")  # docker --cpus 1.5: two cores' worth of threads
+    assert available_cores(quota) == min(mask, 2)
+    quota.write_text("10000 100000\n")
+    assert available_cores(quota) == 1
+    assert available_cores(tmp_path / "absent") == mask
+
+
+def test_front_ends_are_one_per_two_cores_and_none_on_one() -> None:
+    assert [default_frontends(c) for c in (1, 2, 3, 4, 8, 16, 64)] == [0, 1, 1, 2, 4, 4, 4]

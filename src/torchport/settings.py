@@ -173,9 +173,18 @@ def default_frontends(cores: int) -> int:
     return 0 if cores < 2 else min(4, cores // 2)
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, as containers set it)."""
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPU cores this process may run on: its affinity mask (`docker --cpuset-cpus`), and
+    no more than its cgroup's CPU quota allows (`docker --cpus`, a Kubernetes CPU limit),
+    rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return cores
+    return max(1, min(cores, -(-int(quota) // int(period))))

@@ -136,7 +136,9 @@ class WorkerPool:
             self._executor, self._predict, batch, threads
         )
         try:
-            outputs, cpu, wall = await asyncio.wait_for(running, self.timeout_s)
+            # asyncio.timeout rather than wait_for: no task of its own per batch.
+            async with asyncio.timeout(self.timeout_s):
+                outputs, cpu, wall = await running
         except TimeoutError:
             self._abandon()
             raise DeadlineExceeded(

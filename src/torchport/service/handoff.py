@@ -56,6 +56,7 @@ class Channel(asyncio.Protocol):
         self._on_lost = on_lost
         self._peer_check = peer_check
         self._buffer = bytearray()
+        self._pending: list[bytes] = []
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,16 +95,31 @@ class Channel(asyncio.Protocol):
         self._on_lost()
 
     def send(self, header: Header, payload: bytes = b"") -> bool:
-        """Send a frame; False when the connection is gone."""
+        """Send a frame (with the others sent in this turn of the event loop: one write,
+        one system call, for many requests under load); False when the connection is
+        gone."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
         head = orjson.dumps(header)
-        transport.write(FRAME.pack(len(head), len(payload)) + head + payload)
+        pending = self._pending
+        pending.append(FRAME.pack(len(head), len(payload)))
+        pending.append(head)
+        if payload:
+            pending.append(payload)
+        if len(pending) <= 3:
+            asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(pending))
 
     def close(self) -> None:
         if self.transport is not None:
+            if self._pending:
+                self._flush()
             self.transport.close()
 
 
