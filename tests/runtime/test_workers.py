@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,35 +25,65 @@ SIGNATURE = Signature.model_validate(
 
 class ThreadReporter:
     """A runner that answers, per row, how many torch threads its batch ran with, and
-    notes the thread it ran on."""
+    notes the thread it ran on; `seconds` long a batch."""
 
     signature = SIGNATURE
 
-    def __init__(self) -> None:
-        self.ran_on: set[str] = set()
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.ran_on: list[int] = []
 
     def predict(self, batch: Tensors) -> Tensors:
-        self.ran_on.add(threading.current_thread().name)
+        self.ran_on.append(threading.get_ident())
+        time.sleep(self.seconds)
         return {"threads": np.full(len(batch["x"]), torch.get_num_threads(), np.int64)}
 
     def close(self) -> None:
         pass
 
 
-def test_a_batch_alone_gets_every_core_and_batches_side_by_side_a_share() -> None:
+X = {"x": np.zeros((3, 1), np.float32)}
+
+
+def test_a_quick_batch_runs_on_the_versions_threads_with_one_torch_thread() -> None:
     runner = ThreadReporter()
     pool = WorkerPool(runner, 2, ThreadBudget(cores=4, per_batch=1))
-    x = {"x": np.zeros((3, 1), np.float32)}
 
     async def main() -> tuple[int, int]:
-        alone = await pool.run(x, alone=True)
-        shared = await pool.run(x, alone=False)
+        alone = await pool.run(X, alone=True)
+        shared = await pool.run(X, alone=False)
         return int(alone.outputs["threads"][0]), int(shared.outputs["threads"][0])
 
-    assert asyncio.run(main()) == (4, 2)  # 4 cores ÷ 2 workers
-    assert runner.ran_on
-    assert all(name.startswith("torchport-worker") for name in runner.ran_on)
+    assert asyncio.run(main()) == (1, 1)
     pool.close()
+
+
+def test_a_slow_batch_alone_gets_every_core_on_the_one_wide_thread() -> None:
+    """Batches of every version that use several torch threads share one thread, so the
+    process holds one OpenMP team (more, and libgomp stops letting idle threads spin)."""
+    first, second = ThreadReporter(0.004), ThreadReporter(0.004)
+    pools = [WorkerPool(r, 2, ThreadBudget(cores=4, per_batch=1)) for r in (first, second)]
+
+    async def main() -> list[int]:
+        for pool in pools:  # measured slow first (on the version's own threads)
+            for _ in range(4):
+                await pool.run(X, alone=False)
+        counts = []
+        for pool in pools:
+            counts.append(int((await pool.run(X, alone=True)).outputs["threads"][0]))
+            counts.append(int((await pool.run(X, alone=False)).outputs["threads"][0]))
+        return counts
+
+    assert asyncio.run(main()) == [4, 2, 4, 2]  # every core alone; 4 cores ÷ 2 workers
+    assert first.ran_on[-1] == second.ran_on[-1]  # the one wide thread
+    assert first.ran_on[0] != first.ran_on[-1]
+    seen: list[int] = []
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert seen == [1]  # a thread started since makes no team of its own
+    for pool in pools:
+        pool.close()
 
 
 def test_without_a_budget_torchs_threads_are_left_alone() -> None:

@@ -11,6 +11,9 @@ import typer
 from torchport.cli.output import err, out
 
 Opt = typer.Option
+SPIN_COUNT = 20_000
+"""libgomp's spins before an idle thread sleeps: minilm at c=1 answers as with threads that
+never sleep (5.0 against 11.6 ms with none, 5.7 with 5,000; benchmarks/README.md)."""
 
 
 def serve_cmd(
@@ -66,9 +69,12 @@ def serve_cmd(
 ) -> None:
     """Run the model server: inference on one port, management (token) on another; or,
     with --microservice, one model behind its endpoints."""
-    # Read by OpenMP when torch loads: idle torch threads sleep instead of spinning, so
-    # they do not take the event loop's core between batches. A user's value wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Read by OpenMP (libgomp) when torch loads: an idle torch thread spins briefly, then
+    # sleeps. A request's many parallel regions find its threads awake (sleeping at once,
+    # OMP_WAIT_POLICY=PASSIVE, made minilm's 5.8 ms answer take 11 ms), and between
+    # batches they leave the event loop's core alone. A user's own setting wins.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
     from torchport.ports import ServerInfo
     from torchport.settings import available_cores, default_frontends, load_settings
 

@@ -25,9 +25,9 @@ class OnnxModel:
         # Every core: a request alone runs fastest over all of them, and batches running
         # side by side share the session's one pool of threads.
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-            # As torch's threads (the server sets PASSIVE): idle threads sleep rather
-            # than spin on the cores the event loop needs.
+        if "GOMP_SPINCOUNT" in os.environ or os.environ.get("OMP_WAIT_POLICY") == "PASSIVE":
+            # As torch's threads spin at most briefly (the server sets GOMP_SPINCOUNT):
+            # idle threads sleep rather than spin on the cores the event loop needs.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; they are raised, not logged

@@ -3,6 +3,13 @@
 torch releases the GIL while it computes, so batches of different versions (and the event
 loop) run side by side on threads of one process. Each version owns its threads: a slow
 model never holds up another's batches.
+
+A batch that uses more than one torch thread runs on the process's one *wide* thread
+instead. Each thread that starts OpenMP work with several threads gets a team of its
+own, and once a process holds more OpenMP threads than cores, libgomp stops letting idle
+ones spin (it caps the spin at 100): every parallel region then wakes sleeping threads,
+which made `minilm` take 11 ms a request on a worker thread against 4.6 ms with a
+single team (benchmarks/README.md). One wide thread keeps one team.
 """
 
 from __future__ import annotations
@@ -95,8 +102,35 @@ class Ran:
     wall: float
 
 
+WIDE_AFTER_S = 0.001
+"""Batches that take at least this long (on average) use the wide thread."""
+
+
+class _Wide:
+    """The process's one thread for batches with several torch threads (see above)."""
+
+    executor: DaemonThreads | None = None
+    lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> DaemonThreads:
+        with cls.lock:
+            if cls.executor is None:
+                cls.executor = DaemonThreads(1)
+            return cls.executor
+
+    @classmethod
+    def abandon(cls, executor: DaemonThreads) -> None:
+        """A batch is stuck on `executor`: the next wide batch gets a new thread."""
+        with cls.lock:
+            if cls.executor is executor:
+                cls.executor.shutdown(wait=False)
+                cls.executor = None
+
+
 class WorkerPool:
-    """Runs `runner`'s batches on `workers` threads of its own."""
+    """Runs `runner`'s batches on `workers` threads of its own (and, with several torch
+    threads, on the process's wide thread)."""
 
     def __init__(
         self,
@@ -114,6 +148,8 @@ class WorkerPool:
         """None: torch's thread settings are left as they are (e.g. worker processes)."""
         self._executor: DaemonThreads | None = None
         self._executor_workers = 0
+        self._seconds = 0.0
+        """A moving average of a batch's seconds: what decides the wide thread."""
 
     def resize(self, workers: int) -> None:
         """Run up to `workers` batches at once from the next batch on."""
@@ -131,21 +167,38 @@ class WorkerPool:
         threads = 0
         if self.threads is not None:
             threads = self.threads.cores if alone else self.threads.shared(self.workers)
+        # Tiny batches gain nothing from more threads, and lose to the wide thread's queue
+        # (mlp at c=1: 0.7 against 1.0 ms): they stay on the pool's threads — with one
+        # torch thread, as every batch there, so no other thread ever makes a team.
+        wide = threads > 1 and self._seconds >= WIDE_AFTER_S
+        if not wide:
+            threads = min(threads, 1)
+        executor = _Wide.get() if wide else self._executor
         started = time.monotonic()
         running = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._predict, batch, threads
+            executor, self._predict, batch, threads
         )
         try:
             # asyncio.timeout rather than wait_for: no task of its own per batch.
             async with asyncio.timeout(self.timeout_s):
                 outputs, cpu, wall = await running
         except TimeoutError:
-            self._abandon()
+            if executor is self._executor:
+                self._abandon()
+            else:
+                log.warning(
+                    "a batch ran past %.0f s: the wide thread is abandoned to it (Python "
+                    "cannot stop a thread) and a new one takes over",
+                    self.timeout_s or 0,
+                )
+                _Wide.abandon(executor)
             raise DeadlineExceeded(
                 f"the batch ran past request_timeout_s ({self.timeout_s:g} s); its worker "
                 "was replaced"
             ) from None
-        return Ran(outputs, time.monotonic() - started, cpu, wall)
+        seconds = time.monotonic() - started
+        self._seconds += (seconds - self._seconds) * 0.2
+        return Ran(outputs, seconds, cpu, wall)
 
     def _abandon(self) -> None:
         """Stop sending batches to the current threads: the next batch gets new ones."""
@@ -164,7 +217,13 @@ class WorkerPool:
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         cpu, wall = time.thread_time(), time.monotonic()
-        outputs = self.runner.predict(batch)
+        try:
+            outputs = self.runner.predict(batch)
+        finally:
+            if threads > 1 and self.threads is not None:
+                # torch also keeps the last count for threads that have not run yet: a
+                # new thread (a load, an upload's check) must not make a team of its own.
+                torch.set_num_threads(self.threads.per_batch)
         return outputs, time.thread_time() - cpu, time.monotonic() - wall
 
     def close(self) -> None:
