@@ -54,7 +54,9 @@ bench: install
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
-	$(BIN)/python benchmarks/cpu_cost.py
+	$(BIN)/python benchmarks/cpu_cost.py --frontends 0 1 2
+	$(BIN)/python benchmarks/serving.py --targets torchport-fe0 torchport-fe1 torchport-fe2 \
+		torchport-fe4 torchport-grpc-fe0 torchport-grpc-fe1 --out benchmarks/results/frontends.json
 	$(BIN)/python benchmarks/large_requests.py
 	$(BIN)/python benchmarks/serving.py --models minilm --targets torchport \
 		torchport-torchscript torchport-onnx --out benchmarks/results/serving-exports.json

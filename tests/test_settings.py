@@ -46,5 +46,5 @@ def test_cores_are_the_affinity_mask_capped_by_the_cgroup_quota(tmp_path: Path) 
     assert available_cores(tmp_path / "absent") == mask
 
 
-def test_front_ends_are_one_per_two_cores_and_none_on_one() -> None:
-    assert [default_frontends(c) for c in (1, 2, 3, 4, 8, 16, 64)] == [0, 1, 1, 2, 4, 4, 4]
+def test_front_ends_are_none_under_four_cores_then_one_per_two() -> None:
+    assert [default_frontends(c) for c in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 0, 2, 4, 4, 4]

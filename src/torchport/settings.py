@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     frontends: int | None = Field(default=None, ge=0, le=64)
     """Processes that run the inference protocols (HTTP and gRPC, sharing the ports) and
     hand decoded requests to the engine process, which holds the models. 0: one process
-    does everything. None: `default_frontends(cores)`."""
+    does everything. None: `default_frontends(available_cores())`."""
     limits: Limits = Field(default_factory=Limits)
 
     @model_validator(mode="after")
@@ -168,9 +168,10 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def default_frontends(cores: int) -> int:
-    """Front-end processes for `cores` cores: one per two cores, at most four (protocol
-    work is a share of a request's cost, the model the rest); none on one core."""
-    return 0 if cores < 2 else min(4, cores // 2)
+    """Front-end processes for `cores` cores: none under four (on two cores one front end
+    served `mlp` 1.04x and `minilm` 0.96x of one process at c=32, with 0.15 ms more at c=1
+    and 125 MiB more: benchmarks/README.md), then one per two cores, at most four."""
+    return 0 if cores < 4 else min(4, cores // 2)
 
 
 def available_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:

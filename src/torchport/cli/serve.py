@@ -54,8 +54,8 @@ def serve_cmd(
         int | None,
         Opt(
             help="Processes that run the inference protocols and hand requests to the one "
-            "that holds the models; 0: one process does all (default: one per two cores, "
-            "at most 4).",
+            "that holds the models; 0: one process does all (default: 0 under 4 cores, "
+            "then one per two cores, at most 4).",
         ),
     ] = None,
     microservice: Annotated[
