@@ -9,6 +9,10 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchserve`, `torchserve-batch`: TorchServe 0.12.0 (set up in build/torchserve-venv on first
   use, Java 17), 2 workers, the same model code and weights; batch size 1, and 8 (mlp) / 32
   (minilm) with a 5 ms delay;
+- `torchserve-wW-bB-dD[-quiet]`: TorchServe with W workers (cores ÷ W torch threads each),
+  batchSize B, maxBatchDelay D ms, and WARN-level logging with `-quiet`; `--sweep
+  torchserve` runs every one of W 1-2, B 1/8/16/32, D 1/5, stock or quiet at c=32 for
+  `--sweep-duration` s first and adds the best as a target (the sweep in the JSON);
 - `torchport-fe0`, `torchport-fe1`, … and `torchport-grpc-feN` (`--targets` to add them):
   `torchport serve --frontends N` (0: one process; the default is one per two cores);
 - `torchport-ray-1`, `torchport-ray-2` (`--targets` to add them): `torchport serve --backend
@@ -293,7 +297,19 @@ def start_plain(kind: str, model: str, files: Path, work: Path) -> Started:
     return Started(proc, f"http://127.0.0.1:{port}/predict", content_type, body, ready)
 
 
-def start_torchserve(model: str, files: Path, work: Path, *, batching: bool) -> Started:
+TORCHSERVE = re.compile(r"torchserve-w(\d+)-b(\d+)-d(\d+)(-quiet)?")
+"""`torchserve-w1-b16-d5-quiet`: workers, batchSize, maxBatchDelay (ms), WARN-level logs;
+each worker with cores ÷ workers torch threads."""
+TORCHSERVE_SWEEP = [
+    f"torchserve-w{w}-b{b}-d{d}{q}"
+    for w in (1, 2)
+    for b in (1, 8, 16, 32)
+    for d in (1, 5)
+    for q in ("", "-quiet")
+]
+
+
+def start_torchserve(model: str, files: Path, work: Path, target: str) -> Started:
     from benchmarks.peers import torchserve
 
     torchserve.ensure_venv()
@@ -301,9 +317,19 @@ def start_torchserve(model: str, files: Path, work: Path, *, batching: bool) -> 
     if not (store / f"{model}.mar").exists():
         torchserve.archive(model, files, store)
     ports = (free_port(), free_port(), free_port())
-    batch = (8 if model == "mlp" else 32) if batching else 1
+    config = TORCHSERVE.fullmatch(target)
+    if config:
+        workers, batch, delay = (int(config.group(i)) for i in (1, 2, 3))
+        quiet = bool(config.group(4))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    else:  # the first two: stock settings, 2 workers
+        workers, delay, quiet, threads = 2, 5, False, 0
+        batch = (8 if model == "mlp" else 32) if target == "torchserve-batch" else 1
     started = time.perf_counter()
-    proc = torchserve.start(model, store, ports, batch_size=batch)
+    proc = torchserve.start(
+        model, store, ports, batch_size=batch, workers=workers, max_batch_delay_ms=delay,
+        quiet=quiet, torch_threads=threads,
+    )  # fmt: skip
     body, content_type = _plain_body(model, work)
     url = f"http://127.0.0.1:{ports[0]}/predictions/{model}"
     deadline = started + 180
@@ -348,7 +374,7 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
             if target == "ray-plain":
                 return start_ray_plain(model, files, work)
             if target.startswith("torchserve"):
-                return start_torchserve(model, files, work, batching=target == "torchserve-batch")
+                return start_torchserve(model, files, work, target)
             return start_plain(target, model, files, work)
         except SystemExit as exc:
             print(f"{target} failed to start ({exc}); attempt {attempt + 1} of 3", file=sys.stderr)
@@ -506,12 +532,21 @@ def main() -> None:
             "torchserve-batch",
         ],
     )
+    parser.add_argument(
+        "--sweep",
+        nargs="*",
+        default=[],
+        choices=["torchserve"],
+        help="peers whose settings are swept first (c=32, --sweep-duration each); the "
+        "best configuration then runs as a target",
+    )
+    parser.add_argument("--sweep-duration", type=int, default=3)
     parser.add_argument("--examples", type=Path, default=ROOT / "build" / "examples")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    if "torchport-grpc" in args.targets and shutil.which("h2load") is None:
+    if any("grpc" in t for t in args.targets) and shutil.which("h2load") is None:
         raise SystemExit("h2load is not installed: apt-get install nghttp2-client")
 
     from torchport.examples import build_examples
@@ -533,18 +568,21 @@ def main() -> None:
             files = work / f"{model}-files"
             with zipfile.ZipFile(package) as zf:
                 zf.extractall(files)
-            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in args.targets}
+            targets = list(args.targets)
+            sweeps: dict[str, Any] = {}
+            for peer in args.sweep:
+                swept = sweep(peer, model, package, files, work, args.sweep_duration)
+                sweeps[peer] = swept
+                targets.append(swept["best"])
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
             inproc: list[dict[str, float]] = []
             inproc_exports: dict[str, list[dict[str, float]]] = {
                 EXPORTS[t]: [] for t in args.targets if t in EXPORTS
             }
             for rep in range(args.repeat):
-                if "torchport" not in args.targets:
+                if "torchport" not in targets:
                     inproc.append(in_process(package, model, 2.0))
-                order = (
-                    args.targets[rep % len(args.targets) :]
-                    + args.targets[: rep % len(args.targets)]
-                )
+                order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
                 for target in order:
                     # A limit is measured just before the target served against it: the
                     # host's speed drifts over minutes, and a ratio wants the same minutes.
@@ -591,6 +629,7 @@ def main() -> None:
                 "median": summary,
                 "runs": runs,
                 "in_process_runs": inproc,
+                **({"sweeps": sweeps} if sweeps else {}),
                 **({"in_process_export_runs": inproc_exports} if inproc_exports else {}),
             }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -600,6 +639,25 @@ def main() -> None:
         print_table(results)
     args.out.with_suffix(".txt").write_text(table.getvalue())  # beside the JSON
     print(table.getvalue(), end="")
+
+
+def sweep(
+    peer: str, model: str, package: Path, files: Path, work: Path, duration: int
+) -> dict[str, Any]:
+    """Every configuration of `peer` at c=32 for `duration` s (after a 1 s warm-up):
+    req/s of each, and the best."""
+    configs = {"torchserve": TORCHSERVE_SWEEP}[peer]
+    tried: dict[str, float] = {}
+    for config in configs:
+        started = start_target(config, model, package, files, work)
+        try:
+            result = wrk(started, 32, duration)
+            tried[config] = result["rps"] if not result["errors"] else 0.0
+        finally:
+            stop(started.proc)
+        print(f"{model} sweep {config}: c32 {tried[config]:.0f}/s", file=sys.stderr)
+    best = max(tried, key=lambda c: tried[c])
+    return {"duration_s": duration, "rps_at_c32": tried, "best": best}
 
 
 def against_limits(runs: list[dict[str, Any]], limits: list[dict[str, float]]) -> list[float]:

@@ -15,6 +15,9 @@ from ts.torch_handler.base_handler import BaseHandler
 
 class Handler(BaseHandler):
     def initialize(self, context):
+        threads = int(os.environ.get("BENCH_TORCH_THREADS", "0"))
+        if threads:
+            torch.set_num_threads(threads)
         model_dir = context.system_properties["model_dir"]
         spec = importlib.util.spec_from_file_location(
             "bench_model", os.path.join(model_dir, "model.py")
