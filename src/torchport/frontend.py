@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ from torchport.service.remote import RemoteDataPlane, RemoteRepository
 from torchport.settings import Settings
 from torchport.transports.grpc import GrpcServer
 from torchport.transports.http import build_inference_app
-
-log = logging.getLogger("torchport.frontend")
 
 ENGINE_WAIT_S = 600.0
 """How long a front end waits for the engine before it serves 503s (it keeps trying)."""

@@ -43,10 +43,6 @@ class Intake:
             lambda: _Connection(self).channel, path=address
         )
 
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
-
     def _changed(self) -> None:
         # From any thread (a load, a promote): front ends forget what they learnt.
         loop = self._loop
