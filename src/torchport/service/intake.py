@@ -20,6 +20,7 @@ from torchport.service import handoff
 from torchport.service.dataplane import DataPlane
 from torchport.service.handoff import Channel, Header
 from torchport.service.inference import InferRequest, Repository
+from torchport.tensors import weight
 
 log = logging.getLogger("torchport.intake")
 
@@ -120,7 +121,7 @@ class _Connection:
                 )
             )
             out, data, block = await dataplane.offload(
-                sum(a.nbytes for a in response.outputs.values()), handoff.pack, response.outputs
+                weight(response.outputs), handoff.pack, response.outputs
             )
         except asyncio.CancelledError:
             raise

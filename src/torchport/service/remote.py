@@ -32,6 +32,7 @@ from torchport.service.inference import (
     VersionState,
     wanted_outputs,
 )
+from torchport.tensors import weight
 from torchport.types import Signature
 
 log = logging.getLogger("torchport.frontend")
@@ -189,8 +190,9 @@ class RemoteDataPlane(Counter):
         _, signature = await self._signature(request.model, request.version)
         signature.check_inputs(request.inputs)
         wanted = wanted_outputs(signature, request.outputs)
-        size = sum(a.nbytes for a in request.inputs.values())
-        described, data, block = await self.offload(size, handoff.pack, request.inputs)
+        described, data, block = await self.offload(
+            weight(request.inputs), handoff.pack, request.inputs
+        )
         try:
             header, payload = await self._call(
                 {
