@@ -42,7 +42,7 @@ def serve_frontend(
     http_socket = bind(settings.host, role.http_port, share=True)
     service = RemoteDataPlane(role.intake)
     app = build_inference_app(service, settings, sagemaker_model=role.sagemaker_model)
-    http = http_server(app, settings, tls)
+    http = http_server(app, settings, tls, client_address=False)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -67,13 +67,18 @@ class Tls:
         return self.key.read_bytes(), self.cert.read_bytes()
 
 
-def http_server(app: object, settings: Settings, tls: Tls | None) -> Server:
+def http_server(
+    app: object, settings: Settings, tls: Tls | None, *, client_address: bool = True
+) -> Server:
+    """`client_address` False: the app never asks who the client is (the inference port),
+    so uvicorn's X-Forwarded-For middleware is left out of every request's path."""
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         log_level="warning",
         access_log=False,
         lifespan="off",
         server_header=False,
+        proxy_headers=client_address,
         http="httptools",
         loop="none",
         timeout_graceful_shutdown=math.ceil(settings.drain_seconds),

@@ -150,7 +150,7 @@ def serve(
         inference = build_inference_app(
             dataplane, settings, sagemaker_model=models[0][0] if microservice else None
         )
-        servers.append(http_server(inference, settings, tls))
+        servers.append(http_server(inference, settings, tls, client_address=False))
         sockets.append(http_socket)
     if token is not None and mgmt_socket is not None:
         servers.append(

@@ -4,6 +4,7 @@ hang (the inference app, in process)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -239,3 +240,33 @@ def test_an_empty_batch_is_refused(served: InProcess) -> None:
     response = served.http.post("/v2/models/minilm/infer", json=body)
     assert response.status_code == 400
     assert "empty batch" in response.json()["error"]
+
+
+def test_a_fault_inside_an_inference_route_is_one_json_500_and_the_next_request_is_served(
+    served: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The inference routes skip Starlette's error middleware: their own fallback answers.
+    real = served.dataplane.infer
+    monkeypatch.setattr(served.dataplane, "infer", _fails_once(real))
+    broken = served.http.post("/v2/models/mlp/infer", json=infer_body())
+    assert broken.status_code == 500
+    assert broken.json() == {"error": "internal error: RuntimeError", "code": "internal"}
+    after = served.http.post("/v2/models/mlp/infer", json=infer_body())
+    assert after.status_code == 200, after.text
+    samples = served.scrape()
+    counted = {dict(labels)["outcome"]: n for (name, labels), n in samples.items()
+               if name == "torchport_requests_total" and dict(labels)["model"] == "mlp"}  # fmt: skip
+    assert counted["internal"] == 1
+
+
+def _fails_once(real: Any) -> Any:
+    calls = 0
+
+    async def infer(request: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await real(request)
+
+    return infer

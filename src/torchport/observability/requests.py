@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 from torchport.errors import TorchportError
 from torchport.observability.logs import request_id, requests_log
@@ -50,31 +51,44 @@ def tracked() -> Tracked | None:
 class Counter:
     """Opens `track` around a request and hands its outcome to `count`."""
 
-    @contextmanager
-    def track(
-        self, protocol: str, model: str = "", version: int | None = None
-    ) -> Iterator[Tracked]:
+    def track(self, protocol: str, model: str = "", version: int | None = None) -> _Tracking:
         """Count the request run inside: outcome `ok`, or the code of the torchport error
         it raised (`internal` for any other exception). A cancelled request (the client went
         away) is not counted."""
-        item = Tracked(protocol, model, version)
-        token = _current.set(item)
-        started = time.perf_counter()
-        try:
-            yield item
-        except TorchportError as exc:
-            self.count(item, exc.code, time.perf_counter() - started)
-            raise
-        except Exception:
-            self.count(item, "internal", time.perf_counter() - started)
-            raise
-        else:
-            self.count(item, "ok", time.perf_counter() - started)
-        finally:
-            _current.reset(token)
+        return _Tracking(self, Tracked(protocol, model, version))
 
     def count(self, item: Tracked, outcome: str, seconds: float) -> None:
         raise NotImplementedError
+
+
+class _Tracking:
+    """`Counter.track`'s block (a class: a generator-based context manager costs a small
+    request twice as much)."""
+
+    __slots__ = ("counter", "item", "started", "token")
+
+    def __init__(self, counter: Counter, item: Tracked) -> None:
+        self.counter = counter
+        self.item = item
+
+    def __enter__(self) -> Tracked:
+        self.token = _current.set(self.item)
+        self.started = time.perf_counter()
+        return self.item
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _current.reset(self.token)
+        if kind is None:
+            outcome = "ok"
+        elif isinstance(exc, TorchportError):
+            outcome = exc.code
+        elif isinstance(exc, Exception):
+            outcome = "internal"
+        else:
+            return  # cancelled: the client went away
+        self.counter.count(self.item, outcome, time.perf_counter() - self.started)
 
 
 class RequestCounter(Counter):
@@ -83,6 +97,9 @@ class RequestCounter(Counter):
     def __init__(self, metrics: Metrics, labels: Labels) -> None:
         self.metrics = metrics
         self._labels = labels
+        # Each series' children, looked up once: prometheus_client's `labels()` takes a
+        # lock and checks its arguments on every call. Bounded as the labels are.
+        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     def count(
         self, item: Tracked, outcome: str, seconds: float, request: str | None = None
@@ -93,8 +110,15 @@ class RequestCounter(Counter):
             (item.model, item.version) if item.known else self._labels(item.model, item.version)
         )
         labels = (model, "" if version is None else str(version), item.protocol)
-        self.metrics.requests.labels(*labels, outcome).inc()
-        self.metrics.request_seconds.labels(*labels).observe(seconds)
+        key = (*labels, outcome)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.metrics.requests.labels(*key),
+                self.metrics.request_seconds.labels(*labels),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
         if requests_log.isEnabledFor(logging.INFO):
             requests_log.info(
                 "request",

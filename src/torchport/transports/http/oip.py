@@ -12,7 +12,7 @@ from torchport.service.inference import InferenceService
 from torchport.tensors import weight
 from torchport.transports.http.body import BodyLimit, read_body
 from torchport.transports.http.oip_codec import HEADER_LENGTH, decode_request, encode_response
-from torchport.transports.http.params import model_and_version, timeout_seconds
+from torchport.transports.http.params import header, model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_response
 from torchport.version import __version__
 
@@ -60,7 +60,7 @@ def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:
         await service.resolve(model, version)  # an unknown model is a 404 before its body is read
         body = await read_body(request, max_body)
         infer_request, fmt = await service.offload(
-            len(body), decode_request, body, request.headers.get(HEADER_LENGTH), model, version
+            len(body), decode_request, body, header(request, HEADER_LENGTH), model, version
         )
         timeout = timeout_seconds(request, infer_request.parameters)
         if timeout is not None:

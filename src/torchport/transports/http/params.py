@@ -1,4 +1,4 @@
-"""Path parameters shared by the inference routes."""
+"""Path parameters and headers shared by the inference routes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ from starlette.requests import Request
 from torchport.errors import InvalidInput
 from torchport.service.inference import timeout_parameter
 from torchport.types import version_number
+
+
+def header(request: Request, name: str) -> str | None:
+    """The first `name` header (lower case), from one dict made per request: Starlette's
+    `headers.get` scans and decodes every header on each call, and an inference request
+    asks for five."""
+    found: dict[str, str] | None = request.scope.get("torchport.headers")
+    if found is None:
+        found = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])
+        }
+        request.scope["torchport.headers"] = found
+    return found.get(name)
 
 
 def model_and_version(request: Request) -> tuple[str, int | None]:
@@ -22,7 +35,7 @@ TIMEOUT_HEADER = "x-timeout-ms"
 
 def timeout_seconds(request: Request, parameters: dict[str, object] | None = None) -> float | None:
     """A request's deadline: the `X-Timeout-Ms` header, or OIP's `timeout` parameter (µs)."""
-    raw = request.headers.get(TIMEOUT_HEADER)
+    raw = header(request, TIMEOUT_HEADER)
     if raw is not None:
         try:
             ms = float(raw)

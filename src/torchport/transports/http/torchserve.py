@@ -20,7 +20,7 @@ from torchport.errors import InvalidInput
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.tensors import to_array, weight
 from torchport.transports.http.body import BodyLimit, parse_json, read_body
-from torchport.transports.http.params import model_and_version, timeout_seconds
+from torchport.transports.http.params import header, model_and_version, timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
 from torchport.types import Datatype, Signature, Tensors
 
@@ -61,7 +61,7 @@ def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
         signature = await service.signature(model, version)
-        content_type = request.headers.get("content-type", "")
+        content_type = header(request, "content-type") or ""
         inputs, single = await service.offload(
             len(body), body_to_inputs, body, content_type, signature
         )
