@@ -6,6 +6,12 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchport`: `torchport serve` with the package (dynamic batching on, package defaults);
 - `fastapi`: a plain FastAPI service on uvicorn, same model, no batching (peers/fastapi_app.py);
 - `flask`: a plain Flask service on gunicorn with 2 sync workers (peers/flask_app.py);
+- `fastapi-wN`, `flask-wN`: the same with N worker processes, each with cores ÷ N torch
+  threads; `--sweep fastapi flask` tries N = 1-4;
+- `mlserver-pP-bB[-dD][-grpc]`: MLServer 1.7 (set up in build/mlserver-venv on first use)
+  with P parallel workers (0: none), adaptive batching of up to B requests waiting up to
+  D ms (b1: none), over REST or gRPC (peers/mlserver.py); `--sweep mlserver mlserver-grpc`
+  tries P 0/1/2 with no batching, and B 8/32 with D 1/5;
 - `torchserve`, `torchserve-batch`: TorchServe 0.12.0 (set up in build/torchserve-venv on first
   use, Java 17), 2 workers, the same model code and weights; batch size 1, and 8 (mlp) / 32
   (minilm) with a 5 ms delay;
@@ -265,9 +271,17 @@ def _plain_body(model: str, work: Path) -> tuple[Path, str]:
     return body, "text/plain"
 
 
-def start_plain(kind: str, model: str, files: Path, work: Path) -> Started:
+PLAIN = re.compile(r"(fastapi|flask)(?:-w(\d+))?")
+"""`fastapi`, `flask`: 1 uvicorn worker, 2 gunicorn workers; `-wN`: N worker processes, each
+with cores ÷ N torch threads."""
+PLAIN_SWEEPS = {kind: [f"{kind}-w{w}" for w in (1, 2, 3, 4)] for kind in ("fastapi", "flask")}
+
+
+def start_plain(kind: str, model: str, files: Path, work: Path, workers: int | None) -> Started:
     port = free_port()
     env = {**os.environ, "MODEL_KIND": model, "MODEL_FILES": str(files), "PYTHONPATH": str(ROOT)}
+    if workers is not None:
+        env["TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     if kind == "fastapi":
         command = [
             str(BIN / "uvicorn"),
@@ -276,12 +290,15 @@ def start_plain(kind: str, model: str, files: Path, work: Path) -> Started:
             str(port),
             "--log-level",
             "warning",
+            "--no-access-log",
+            "--workers",
+            str(workers or 1),
         ]
     else:
         command = [
             str(BIN / "gunicorn"),
             "-w",
-            "2",
+            str(workers or 2),
             "-b",
             f"127.0.0.1:{port}",
             "--log-level",
@@ -295,6 +312,49 @@ def start_plain(kind: str, model: str, files: Path, work: Path) -> Started:
     ready = wait_ready(proc, f"http://127.0.0.1:{port}/ready", started)
     body, content_type = _plain_body(model, work)
     return Started(proc, f"http://127.0.0.1:{port}/predict", content_type, body, ready)
+
+
+MLSERVER = re.compile(r"mlserver-p(\d+)-b(\d+)(?:-d(\d+))?(-grpc)?")
+"""`mlserver-p2-b32-d5-grpc`: MLServer 1.7 with 2 parallel workers (0: none), adaptive
+batching of up to 32 requests waiting up to 5 ms (b1: no batching), loaded over gRPC."""
+MLSERVER_SWEEP = [
+    f"mlserver-p{p}-{batching}"
+    for p in (0, 1, 2)
+    for batching in ("b1", "b8-d1", "b8-d5", "b32-d1", "b32-d5")
+]
+
+
+def start_mlserver(model: str, files: Path, work: Path, target: str) -> Started:
+    from benchmarks.peers import mlserver
+
+    config = MLSERVER.fullmatch(target)
+    assert config is not None
+    workers, batch = int(config.group(1)), int(config.group(2))
+    delay, grpc = int(config.group(3) or 0), bool(config.group(4))
+    mlserver.ensure_venv()
+    ports = (free_port(), free_port(), free_port())
+    started = time.perf_counter()
+    proc = mlserver.start(
+        model, files, work / f"mls-{ports[0]}", ports,
+        workers=workers, batch_size=batch, max_batch_delay_ms=delay,
+    )  # fmt: skip
+    try:
+        ready = wait_ready(proc, f"http://127.0.0.1:{ports[0]}/v2/models/{model}/ready", started)
+    except SystemExit:
+        stop(proc)
+        raise
+    if grpc:
+        body, answer = grpc_body(model, work, f"127.0.0.1:{ports[1]}")
+        url = f"http://127.0.0.1:{ports[1]}/inference.GRPCInferenceService/ModelInfer"
+        return Started(proc, url, "application/grpc", body, ready, grpc_response_bytes=answer)
+    body = work / f"{model}-oip.json"
+    if model == "mlp":
+        tensor = {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
+    else:
+        tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}
+    body.write_text(json.dumps({"inputs": [tensor]}))
+    url = f"http://127.0.0.1:{ports[0]}/v2/models/{model}/infer"
+    return Started(proc, url, "application/json", body, ready)
 
 
 TORCHSERVE = re.compile(r"torchserve-w(\d+)-b(\d+)-d(\d+)(-quiet)?")
@@ -375,7 +435,13 @@ def start_target(target: str, model: str, package: Path, files: Path, work: Path
                 return start_ray_plain(model, files, work)
             if target.startswith("torchserve"):
                 return start_torchserve(model, files, work, target)
-            return start_plain(target, model, files, work)
+            if target.startswith("mlserver"):
+                return start_mlserver(model, files, work, target)
+            plain = PLAIN.fullmatch(target)
+            if plain is None:
+                raise SystemExit(f"unknown target {target!r}")
+            workers = None if plain.group(2) is None else int(plain.group(2))
+            return start_plain(plain.group(1), model, files, work, workers)
         except SystemExit as exc:
             print(f"{target} failed to start ({exc}); attempt {attempt + 1} of 3", file=sys.stderr)
             time.sleep(1)
@@ -412,7 +478,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.pid == os.getpgid(proc.pid):  # its own session (TorchServe and its JVM)
+    if proc.pid == os.getpgid(proc.pid):  # its own session (TorchServe's JVM, MLServer)
         from benchmarks.peers import torchserve
 
         torchserve.stop(proc)
@@ -536,7 +602,7 @@ def main() -> None:
         "--sweep",
         nargs="*",
         default=[],
-        choices=["torchserve"],
+        choices=["torchserve", "mlserver", "mlserver-grpc", "fastapi", "flask"],
         help="peers whose settings are swept first (c=32, --sweep-duration each); the "
         "best configuration then runs as a target",
     )
@@ -646,12 +712,18 @@ def sweep(
 ) -> dict[str, Any]:
     """Every configuration of `peer` at c=32 for `duration` s (after a 1 s warm-up):
     req/s of each, and the best."""
-    configs = {"torchserve": TORCHSERVE_SWEEP}[peer]
+    configs = {
+        "torchserve": TORCHSERVE_SWEEP,
+        "mlserver": MLSERVER_SWEEP,
+        "mlserver-grpc": [f"{c}-grpc" for c in MLSERVER_SWEEP],
+        **PLAIN_SWEEPS,
+    }[peer]
     tried: dict[str, float] = {}
     for config in configs:
         started = start_target(config, model, package, files, work)
         try:
-            result = wrk(started, 32, duration)
+            load = h2load if started.grpc_response_bytes else wrk
+            result = load(started, 32, duration)
             tried[config] = result["rps"] if not result["errors"] else 0.0
         finally:
             stop(started.proc)

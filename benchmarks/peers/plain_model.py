@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 
-def _module(files: Path) -> torch.nn.Module:
+def module(files: Path) -> torch.nn.Module:
     spec = importlib.util.spec_from_file_location("plain_model_code", files / "model.py")
     assert spec is not None
     assert spec.loader is not None
@@ -27,7 +28,10 @@ def _module(files: Path) -> torch.nn.Module:
 
 
 def load(kind: str, files: Path) -> Callable[[bytes], bytes]:
-    model = _module(files)
+    threads = int(os.environ.get("TORCH_THREADS", "0"))
+    if threads:  # one worker process of several: its share of the cores
+        torch.set_num_threads(threads)
+    model = module(files)
     if kind == "mlp":
 
         def predict_mlp(body: bytes) -> bytes:
