@@ -55,14 +55,14 @@ bench: install
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
 	$(BIN)/python benchmarks/cpu_cost.py --frontends 0 1 2
-	$(BIN)/python benchmarks/serving.py --targets torchport-fe0 torchport-fe1 torchport-fe2 \
+	$(BIN)/python benchmarks/serving.py --sweep --targets torchport-fe0 torchport-fe1 torchport-fe2 \
 		torchport-fe4 torchport-grpc-fe0 torchport-grpc-fe1 --out benchmarks/results/frontends.json
 	$(BIN)/python benchmarks/large_requests.py
-	$(BIN)/python benchmarks/serving.py --models minilm --targets torchport \
+	$(BIN)/python benchmarks/serving.py --sweep --models minilm --targets torchport \
 		torchport-torchscript torchport-onnx --out benchmarks/results/serving-exports.json
-	$(BIN)/python benchmarks/serving.py --models mlp --targets torchport torchport-grpc \
+	$(BIN)/python benchmarks/serving.py --sweep --models mlp --targets torchport torchport-grpc \
 		grpc-floor fastapi --out benchmarks/results/grpc-floor.json
-	$(BIN)/python benchmarks/serving.py --targets torchport torchport-ray-1 torchport-ray-2 \
+	$(BIN)/python benchmarks/serving.py --sweep --targets torchport torchport-ray-1 torchport-ray-2 \
 		ray-app ray-plain --duration 4 --out benchmarks/results/ray.json
 	for m in mlp digits minilm; do \
 		$(BIN)/torchport bench build/examples/$$m.tpa --json > benchmarks/results/runtimes-$$m.json \

@@ -589,22 +589,15 @@ def main() -> None:
     parser.add_argument(
         "--targets",
         nargs="+",
-        default=[
-            "torchport",
-            "torchport-grpc",
-            "fastapi",
-            "flask",
-            "torchserve",
-            "torchserve-batch",
-        ],
+        default=["torchport", "torchport-grpc", "fastapi"],
     )
     parser.add_argument(
         "--sweep",
         nargs="*",
-        default=[],
+        default=["torchserve", "mlserver", "mlserver-grpc", "fastapi", "flask"],
         choices=["torchserve", "mlserver", "mlserver-grpc", "fastapi", "flask"],
         help="peers whose settings are swept first (c=32, --sweep-duration each); the "
-        "best configuration then runs as a target",
+        "best configuration then runs as a target (default: all; `--sweep` alone: none)",
     )
     parser.add_argument("--sweep-duration", type=int, default=3)
     parser.add_argument("--examples", type=Path, default=ROOT / "build" / "examples")
@@ -791,6 +784,25 @@ def print_table(results: dict[str, Any]) -> None:
             f"{paired('torchport/fastapi p50 at c=1', latency)}; "
             f"{paired('torchport at c=32 / the in-process best batch just before', share)}"
         )
+    for model, data in results["models"].items():
+        for peer, swept in data.get("sweeps", {}).items():
+            ours = "torchport-grpc" if peer.endswith("grpc") else "torchport"
+            best = swept["best"]
+            if ours not in data["runs"] or best not in data["runs"]:
+                continue
+            c32 = [
+                a["c32"]["rps"] / b["c32"]["rps"]
+                for a, b in zip(data["runs"][ours], data["runs"][best], strict=True)
+            ]
+            c1 = [
+                a["c1"]["p50_ms"] / b["c1"]["p50_ms"]
+                for a, b in zip(data["runs"][ours], data["runs"][best], strict=True)
+            ]
+            print(
+                f"{model}: {ours} against {peer} at its best ({best}, of "
+                f"{len(swept['rps_at_c32'])} swept): {paired('req/s at c=32', c32)}; "
+                f"{paired('p50 at c=1', c1)}"
+            )
     for model, data in results["models"].items():
         s = data["median"]
         best = s["in-process"]["best_batch_rows_per_s"]
