@@ -25,7 +25,6 @@ from torchport.transports.http.responses import (
 )
 from torchport.types import version_number
 
-REQUEST_ID_HEADER = "X-Request-ID"
 PROBES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"})
 """Never refused for load: a busy server is still alive, and says whether it is ready."""
 
@@ -50,7 +49,8 @@ def _observed(
                     response: Response = await endpoint(request)
             except TorchportError as exc:
                 response = error_response(exc)
-            response.headers[REQUEST_ID_HEADER] = request_id.get() or new_request_id()
+            rid = request_id.get() or new_request_id()  # printable ASCII (`new_request_id`)
+            response.raw_headers.append((b"x-request-id", rid.encode("latin-1")))
             return response
         finally:
             request_id.reset(token)
