@@ -15,7 +15,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+
+from prometheus_client import Counter as Series
+from prometheus_client import Histogram
 
 from torchport.errors import TorchportError
 from torchport.observability.logs import request_id, requests_log
@@ -99,7 +101,7 @@ class RequestCounter(Counter):
         self._labels = labels
         # Each series' children, looked up once: prometheus_client's `labels()` takes a
         # lock and checks its arguments on every call. Bounded as the labels are.
-        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, str, str, str], tuple[Series, Histogram]] = {}
 
     def count(
         self, item: Tracked, outcome: str, seconds: float, request: str | None = None
