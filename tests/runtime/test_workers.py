@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from torchport.runtime import open_runner
-from torchport.runtime.workers import ThreadBudget, WorkerPool
+from torchport.runtime.workers import INLINE_AFTER, ThreadBudget, WorkerPool
 from torchport.types import Signature, Tensors
 
 SIGNATURE = Signature.model_validate(
@@ -115,3 +115,48 @@ def test_a_resized_pool_runs_the_same_model_on_new_threads(mlp_package: Path) ->
         np.testing.assert_array_equal(got, want)
     pool.close()
     runner.close()
+
+
+def test_a_lone_batch_quicker_than_a_hand_off_runs_on_the_event_loop_once_measured() -> None:
+    runner = ThreadReporter()
+    pool = WorkerPool(runner, 2, ThreadBudget(cores=4, per_batch=1))
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        for _ in range(INLINE_AFTER):
+            await pool.run(X, alone=True)
+        assert loop_thread not in runner.ran_on  # measured on the version's threads first
+        ran = await pool.run(X, alone=True)
+        assert runner.ran_on[-1] == loop_thread
+        assert int(ran.outputs["threads"][0]) == 1
+        # Under load batches stay on the threads (the next one gathers while one runs).
+        await pool.run(X, alone=False)
+        assert runner.ran_on[-1] != loop_thread
+        # More rows than any batch measured held: not known to be quick, a thread again.
+        await pool.run({"x": np.zeros((40, 1), np.float32)}, alone=True)
+        assert runner.ran_on[-1] != loop_thread
+        await pool.run(X, alone=True)
+        assert runner.ran_on[-1] == loop_thread
+        # One slow batch (a handler that sometimes waits) sends the next ones to threads.
+        runner.seconds = 0.003
+        await pool.run(X, alone=True)
+        runner.seconds = 0.0
+        for _ in range(3):
+            await pool.run(X, alone=True)
+            assert runner.ran_on[-1] != loop_thread
+
+    asyncio.run(main())
+    pool.close()
+
+
+def test_batches_of_a_runner_in_worker_processes_never_run_on_the_event_loop() -> None:
+    runner = ThreadReporter()  # without a thread budget: a runner outside this process
+    pool = WorkerPool(runner, 1, None)
+
+    async def main() -> None:
+        for _ in range(INLINE_AFTER + 4):
+            await pool.run(X, alone=True)
+        assert threading.get_ident() not in runner.ran_on
+
+    asyncio.run(main())
+    pool.close()

@@ -253,9 +253,10 @@ def test_a_fault_inside_an_inference_route_is_one_json_500_and_the_next_request_
     assert broken.json() == {"error": "internal error: RuntimeError", "code": "internal"}
     after = served.http.post("/v2/models/mlp/infer", json=infer_body())
     assert after.status_code == 200, after.text
-    samples = served.scrape()
-    counted = {dict(labels)["outcome"]: n for (name, labels), n in samples.items()
-               if name == "torchport_requests_total" and dict(labels)["model"] == "mlp"}  # fmt: skip
+    counted = {}
+    for (name, labels), n in served.scrape().items():
+        if name == "torchport_requests_total" and dict(labels)["model"] == "mlp":
+            counted[dict(labels)["outcome"]] = n
     assert counted["internal"] == 1
 
 

@@ -10,6 +10,11 @@ own, and once a process holds more OpenMP threads than cores, libgomp stops lett
 ones spin (it caps the spin at 100): every parallel region then wakes sleeping threads,
 which made `minilm` take 11 ms a request on a worker thread against 4.6 ms with a
 single team (benchmarks/README.md). One wide thread keeps one team.
+
+A batch that computes for less than a hand-off between threads costs (`INLINE_UNDER_S`,
+as measured on this version's recent batches) runs on the event loop itself: the two
+thread wake-ups around it took longer than the model (`mlp`: 30 µs of model against
+~100 µs of hand-offs), and the loop waited for them all the same.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 
 from torchport.errors import DeadlineExceeded
 from torchport.runtime.runner import Runner
-from torchport.types import Tensors
+from torchport.types import Tensors, batch_size
 
 log = logging.getLogger("torchport.workers")
 T = TypeVar("T")
@@ -104,6 +109,11 @@ class Ran:
 
 WIDE_AFTER_S = 0.001
 """Batches that take at least this long (on average) use the wide thread."""
+INLINE_UNDER_S = 0.0002
+"""Batches expected to take less than this, run by the version's runner in this process,
+run on the event loop (see above)."""
+INLINE_AFTER = 64
+"""Quick batches in a row, measured, before any runs on the loop."""
 
 
 class _Wide:
@@ -128,6 +138,38 @@ class _Wide:
                 cls.executor = None
 
 
+class _Cost:
+    """A version's recent batches: how long one takes inside the runner, for its rows."""
+
+    def __init__(self) -> None:
+        self.quick = 0
+        """Quick batches (under `INLINE_UNDER_S`) since the last slow one (`WIDE_AFTER_S`
+        or more): a handler that sometimes waits on something goes back to threads."""
+        self.per_row = 0.0
+        self.usual = 0.0
+        self.most_rows = 0
+
+    def note(self, batch: Tensors, wall: float) -> None:
+        rows = batch_size(batch)
+        if wall < INLINE_UNDER_S:
+            self.quick += 1
+        elif wall >= WIDE_AFTER_S:  # a real wait, not the host pausing the thread a moment
+            self.quick = 0
+        self.most_rows = max(self.most_rows, rows)
+        # Moving averages of a batch's time and of its time per row: the first is what a
+        # batch of the usual size takes, the second scales it to larger ones.
+        self.usual += (wall - self.usual) * 0.2
+        self.per_row += (wall / max(1, rows) - self.per_row) * 0.2
+
+    def expect(self, batch: Tensors) -> float:
+        """Seconds `batch` should take; unknown (infinite) until `INLINE_AFTER` quick
+        batches in a row, or for more rows than any batch measured held."""
+        rows = batch_size(batch)
+        if self.quick < INLINE_AFTER or rows > self.most_rows:
+            return float("inf")
+        return max(self.usual, self.per_row * rows)
+
+
 class WorkerPool:
     """Runs `runner`'s batches on `workers` threads of its own (and, with several torch
     threads, on the process's wide thread)."""
@@ -150,14 +192,27 @@ class WorkerPool:
         self._executor_workers = 0
         self._seconds = 0.0
         """A moving average of a batch's seconds: what decides the wide thread."""
+        self._inside = _Cost()
+        """What batches took inside the runner, per row: what decides running inline."""
 
     def resize(self, workers: int) -> None:
         """Run up to `workers` batches at once from the next batch on."""
         self.workers = workers
 
+    def inline(self, batch: Tensors) -> bool:
+        """Whether `batch`, run alone, runs on the event loop: a runner in this process
+        whose batches take less than a hand-off to a thread costs."""
+        return self.threads is not None and self._inside.expect(batch) < INLINE_UNDER_S
+
     async def run(self, batch: Tensors, *, alone: bool) -> Ran:
-        """Run one batch on a worker thread. `alone`: nothing else runs beside it, so it
-        may use every core."""
+        """Run one batch on a worker thread, or, `alone` (nothing else runs beside it, so
+        it may use every core), on the event loop when `inline` says so. Under load
+        batches keep to the threads: while one runs there the next gathers its rows."""
+        if alone and self.inline(batch):
+            started = time.monotonic()
+            outputs, cpu, wall = self._predict(batch, 1)
+            self._inside.note(batch, wall)
+            return Ran(outputs, time.monotonic() - started, cpu, wall)
         if self._executor is None or self._executor_workers != self.workers:
             old = self._executor
             self._executor = DaemonThreads(self.workers)
@@ -198,6 +253,7 @@ class WorkerPool:
             ) from None
         seconds = time.monotonic() - started
         self._seconds += (seconds - self._seconds) * 0.2
+        self._inside.note(batch, wall)
         return Ran(outputs, seconds, cpu, wall)
 
     def _abandon(self) -> None:
