@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from benchmarks.peers import venvs
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / "build" / "mlserver-venv"
@@ -29,18 +30,8 @@ PACKAGES = [
 
 
 def ensure_venv() -> Path:
-    """The MLServer virtual environment, made on first use (a minute or two)."""
-    stamp = VENV / ".ready"
-    if not stamp.exists():
-        print("setting up MLServer 1.7 in build/mlserver-venv …", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "--quiet", *PACKAGES],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        stamp.touch()
-    return VENV
+    """The MLServer virtual environment, made on first use."""
+    return venvs.ensure(VENV, PACKAGES, "MLServer 1.7")
 
 
 def start(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from benchmarks.peers import venvs
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / "build" / "torchserve-venv"
@@ -28,18 +29,8 @@ PACKAGES = [
 
 
 def ensure_venv() -> Path:
-    """The TorchServe virtual environment, made on first use (a minute or two)."""
-    stamp = VENV / ".ready"
-    if not stamp.exists():
-        print("setting up TorchServe 0.12.0 in build/torchserve-venv …", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "--quiet", *PACKAGES],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        stamp.touch()
-    return VENV
+    """The TorchServe virtual environment, made on first use."""
+    return venvs.ensure(VENV, PACKAGES, "TorchServe 0.12.0")
 
 
 def archive(model: str, files: Path, store: Path) -> Path:
