@@ -494,14 +494,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def h2load(target: Started, connections: int, duration: float) -> dict[str, float]:
+def h2load(target: Started, connections: int, duration: float, warmup: int = 1) -> dict[str, float]:
     """Closed loop over HTTP/2 like `wrk`'s: `connections` connections, one request in
     flight on each; latencies from h2load's per-request log."""
     log = target.body.with_suffix(".log")
     log.unlink(missing_ok=True)  # h2load appends to its log
     headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     base = ["h2load", "-t1", f"-c{connections}", "-m1", f"--data={target.body}", *headers]
-    subprocess.run([*base, "-D1", target.url], capture_output=True, check=True)  # warm-up
+    subprocess.run([*base, f"-D{warmup}", target.url], capture_output=True, check=True)
     out = subprocess.run(
         [*base, f"-D{int(duration)}", f"--log-file={log}", target.url],
         capture_output=True, text=True, check=True,
@@ -520,7 +520,9 @@ def h2load(target: Started, connections: int, duration: float) -> dict[str, floa
     }
 
 
-def wrk(target: Started, connections: int, duration: float, script: Path = LUA) -> dict[str, float]:
+def wrk(
+    target: Started, connections: int, duration: float, script: Path = LUA, warmup: int = 1
+) -> dict[str, float]:
     env = {**os.environ, "BODY_FILE": str(target.body), "CONTENT_TYPE": target.content_type}
     command = [
         "wrk",
@@ -535,7 +537,7 @@ def wrk(target: Started, connections: int, duration: float, script: Path = LUA) 
         target.url,
     ]
     subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", "-d1s", "-s", str(script), target.url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{warmup}s", "-s", str(script), target.url],
         env=env,
         capture_output=True,
         check=True,
@@ -600,6 +602,7 @@ def main() -> None:
         "best configuration then runs as a target (default: all; `--sweep` alone: none)",
     )
     parser.add_argument("--sweep-duration", type=int, default=3)
+    parser.add_argument("--sweep-warmup", type=int, default=4)
     parser.add_argument("--examples", type=Path, default=ROOT / "build" / "examples")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
     args = parser.parse_args()
@@ -630,7 +633,9 @@ def main() -> None:
             targets = list(args.targets)
             sweeps: dict[str, Any] = {}
             for peer in args.sweep:
-                swept = sweep(peer, model, package, files, work, args.sweep_duration)
+                swept = sweep(
+                    peer, model, package, files, work, args.sweep_duration, args.sweep_warmup
+                )
                 sweeps[peer] = swept
                 targets.append(swept["best"])
             runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
@@ -701,10 +706,10 @@ def main() -> None:
 
 
 def sweep(
-    peer: str, model: str, package: Path, files: Path, work: Path, duration: int
+    peer: str, model: str, package: Path, files: Path, work: Path, duration: int, warmup: int
 ) -> dict[str, Any]:
-    """Every configuration of `peer` at c=32 for `duration` s (after a 1 s warm-up):
-    req/s of each, and the best."""
+    """Every configuration of `peer` at c=32 for `duration` s (after `warmup` s of the
+    same load): req/s of each, and the best."""
     configs = {
         "torchserve": TORCHSERVE_SWEEP,
         "mlserver": MLSERVER_SWEEP,
@@ -716,13 +721,15 @@ def sweep(
         started = start_target(config, model, package, files, work)
         try:
             load = h2load if started.grpc_response_bytes else wrk
-            result = load(started, 32, duration)
+            # A longer warm-up than the repetitions' 1 s: they load c=32 after 10 s of
+            # c=1 and c=8, and a JVM (TorchServe's front end) is still compiling at 1 s.
+            result = load(started, 32, duration, warmup=warmup)
             tried[config] = result["rps"] if not result["errors"] else 0.0
         finally:
             stop(started.proc)
         print(f"{model} sweep {config}: c32 {tried[config]:.0f}/s", file=sys.stderr)
     best = max(tried, key=lambda c: tried[c])
-    return {"duration_s": duration, "rps_at_c32": tried, "best": best}
+    return {"duration_s": duration, "warmup_s": warmup, "rps_at_c32": tried, "best": best}
 
 
 def against_limits(runs: list[dict[str, Any]], limits: list[dict[str, float]]) -> list[float]:
