@@ -18,9 +18,11 @@ Targets, each started fresh per repetition (repetitions interleave the targets):
 - `torchserve-wW-bB-dD[-quiet]`: TorchServe with W workers (cores ÷ W torch threads each),
   batchSize B, maxBatchDelay D ms, and WARN-level logging with `-quiet`; `--sweep
   torchserve` runs every one of W 1-2, B 1/8/16/32, D 1/5, stock or quiet at c=32 for
-  `--sweep-duration` s first and adds the best as a target (the sweep in the JSON);
+  `--sweep-duration` s (after `--sweep-warmup` s) first and adds the best as a target (the
+  sweep in the JSON); every peer is swept by default;
 - `torchport-fe0`, `torchport-fe1`, … and `torchport-grpc-feN` (`--targets` to add them):
-  `torchport serve --frontends N` (0: one process; the default is one per two cores);
+  `torchport serve --frontends N` (0: one process; by default 0 under four cores, else one
+  per two cores, at most 4);
 - `torchport-ray-1`, `torchport-ray-2` (`--targets` to add them): `torchport serve --backend
   ray` on a local Ray, the version on 1 or 2 replicas (torchport's front end and batching);
 - `ray-app`: `torchport ray deploy` (the package as a plain Ray Serve application: Ray's
@@ -598,7 +600,8 @@ def main() -> None:
         nargs="*",
         default=["torchserve", "mlserver", "mlserver-grpc", "fastapi", "flask"],
         choices=["torchserve", "mlserver", "mlserver-grpc", "fastapi", "flask"],
-        help="peers whose settings are swept first (c=32, --sweep-duration each); the "
+        help="peers whose settings are swept first (c=32, --sweep-duration each after "
+        "--sweep-warmup); the "
         "best configuration then runs as a target (default: all; `--sweep` alone: none)",
     )
     parser.add_argument("--sweep-duration", type=int, default=3)
