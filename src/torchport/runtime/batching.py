@@ -220,11 +220,6 @@ class Batcher:
         if self.observer is not None:
             self.observer.waited(0.0)
         try:
-            if self.pool.inline(inputs):
-                # It will hold the loop while it runs: first let the requests already
-                # read reach the batcher, so that under load they queue for a batch
-                # (on the threads) instead of each running alone in turn.
-                await asyncio.sleep(0)
             outputs = await self._call(inputs, alone=True)
             self.stats.ran(1, rows)
             return outputs

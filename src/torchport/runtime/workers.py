@@ -209,6 +209,10 @@ class WorkerPool:
         it may use every core), on the event loop when `inline` says so. Under load
         batches keep to the threads: while one runs there the next gathers its rows."""
         if alone and self.inline(batch):
+            # It will hold the loop while it runs: first let the tasks already ready run
+            # (requests already read reach their batcher and, under load, queue for a
+            # batch on the threads instead of each running alone in turn).
+            await asyncio.sleep(0)
             started = time.monotonic()
             outputs, cpu, wall = self._predict(batch, 1)
             self._inside.note(batch, wall)
