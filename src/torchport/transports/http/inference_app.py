@@ -55,7 +55,11 @@ def _observed(
         finally:
             request_id.reset(token)
 
-    return Route(route.path, observed, methods=list(route.methods or ()))
+    return ObservedRoute(route.path, observed, methods=list(route.methods or ()))
+
+
+class ObservedRoute(Route):
+    """An inference route: `_observed` wraps its endpoint, which answers its own errors."""
 
 
 def _version_label(raw: str | None) -> int | None:
@@ -102,7 +106,7 @@ def build_inference_app(
             for r in sagemaker.routes(service, max_body, sagemaker_model)
         ]
     app = Starlette(routes=routes, exception_handlers=dict(HANDLERS))
-    hot = [r for r in routes if isinstance(r, Route) and r.endpoint.__name__ == "observed"]
+    hot = [r for r in routes if isinstance(r, ObservedRoute)]
     return InflightLimit(InferenceRoutes(app, hot), settings.max_inflight, exempt=PROBES)
 
 
@@ -111,7 +115,7 @@ class InferenceRoutes:
     `app`. Starlette's routing and middleware stack cost a sixth of a small request's CPU,
     and an inference route answers its own errors already (`_observed`)."""
 
-    def __init__(self, app: ASGIApp, hot: list[Route]) -> None:
+    def __init__(self, app: ASGIApp, hot: list[ObservedRoute]) -> None:
         self.app = app
         self.hot = hot
 
