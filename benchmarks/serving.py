@@ -146,22 +146,22 @@ def start_torchport(
         url = f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"
         return Started(proc, url, "application/grpc", body, ready, grpc_response_bytes=answer)
     if model == "mlp":
-        body = work / "mlp-oip.json"
-        body.write_text(
-            json.dumps(
-                {
-                    "inputs": [
-                        {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
-                    ]
-                }
-            )
-        )
-        return Started(
-            proc, f"http://127.0.0.1:{http}/v2/models/mlp/infer", "application/json", body, ready
-        )
+        url = f"http://127.0.0.1:{http}/v2/models/mlp/infer"
+        return Started(proc, url, "application/json", oip_json_body(model, work), ready)
     body = work / "sentence.txt"
     body.write_text(SENTENCE)
     return Started(proc, f"http://127.0.0.1:{http}/predictions/minilm", "text/plain", body, ready)
+
+
+def oip_json_body(model: str, work: Path) -> Path:
+    """One request in OIP v2 JSON: a 32-float row (mlp), or the sentence as BYTES."""
+    if model == "mlp":
+        tensor = {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
+    else:
+        tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}
+    body = work / f"{model}-oip.json"
+    body.write_text(json.dumps({"inputs": [tensor]}))
+    return body
 
 
 def set_workers(management_port: int, model: str, workers: int) -> None:
@@ -186,13 +186,8 @@ def start_ray_app(model: str, package: Path, work: Path) -> Started:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}/{model}"
     ready = wait_ready(proc, f"{base}/v2/health/ready", started)
-    body = work / f"{model}-ray-oip.json"
-    if model == "mlp":
-        tensor = {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
-    else:
-        tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}
-    body.write_text(json.dumps({"inputs": [tensor]}))
-    return Started(proc, f"{base}/v2/models/{model}/infer", "application/json", body, ready)
+    url = f"{base}/v2/models/{model}/infer"
+    return Started(proc, url, "application/json", oip_json_body(model, work), ready)
 
 
 def start_ray_plain(model: str, files: Path, work: Path) -> Started:
@@ -349,14 +344,8 @@ def start_mlserver(model: str, files: Path, work: Path, target: str) -> Started:
         body, answer = grpc_body(model, work, f"127.0.0.1:{ports[1]}")
         url = f"http://127.0.0.1:{ports[1]}/inference.GRPCInferenceService/ModelInfer"
         return Started(proc, url, "application/grpc", body, ready, grpc_response_bytes=answer)
-    body = work / f"{model}-oip.json"
-    if model == "mlp":
-        tensor = {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}
-    else:
-        tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}
-    body.write_text(json.dumps({"inputs": [tensor]}))
     url = f"http://127.0.0.1:{ports[0]}/v2/models/{model}/infer"
-    return Started(proc, url, "application/json", body, ready)
+    return Started(proc, url, "application/json", oip_json_body(model, work), ready)
 
 
 TORCHSERVE = re.compile(r"torchserve-w(\d+)-b(\d+)-d(\d+)(-quiet)?")
