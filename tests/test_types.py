@@ -144,3 +144,39 @@ def test_torch_tensors_are_accepted_as_arrays() -> None:
     array = as_numpy(torch.ones(2, 3), "x")
     assert array.dtype == np.float32
     assert array.shape == (2, 3)
+
+
+def test_an_optional_input_may_be_left_out_but_is_checked_when_sent() -> None:
+    sig = Signature(
+        inputs=[
+            TensorSpec(name="body", datatype=Datatype.BYTES, shape=[-1]),
+            TensorSpec(name="headers", datatype=Datatype.BYTES, shape=[-1], optional=True),
+        ],
+        outputs=[TensorSpec(name="y", datatype=Datatype.FP32, shape=[-1])],
+    )
+    body = np.array([b"x"], dtype=object)
+    sig.check_inputs({"body": body})
+    with pytest.raises(InvalidInput, match="'headers'"):
+        sig.check_inputs({"body": body, "headers": np.zeros(1, dtype=np.float32)})
+    with pytest.raises(InvalidInput, match="missing input 'body'"):
+        sig.check_inputs({"headers": body})
+    assert "optional" not in sig.model_dump(exclude_none=True)["inputs"][0]
+
+
+def test_outputs_and_the_first_input_cannot_be_optional() -> None:
+    x = {"name": "x", "datatype": "FP32", "shape": [-1]}
+    with pytest.raises(ValueError, match="only inputs can be optional"):
+        Signature.model_validate({"inputs": [x], "outputs": [{**x, "optional": True}]})
+    with pytest.raises(ValueError, match="first input cannot be optional"):
+        Signature.model_validate({"inputs": [{**x, "optional": True}], "outputs": [x]})
+
+
+def test_bytes_that_are_not_utf8_round_trip_through_json_as_b64() -> None:
+    raw = np.empty(2, dtype=object)
+    raw[:] = [b"text", b"\xff\x00\x01"]
+    jsonable = to_jsonable(raw)
+    assert jsonable == ["text", {"b64": "/wAB"}]
+    back = to_array(jsonable, Datatype.BYTES, name="x")
+    assert back.tolist() == [b"text", b"\xff\x00\x01"]
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        to_array([{"b64": "***"}], Datatype.BYTES, name="x")

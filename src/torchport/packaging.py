@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
@@ -29,6 +29,7 @@ from torchport.archive import (
     write_package,
 )
 from torchport.archive.manifest import FORMAT_VERSION, describe_validation_error, now
+from torchport.archive.paths import check_member_name
 from torchport.errors import InvalidInput, ModelLoadError, PackageError, UnsafeContent
 from torchport.runtime import Handler
 from torchport.runtime.handler import HandlerContext
@@ -50,7 +51,8 @@ def package(
     exported: str | Path | None = None,
     torchscript: str | Path | None = None,
     handler: str | Path | None = None,
-    extra_files: Sequence[str | Path] = (),
+    handler_api: Literal["torchserve"] | None = None,
+    extra_files: Sequence[str | Path] | Mapping[str, str | Path] = (),
     runtime: RuntimeDefaults | Mapping[str, Any] | None = None,
     description: str = "",
 ) -> Manifest:
@@ -66,7 +68,10 @@ def package(
 
     `example` (input name → numpy array, tensor or nested list) is run through the model;
     the signature's outputs, when not given, and the example's expected outputs come from
-    that run. `handler` is `handler.py` or `handler.py:ClassName`. Raises
+    that run. `handler` is `handler.py` or `handler.py:ClassName`; with
+    `handler_api="torchserve"` it is a TorchServe handler (`handler.py[:function]`) and the
+    signature is `torchport.raw_io.RAW_SIGNATURE`. `extra_files` ship beside the model,
+    each under its own name, or under the member names a mapping gives. Raises
     `torchport.errors.TorchportError` subclasses, and writes nothing on failure.
     """
     check_model_name(name)
@@ -90,9 +95,14 @@ def package(
     with tempfile.TemporaryDirectory(prefix="torchport-package-") as tmp:
         stage = Path(tmp)
         files: dict[str, Path] = {}
-        handler_entry = _stage_handler(handler, stage, files)
-        for extra in extra_files:
-            _stage_copy(Path(extra), stage, files, Path(extra).name)
+        handler_entry = _stage_handler(handler, handler_api, stage, files)
+        extras = (
+            extra_files
+            if isinstance(extra_files, Mapping)
+            else {Path(extra).name: extra for extra in extra_files}
+        )
+        for member, extra in extras.items():
+            _stage_copy(Path(extra), stage, files, check_member_name(member))
 
         if module is not None and code is None and torchscript is None:
             if isinstance(module, torch.jit.ScriptModule):
@@ -105,7 +115,10 @@ def package(
 
         inputs = _example_arrays(example, sig) if example is not None else None
         input_names = [s.name for s in sig.inputs] if sig else list(inputs or {})
-        handler_obj = _load_staged(name, entry, handler_entry, sig, input_names, stage, files)
+        runtime_defaults = _as_runtime(runtime)
+        handler_obj = _load_staged(
+            name, entry, handler_entry, sig, input_names, runtime_defaults, stage, files
+        )
         examples: list[Example] = []
         if inputs is not None:
             outputs = _run_example(handler_obj, inputs)
@@ -132,7 +145,7 @@ def package(
             model=entry,
             handler=handler_entry,
             signature=sig,
-            runtime=_as_runtime(runtime),
+            runtime=runtime_defaults,
             files={},
             examples=examples,
         )
@@ -163,13 +176,17 @@ def _split_ref(ref: str, default: str | None) -> tuple[Path, str | None]:
 
 
 def _stage_handler(
-    handler: str | Path | None, stage: Path, files: dict[str, Path]
+    handler: str | Path | None,
+    api: Literal["torchserve"] | None,
+    stage: Path,
+    files: dict[str, Path],
 ) -> HandlerEntry | None:
     if handler is None:
         return None
-    path, obj = _split_ref(str(handler), "Handler")
+    default = "handle" if api == "torchserve" else "Handler"
+    path, obj = _split_ref(str(handler), default)
     _stage_copy(path, stage, files, "handler.py")
-    return HandlerEntry(file="handler.py", object=obj or "Handler")
+    return HandlerEntry(file="handler.py", object=obj or default, api=api)
 
 
 def _stage_model(
@@ -257,6 +274,12 @@ def _export(
     if example is None:
         raise InvalidInput("exporting a module needs an example", field="example")
     inputs = _example_arrays(example, sig)
+    if handler_entry is not None and handler_entry.api is not None:
+        raise InvalidInput(
+            "a package with a TorchServe handler keeps its model as code or TorchScript: "
+            "give code= or torchscript=",
+            field="handler",
+        )
     context = HandlerContext(name=name, files=stage, input_names=list(inputs))
     handler = load_handler(handler_entry, module.eval(), context)
     args = handler.preprocess(inputs)
@@ -323,6 +346,7 @@ def _load_staged(
     handler_entry: HandlerEntry | None,
     sig: Signature | None,
     input_names: list[str],
+    runtime: RuntimeDefaults,
     stage: Path,
     files: dict[str, Path],
 ) -> Handler:
@@ -341,6 +365,7 @@ def _load_staged(
         input_names=input_names,
         output_names=[s.name for s in sig.outputs] if sig else None,
         signature=sig,
+        options={"max_batch_size": runtime.max_batch_size},
     )
     return load_handler(handler_entry, model, context)
 

@@ -4,6 +4,8 @@ named in the error when it does not fit."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -88,6 +90,13 @@ def _bytes_array(value: Any, *, name: str) -> Array:
             return item
         if isinstance(item, str):
             return item.encode("utf-8")
+        if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+            try:  # binary data in JSON, as KServe v1 and torchport's examples write it
+                return base64.b64decode(item["b64"], validate=True)
+            except binascii.Error:
+                raise InvalidInput(
+                    f"tensor '{name}': a {{\"b64\": ...}} value is not valid base64", field=name
+                ) from None
         raise InvalidInput(
             f"tensor '{name}': expected BYTES data (strings), got {type(item).__name__}",
             field=name,
@@ -104,7 +113,8 @@ def _bytes_array(value: Any, *, name: str) -> Array:
 
 
 def to_jsonable(array: Array) -> Any:
-    """Nested lists for JSON: BYTES as UTF-8 strings (base64 is the caller's choice elsewhere)."""
+    """Nested lists for JSON: BYTES as UTF-8 strings, or `{"b64": ...}` where not UTF-8
+    (read back by `to_array`)."""
     if array.dtype == object:
         return _decode_nested(array.tolist())
     return array.tolist()
@@ -117,7 +127,7 @@ def _decode_nested(items: Any) -> Any:
         try:
             return items.decode("utf-8")
         except UnicodeDecodeError:
-            return items.hex()
+            return {"b64": base64.b64encode(items).decode("ascii")}
     return items
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -95,6 +95,9 @@ class TensorSpec(BaseModel):
     padded_like: str | None = None
     """Outputs: this output's dynamic axes follow the padded input of that name, axis for
     axis; each request gets back its own lengths, the padding cut off."""
+    optional: Literal[True] | None = None
+    """Inputs: a request may leave this input out (requests with and without it are
+    batched apart; the handler sees it only when sent)."""
 
     @field_validator("shape")
     @classmethod
@@ -156,6 +159,8 @@ class Signature(BaseModel):
         for spec in self.inputs:
             if spec.padded_like is not None:
                 raise ValueError(f"input '{spec.name}': padded_like is for outputs")
+            if spec.optional and spec is self.inputs[0]:
+                raise ValueError(f"input '{spec.name}': the first input cannot be optional")
             if spec.pad_value is not None:
                 if spec.datatype is Datatype.BYTES:
                     raise ValueError(f"input '{spec.name}': BYTES inputs cannot be padded")
@@ -167,6 +172,8 @@ class Signature(BaseModel):
         for spec in self.outputs:
             if spec.pad_value is not None:
                 raise ValueError(f"output '{spec.name}': pad_value is for inputs")
+            if spec.optional:
+                raise ValueError(f"output '{spec.name}': only inputs can be optional")
             if spec.padded_like is None:
                 continue
             source = padded.get(spec.padded_like)
@@ -181,6 +188,10 @@ class Signature(BaseModel):
                     "the input it is padded like"
                 )
         return self
+
+    @property
+    def optional_inputs(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.inputs if s.optional)
 
     @property
     def padded(self) -> bool:
@@ -199,9 +210,10 @@ class Signature(BaseModel):
 
         All inputs must agree on the batch size (axis 0).
         """
-        _check_names("input", [s.name for s in self.inputs], tensors)
+        _check_names("input", [s.name for s in self.inputs], tensors, self.optional_inputs)
         for spec in self.inputs:
-            spec.check(tensors[spec.name])
+            if spec.name in tensors:
+                spec.check(tensors[spec.name])
         _check_batch("input", tensors)
 
     def check_outputs(self, tensors: Mapping[str, Array]) -> None:
@@ -211,14 +223,19 @@ class Signature(BaseModel):
             spec.check(tensors[spec.name])
 
 
-def _check_names(kind: str, declared: list[str], tensors: Mapping[str, Array]) -> None:
+def _check_names(
+    kind: str,
+    declared: list[str],
+    tensors: Mapping[str, Array],
+    optional: frozenset[str] = frozenset(),
+) -> None:
     extra = [n for n in tensors if n not in declared]
     if extra:
         raise InvalidInput(
             f"unexpected {kind} '{extra[0]}' (expected {kind}s: {', '.join(declared)})",
             field=extra[0],
         )
-    missing = [n for n in declared if n not in tensors]
+    missing = [n for n in declared if n not in tensors and n not in optional]
     if missing:
         raise InvalidInput(
             f"missing {kind} '{missing[0]}' (expected {kind}s: {', '.join(declared)})",

@@ -65,6 +65,11 @@ class ModelEntry(_Strict):
 class HandlerEntry(_Strict):
     file: str
     object: str = "Handler"
+    """The `Handler` subclass in `file`; for a TorchServe handler, the function TorchServe
+    would call (its `module:function`), used when the module has it."""
+    api: Literal["torchserve"] | None = None
+    """`torchserve`: `file` is a TorchServe handler, run unchanged (the package has the raw
+    signature, `torchport.raw_io`); None: a torchport `Handler`."""
 
 
 class RuntimeDefaults(_Strict):
@@ -209,8 +214,9 @@ def _check_examples(manifest: Manifest) -> None:
             ("outputs", example.outputs, signature.outputs),
         ):
             want = {spec.name for spec in specs}
-            if set(got) != want:
-                missing, extra = sorted(want - set(got)), sorted(set(got) - want)
+            optional = {spec.name for spec in specs if spec.optional}
+            if not want - optional <= set(got) <= want:
+                missing, extra = sorted(want - optional - set(got)), sorted(set(got) - want)
                 problem = f"lacks '{missing[0]}'" if missing else f"has unknown '{extra[0]}'"
                 raise PackageError(
                     f"{MANIFEST_NAME}: examples[{i}].{what} {problem}",

@@ -11,6 +11,7 @@ from torchport.cli import examples, models, ray, store
 from torchport.cli.bench import bench_cmd
 from torchport.cli.build import build_cmd
 from torchport.cli.export import export_cmd
+from torchport.cli.migrate import import_cmd
 from torchport.cli.output import err
 from torchport.cli.packages import inspect_cmd, package_cmd, predict_cmd
 from torchport.cli.serve import serve_cmd
@@ -35,6 +36,7 @@ app.command("serve")(serve_cmd)
 app.command("export")(export_cmd)
 app.command("bench")(bench_cmd)
 app.command("build")(build_cmd)
+app.command("import")(import_cmd)
 app.add_typer(models.app, name="models")
 app.add_typer(store.app, name="store")
 app.add_typer(examples.app, name="examples")

@@ -93,6 +93,10 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def load_handler(entry: HandlerEntry | None, model: Any, context: HandlerContext) -> Handler:
     if entry is None:
         return Handler(model, context)
+    if entry.api == "torchserve":
+        from torchport.runtime.torchserve import TorchServeHandler
+
+        return TorchServeHandler(model, context, entry)
     module = import_file(context.files / entry.file)
     cls = getattr(module, entry.object, None)
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
@@ -107,8 +111,10 @@ def load_handler(entry: HandlerEntry | None, model: Any, context: HandlerContext
         ) from exc
 
 
-def import_file(path: Path) -> ModuleType:
-    """Import a package's Python file under a name unique to its location and content."""
+def import_file(path: Path, builtins: dict[str, Any] | None = None) -> ModuleType:
+    """Import a package's Python file under a name unique to its location and content;
+    `builtins`, when given, are the module's own (its `import` statements call their
+    `__import__`)."""
     if not path.is_file():
         raise ModelLoadError(f"{path.name} is missing")
     tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
@@ -117,6 +123,8 @@ def import_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"cannot import {path.name}")
     module = importlib.util.module_from_spec(spec)
+    if builtins is not None:
+        module.__dict__["__builtins__"] = builtins
     sys.modules[name] = module  # dataclasses and pickling-free torch tooling look here
     try:
         spec.loader.exec_module(module)
@@ -133,6 +141,7 @@ def handler_context(manifest: Manifest, files: Path) -> HandlerContext:
         input_names=[s.name for s in manifest.signature.inputs],
         output_names=[s.name for s in manifest.signature.outputs],
         signature=manifest.signature,
+        options={"max_batch_size": manifest.runtime.max_batch_size},
     )
 
 

@@ -13,13 +13,18 @@ def header(request: Request, name: str) -> str | None:
     """The first `name` header (lower case), from one dict made per request: Starlette's
     `headers.get` scans and decodes every header on each call, and an inference request
     asks for five."""
+    return headers(request).get(name)
+
+
+def headers(request: Request) -> dict[str, str]:
+    """Every header of the request, by lower-case name (the first of repeated ones)."""
     found: dict[str, str] | None = request.scope.get("torchport.headers")
     if found is None:
         found = {
             k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])
         }
         request.scope["torchport.headers"] = found
-    return found.get(name)
+    return found
 
 
 def model_and_version(request: Request) -> tuple[str, int | None]:

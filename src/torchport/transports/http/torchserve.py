@@ -1,6 +1,8 @@
 """TorchServe-compatible routes, so TorchServe clients switch without changes.
 
-`POST /predictions/{m}[/{v}]` takes, as TorchServe does, one sample per request:
+`POST /predictions/{m}[/{v}]` takes, as TorchServe does, one sample per request. A
+package with a TorchServe handler (imported from a `.mar`) gets the body and headers as
+sent and answers what its handler wrote, status and headers included; other packages take:
 - a JSON object from input name to a batch (the `torchport predict` format) → the outputs
   as an object of batches;
 - for a single-input model, a JSON value (one row, no batch axis) → that row's output;
@@ -16,11 +18,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from torchport.errors import InvalidInput
+from torchport.errors import InvalidInput, Unavailable
+from torchport.raw_io import answer, is_raw, request_row
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.tensors import to_array, weight
 from torchport.transports.http.body import BodyLimit, parse_json, read_body
-from torchport.transports.http.params import header, model_and_version, timeout_seconds
+from torchport.transports.http.params import (
+    header,
+    headers,
+    model_and_version,
+    timeout_seconds,
+)
 from torchport.transports.http.responses import json_ready, json_response
 from torchport.types import Datatype, Signature, Tensors
 
@@ -56,16 +64,33 @@ def _answer(outputs: Tensors, single: bool) -> Response:
     return json_response(next(iter(rows.values())) if len(rows) == 1 else rows)
 
 
+def raw_answer(outputs: Tensors) -> Response:
+    """A raw package's answer as its handler wrote it: body, status and headers."""
+    body, status, headers = answer(outputs)
+    if not 100 <= status <= 599:
+        raise Unavailable(f"the model's handler answered with HTTP status {status}")
+    sent = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+    return Response(body, status_code=status, headers=sent)
+
+
+_HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
 def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:
     async def predictions(request: Request) -> Response:
         model, version = model_and_version(request)
         body = await read_body(request, max_body)
         signature = await service.signature(model, version)
+        timeout = timeout_seconds(request)
+        if is_raw(signature):
+            # A TorchServe handler: the body and headers as sent, its answer as written.
+            raw = request_row(body, headers(request))
+            response = await service.infer(InferRequest(model, raw, version, timeout_s=timeout))
+            return raw_answer(response.outputs)
         content_type = header(request, "content-type") or ""
         inputs, single = await service.offload(
             len(body), body_to_inputs, body, content_type, signature
         )
-        timeout = timeout_seconds(request)
         response = await service.infer(InferRequest(model, inputs, version, timeout_s=timeout))
         return await service.offload(weight(response.outputs), _answer, response.outputs, single)
 

@@ -1,0 +1,1 @@
+"""TorchServe's handler metrics: `context.metrics` and the types handlers name."""

@@ -1,0 +1,1 @@
+"""TorchServe's handler classes: `BaseHandler` and the built-in image classifier."""
