@@ -25,12 +25,23 @@ PACKAGES = [
     "torch-model-archiver==0.12.0",
     "safetensors",
     "tokenizers",
+    # What TorchServe's built-in image handlers import (the import tests compare them).
+    "torchvision==0.28.0",
+    "captum",
+    "pillow",
 ]
 
 
 def ensure_venv() -> Path:
     """The TorchServe virtual environment, made on first use."""
-    return venvs.ensure(VENV, PACKAGES, "TorchServe 0.12.0")
+    venv = venvs.ensure(VENV, PACKAGES, "TorchServe 0.12.0")
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    shim = Path(__file__).with_name("torchvision_shim.py")
+    installed = site / shim.name
+    if not installed.exists() or installed.read_bytes() != shim.read_bytes():
+        (site / shim.name).write_bytes(shim.read_bytes())
+        (site / "torchvision_shim.pth").write_text("import torchvision_shim\n")
+    return venv
 
 
 def archive(model: str, files: Path, store: Path) -> Path:

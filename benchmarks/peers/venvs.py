@@ -11,13 +11,15 @@ def ensure(venv: Path, packages: list[str], what: str) -> Path:
     """`venv` with `packages` installed (from PyPI, torch from the local wheel), made on
     first use (a minute or two); `what` names it in the one line said meanwhile."""
     stamp = venv / ".ready"
-    if not stamp.exists():
+    wanted = "\n".join(sorted(packages))
+    if not stamp.exists() or stamp.read_text() != wanted:
         print(f"setting up {what} in {venv} …", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
             [str(venv / "bin" / "pip"), "install", "--quiet", *packages],
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        stamp.touch()
+        stamp.write_text(wanted)
     return venv

@@ -1,0 +1,135 @@
+"""Imported `.mar` archives answer on torchport as TorchServe 0.12 answers them: the same
+archives served by a real TorchServe and by a real `torchport serve`, the same requests,
+equal statuses and bodies — one request at a time and batched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import ServerProcess
+from tests.e2e.torchserve import TorchServeProcess
+from tests.migrate.archives import build_all, png
+from torchport.migrate import import_mar
+
+BATCHED = {"batch_size": 4, "max_batch_delay": 1000}
+"""TorchServe's registration settings for `rows4`; torchport gets the same from the
+archive's model-config.yaml."""
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compat")
+    built = build_all(root / "src", root / "marstore")
+    # The same eager model and handler, batched: TorchServe registers it with BATCHED.
+    config = root / "src" / "model-config.yaml"
+    config.write_text("batchSize: 4\nmaxBatchDelay: 1000\n")
+    from tests.migrate.archives import archive
+
+    built["rows4"] = archive(
+        root / "marstore", "rows4", handler=str(root / "src" / "rows_handler.py"),
+        serialized=root / "src" / "tiny.pt", model_file=root / "src" / "model.py",
+        extra=[root / "src" / "helpers.py"], config=config,
+    )  # fmt: skip
+    return built
+
+
+@pytest.fixture(scope="module")
+def torchserve(
+    archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    ts = TorchServeProcess(archives["rows"].parent, tmp_path_factory.mktemp("torchserve"))
+    ts.start()
+    try:
+        for name in ("rows", "shout", "vision"):
+            ts.register(f"{name}.mar")
+        ts.register("rows4.mar", **BATCHED)
+        yield ts.url
+    finally:
+        ts.stop()
+
+
+@pytest.fixture(scope="module")
+def torchport(archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    out = tmp_path_factory.mktemp("imported")
+    packages = [import_mar(mar, out / f"{name}.tpa")[1] for name, mar in archives.items()]
+    server = ServerProcess(out / "store", packages).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _both(
+    torchserve: str, torchport: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[httpx.Response, httpx.Response]:
+    return (
+        httpx.post(f"{torchserve}{path}", content=body, headers=headers, timeout=60),
+        httpx.post(f"{torchport}{path}", content=body, headers=headers, timeout=60),
+    )
+
+
+JSON = {"content-type": "application/json"}
+CASES = [
+    ("/predictions/rows", b'{"rows": [1, 2, 3, 4]}', JSON),
+    ("/predictions/rows", b'{"rows": [0.5, -1, 2, 8]}', JSON),
+    ("/predictions/rows", b"[4, 3, 2, 1]", JSON),
+    ("/predictions/rows", b'{"x": 1}', JSON),  # the handler's own 422
+    ("/predictions/rows", b'{"rows": [1, 2]}', JSON),  # the model fails: 503
+    ("/predictions/rows", b'{"explode": true}', JSON),  # PredictionException(418)
+    ("/predictions/rows", b"not json", JSON),
+    ("/predictions/shout", b"hello", {"content-type": "text/plain", "x-tag": "t7"}),
+    ("/predictions/shout", b"\xff\xfe", {"content-type": "application/octet-stream"}),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers"), CASES)
+def test_each_request_answers_as_torchserve_does(
+    torchserve: str, torchport: str, path: str, body: bytes, headers: dict[str, str]
+) -> None:
+    theirs, ours = _both(torchserve, torchport, path, body, headers)
+    assert ours.status_code == theirs.status_code, (theirs.text, ours.text)
+    assert ours.content == theirs.content
+    assert ours.headers.get("content-type") == theirs.headers.get("content-type")
+
+
+def test_the_builtin_image_classifier_answers_as_torchserves(
+    torchserve: str, torchport: str
+) -> None:
+    for seed in range(3):
+        image = png(width=320 + 40 * seed, height=240, seed=seed)
+        theirs, ours = _both(torchserve, torchport, "/predictions/vision", image, {})
+        assert (ours.status_code, theirs.status_code) == (200, 200)
+        expected, got = json.loads(theirs.content), json.loads(ours.content)
+        assert list(got) == list(expected)  # the same classes, in the same order
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_a_batch_reaches_the_handler_together_and_errors_stay_per_request(
+    torchserve: str, torchport: str
+) -> None:
+    bodies = [b'{"rows": [1, 1, 1, 1]}', b'{"x": 1}', b'{"rows": [2, 0, 0, 1]}', b"[0, 0, 0, 1]"]
+
+    def send(url: str) -> list[tuple[int, dict[str, object]]]:
+        def one(body: bytes) -> httpx.Response:
+            return httpx.post(f"{url}/predictions/rows4", content=body, headers=JSON, timeout=60)
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            return [(a.status_code, json.loads(a.content)) for a in pool.map(one, bodies)]
+
+    theirs, ours = send(torchserve), send(torchport)
+    assert [status for status, _ in ours] == [200, 422, 200, 200]
+    # TorchServe holds the first request until the batch is full (or the delay passes);
+    # torchport runs a request that finds the model idle at once and batches the ones that
+    # arrive meanwhile: the sizes differ, every answer is otherwise the same.
+    assert [doc.get("batch") for _, doc in theirs] == [4, None, 4, 4]
+    assert max(int(doc.get("batch") or 0) for _, doc in ours) > 1
+    strip = [(status, {k: v for k, v in doc.items() if k != "batch"}) for status, doc in theirs]
+    assert [
+        (status, {k: v for k, v in doc.items() if k != "batch"}) for status, doc in ours
+    ] == strip
