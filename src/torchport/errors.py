@@ -84,6 +84,13 @@ class NotFound(TorchportError):
     code = "not_found"
 
 
+class Forbidden(TorchportError):
+    """An operation never allowed here: a URL outside the allow-list, removing the default
+    version another version depends on."""
+
+    code = "forbidden"
+
+
 class Conflict(TorchportError):
     """An operation the current state refuses (e.g. deleting the default version)."""
 

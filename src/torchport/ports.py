@@ -32,6 +32,7 @@ class ServerInfo:
     token_source: str
     models: list[tuple[str, int | None]]
     seconds_to_ready: float
+    torchserve_management_url: str = ""
 
 
 class Server(uvicorn.Server):

@@ -113,6 +113,9 @@ def serve(
         swept = sweep()
         if swept:
             say(f"removed {swept} temporary files left by stopped torchport processes")
+    ts_socket = None
+    if not microservice and settings.torchserve_management_port is not None:
+        ts_socket = bind(settings.management_host, settings.torchserve_management_port)
     private_store = None
     if microservice:
         private_store = engine.store if engine is not None else None
@@ -157,6 +160,17 @@ def serve(
             http_server(build_management_app(management, token, settings, live), settings, tls)
         )
         sockets.append(mgmt_socket)
+    if token is not None and ts_socket is not None:
+        from torchport.service.torchserve import TorchServeModels
+        from torchport.transports.http.torchserve_management import (
+            build_torchserve_management_app,
+        )
+
+        torchserve_app = build_torchserve_management_app(
+            TorchServeModels(management, settings), token
+        )
+        servers.append(http_server(torchserve_app, settings, tls))
+        sockets.append(ts_socket)
     info = ServerInfo(
         inference_url=url(settings.host, http_socket.getsockname()[1], tls) if http_socket else "",
         grpc_address="",
@@ -167,6 +181,9 @@ def serve(
         token_source=_token_source(settings, store.root) if token is not None else "",
         models=models,
         seconds_to_ready=0.0,
+        torchserve_management_url=(
+            url(settings.management_host, ts_socket.getsockname()[1], tls) if ts_socket else ""
+        ),
     )
 
     async def main() -> None:

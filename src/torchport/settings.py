@@ -7,11 +7,12 @@ limits on).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from torchport.errors import InvalidInput
@@ -113,7 +114,27 @@ class Settings(BaseSettings):
     """Processes that run the inference protocols (HTTP and gRPC, sharing the ports) and
     hand decoded requests to the engine process, which holds the models. 0: one process
     does everything. None: `default_frontends(available_cores())`."""
+    torchserve_management_port: int | None = Field(default=None, ge=0, le=65535)
+    """TorchServe's management API (`/models`, register by url, scale, set-default,
+    unregister) on a port of its own, on `management_host`, behind the same token; None:
+    off."""
+    model_store: Path | None = None
+    """TorchServe's model store: where a registration's `url=NAME.mar` is looked for."""
+    allowed_urls: list[str] = Field(default_factory=list)
+    """Regular expressions (TorchServe's `allowed_urls`): a registration `url` that is not
+    a file in `model_store` must match one of them whole, and is then fetched (with no
+    redirect to a URL that does not match). None by default: nothing is ever fetched."""
     limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return patterns
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -57,7 +57,7 @@ def torchserve(
 @pytest.fixture(scope="module")
 def torchport(archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = tmp_path_factory.mktemp("imported")
-    packages = [import_mar(mar, out / f"{name}.tpa")[1] for name, mar in archives.items()]
+    packages = [import_mar(mar, out / f"{name}.tpa").path for name, mar in archives.items()]
     server = ServerProcess(out / "store", packages).start()
     try:
         yield server.url

@@ -109,6 +109,7 @@ def archive(
     config: Path | None = None,
 ) -> Path:  # fmt: skip
     """`torch-model-archiver` as its users run it; the archive's path."""
+    out.mkdir(parents=True, exist_ok=True)
     command = [str(ARCHIVER), "--model-name", name, "--version", version, "--handler", handler,
                "--export-path", str(out), "--force"]  # fmt: skip
     if serialized is not None:

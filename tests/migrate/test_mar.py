@@ -41,9 +41,9 @@ def packages(
     image = out / "image.png"
     image.write_bytes(png())
     return {
-        "rows": import_mar(archives["rows"], out / "rows.tpa", example=example)[1],
-        "shout": import_mar(archives["shout"], out / "shout.tpa")[1],
-        "vision": import_mar(archives["vision"], out / "vision.tpa", example=image)[1],
+        "rows": import_mar(archives["rows"], out / "rows.tpa", example=example).path,
+        "shout": import_mar(archives["shout"], out / "shout.tpa").path,
+        "vision": import_mar(archives["vision"], out / "vision.tpa", example=image).path,
     }
 
 
@@ -218,7 +218,7 @@ def test_a_requirements_file_is_refused_unless_its_packages_are_installed(tmp_pa
                   requirements=reqs)  # fmt: skip
     with pytest.raises(UnsafeContent, match="never installs packages.*--requirements-installed"):
         import_mar(mar, tmp_path / "req.tpa")
-    manifest, _ = import_mar(mar, tmp_path / "req.tpa", requirements_installed=True)
+    manifest = import_mar(mar, tmp_path / "req.tpa", requirements_installed=True).manifest
     assert manifest.name == "req"
     reqs.write_text("surely-not-installed-package==1\n")
     mar = archive(tmp_path, "req2", handler=str(handler), serialized=tmp_path / "m.pt",
@@ -243,7 +243,7 @@ def test_model_config_yaml_sets_batching_and_process_workers(tmp_path: Path) -> 
     config.write_text("batchSize: 8\nmaxBatchDelay: 20\nminWorkers: 2\nmaxWorkers: 2\n")
     mar = archive(tmp_path, "cfg", handler=str(handler), serialized=tmp_path / "m.pt",
                   config=config)  # fmt: skip
-    manifest, _ = import_mar(mar, tmp_path / "cfg.tpa")
+    manifest = import_mar(mar, tmp_path / "cfg.tpa").manifest
     runtime = manifest.runtime
     assert (runtime.max_batch_size, runtime.max_batch_delay_ms) == (8, 20.0)
     assert (runtime.workers, runtime.worker_kind) == (2, "process")

@@ -72,6 +72,21 @@ def test_the_default_version_cannot_be_deleted(store: SQLiteStore, tmp_path: Pat
     assert store.add_version("m", blob(tmp_path, b"c")).version == 3
 
 
+def test_deleting_a_models_last_version_removes_the_model_but_not_its_numbers(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    store.add_version("m", blob(tmp_path, b"a"))
+    store.add_version("keep", blob(tmp_path, b"k"))
+    store.delete_version("m", 1, actor="dan")
+    assert [m.name for m in store.list_models()] == ["keep"]
+    with pytest.raises(NotFound, match="model 'm' not found"):
+        store.get_model("m")
+    assert store.audit("m")[0].detail.get("model_removed") is True
+    again = store.add_version("m", blob(tmp_path, b"b"))
+    assert again.version == 2
+    assert store.get_model("m").default == 2
+
+
 def test_deleting_a_version_removes_its_blob_unless_shared(
     store: SQLiteStore, tmp_path: Path
 ) -> None:

@@ -42,7 +42,7 @@ def import_cmd(
 
     started = time.perf_counter()
     with status(f"importing {archive.name}") as progress:
-        manifest, written = import_mar(
+        imported = import_mar(
             archive,
             out_path,
             name=name,
@@ -51,6 +51,7 @@ def import_cmd(
             requirements_installed=requirements_installed,
             progress=progress,
         )
+    manifest, written = imported.manifest, imported.path
     seconds = time.perf_counter() - started
     out.print(
         f"wrote {written} ({human_size(written.stat().st_size)}): model '{manifest.name}', "

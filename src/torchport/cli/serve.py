@@ -58,6 +58,22 @@ def serve_cmd(
             "then one per two cores, at most 4).",
         ),
     ] = None,
+    torchserve_management_port: Annotated[
+        int | None,
+        Opt(help="TorchServe's management API (/models) on this port too, same token."),
+    ] = None,
+    model_store: Annotated[
+        Path | None,
+        Opt(help="TorchServe's model store: where registrations' url=NAME.mar are found."),
+    ] = None,
+    allowed_url: Annotated[
+        list[str] | None,
+        Opt(
+            "--allowed-url",
+            help="A regular expression a registration url outside the model store must "
+            "match whole (repeatable; none by default: nothing is fetched).",
+        ),
+    ] = None,
     microservice: Annotated[
         bool,
         Opt(
@@ -92,6 +108,9 @@ def serve_cmd(
         backend=backend,
         ray_address=ray_address,
         frontends=frontends,
+        torchserve_management_port=torchserve_management_port,
+        model_store=model_store,
+        allowed_urls=allowed_url or None,
     )
 
     def announce(info: ServerInfo) -> None:
@@ -107,6 +126,11 @@ def serve_cmd(
         out.print(f"  grpc        {info.grpc_address}   (OIP v2 inference.GRPCInferenceService)")
         if info.management_url:
             out.print(f"  management  {info.management_url}   (bearer token: {info.token_source})")
+        if info.torchserve_management_url:
+            out.print(
+                f"  torchserve  {info.torchserve_management_url}   "
+                "(TorchServe's management API, same token)"
+            )
         served = ", ".join(f"{name} v{version}" for name, version in info.models) or "none yet"
         out.print(f"  models      {served}")
         for line in try_lines(info):

@@ -1,5 +1,5 @@
 """Packages and settings from other servers, as torchport's own: TorchServe's `.mar`."""
 
-from torchport.migrate.mar import import_mar
+from torchport.migrate.mar import ImportedMar, import_mar
 
-__all__ = ["import_mar"]
+__all__ = ["ImportedMar", "import_mar"]

@@ -56,6 +56,16 @@ _EXAMPLE_TYPES = {".json": "application/json", ".txt": "text/plain", ".csv": "te
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
+@dataclass(frozen=True)
+class ImportedMar:
+    """What `import_mar` wrote."""
+
+    manifest: Manifest
+    path: Path
+    model_version: str
+    """The archive's own version (`modelVersion`), as TorchServe names it."""
+
+
 @dataclass
 class MarContents:
     """An archive, unpacked and checked: its manifest and its files by member name."""
@@ -80,9 +90,9 @@ def import_mar(
     requirements_installed: bool = False,
     limits: Limits | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[Manifest, Path]:
+) -> ImportedMar:
     """Convert the TorchServe archive `mar` to a package at `out` (default: `NAME.tpa`
-    beside the archive) and return its manifest and path.
+    beside the archive) and say what was written.
 
     `example` is a request body (its content type from `example_content_type`, else from
     the file's suffix); it is run through the handler and recorded as the package's
@@ -133,7 +143,7 @@ def import_mar(
                 f"version {model.get('modelVersion')!s})"
             ),
         )
-        return written, target
+        return ImportedMar(written, target, str(model.get("modelVersion") or "1.0"))
 
 
 def read_mar(mar: Path, into: Path, limits: Limits) -> MarContents:

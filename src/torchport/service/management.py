@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -112,11 +112,13 @@ class Management:
         name: str | None = None,
         promote: bool = False,
         actor: str = "local",
+        labels: Mapping[str, str] | None = None,
     ) -> UploadReport:
         """Verify `package` (hashes, load, examples) and register it as the next version.
 
         `name` registers it under another name than its manifest's. The model's first
         version, or any with `promote`, becomes its default (and, on a server, live).
+        `labels` are kept with the version (e.g. the TorchServe version it was registered as).
         """
         if name is not None:
             check_model_name(name)
@@ -144,7 +146,10 @@ class Management:
                 info = self.store.add_version(
                     model,
                     private,
-                    metadata=_metadata(manifest),
+                    metadata={
+                        **_metadata(manifest),
+                        **({"labels": dict(labels)} if labels else {}),
+                    },
                     actor=actor,
                     promote=promote,
                 )
@@ -190,7 +195,10 @@ class Management:
     def delete(self, name: str, version: int, *, actor: str = "local") -> None:
         self.store.delete_version(name, version, actor=actor)
         if self.registry is not None:
-            self.registry.unload(name, version)
+            if any(m.name == name for m in self.store.list_models()):
+                self.registry.unload(name, version)
+            else:  # its last version: the model is gone
+                self.registry.forget(name)
 
     @_counted("load")
     def load_version(self, name: str, version: int) -> None:
@@ -325,6 +333,11 @@ def _metadata(manifest: Manifest) -> dict[str, Any]:
         "description": manifest.description,
         "created_at": manifest.created_at.isoformat(),
         "runtime": manifest.runtime.model_dump(mode="json"),
+        **(
+            {"handler_api": manifest.handler.api}
+            if manifest.handler and manifest.handler.api
+            else {}
+        ),
     }
 
 

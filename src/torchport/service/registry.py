@@ -321,6 +321,15 @@ class Registry:
         for item in idle:
             item.close()
 
+    def forget(self, model: str) -> None:
+        """A model the store no longer has: nothing of it is served or remembered."""
+        self.unload(model)
+        with self._lock:
+            self._routes.unloaded.discard(model)
+            for key in [k for k in self._routes.errors if k[0] == model]:
+                del self._routes.errors[key]
+        self._changed()
+
     # -- requests ------------------------------------------------------------------------
 
     def resolve(self, model: str, version: int | None) -> int:

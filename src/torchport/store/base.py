@@ -92,7 +92,8 @@ class ModelStore(abc.ABC):
 
     @abc.abstractmethod
     def delete_version(self, name: str, version: int, *, actor: str = "local") -> None:
-        """Remove a version; `Conflict` while it is the default."""
+        """Remove a version; `Conflict` while it is the default of other versions. Deleting
+        a model's last version removes the model (its numbers are still never reused)."""
 
     @abc.abstractmethod
     def set_config(

@@ -213,16 +213,30 @@ class SQLiteStore(ModelStore):
         with self._write() as db:
             model = self._model_row(db, name)
             row = self._version_row(db, name, version)
-            if model["default_version"] == version:
+            last = (
+                db.execute(
+                    "SELECT COUNT(*) FROM versions WHERE model=? AND version<>?", (name, version)
+                ).fetchone()[0]
+                == 0
+            )
+            if model["default_version"] == version and not last:
                 raise Conflict(
                     f"version {version} is the default of model '{name}'; "
                     "promote another version first",
                     field="version",
                 )
             db.execute("DELETE FROM versions WHERE model=? AND version=?", (name, version))
-            if model["previous_version"] == version:
+            if last:
+                # The model is gone; its row stays so that its version numbers are never
+                # given out again.
+                db.execute(
+                    "UPDATE models SET default_version=NULL, previous_version=NULL WHERE name=?",
+                    (name,),
+                )
+            elif model["previous_version"] == version:
                 db.execute("UPDATE models SET previous_version=NULL WHERE name=?", (name,))
-            self._audit(db, actor, "delete", name, version, {"digest": row["digest"]})
+            detail = {"digest": row["digest"], **({"model_removed": True} if last else {})}
+            self._audit(db, actor, "delete", name, version, detail)
         # The row is gone for good; its blob goes in a second step, under the lock again,
         # only if no other version still names it.
         self._remove_if_unreferenced(row["digest"])
@@ -283,7 +297,13 @@ class SQLiteStore(ModelStore):
 
     def list_models(self) -> list[ModelInfo]:
         with self._read() as db:
-            names = [r["name"] for r in db.execute("SELECT name FROM models ORDER BY name")]
+            names = [
+                r["name"]
+                for r in db.execute(
+                    "SELECT name FROM models WHERE EXISTS "
+                    "(SELECT 1 FROM versions WHERE versions.model = models.name) ORDER BY name"
+                )
+            ]
             return [self._model_info(db, n) for n in names]
 
     def get_model(self, name: str) -> ModelInfo:
@@ -357,8 +377,12 @@ class SQLiteStore(ModelStore):
     # -- helpers -------------------------------------------------------------------------
 
     def _model_row(self, db: sqlite3.Connection, name: str) -> sqlite3.Row:
-        row = db.execute("SELECT * FROM models WHERE name=?", (name,)).fetchone()
-        if row is None:
+        row = db.execute(
+            "SELECT * FROM models WHERE name=? AND EXISTS "
+            "(SELECT 1 FROM versions WHERE versions.model = models.name)",
+            (name,),
+        ).fetchone()
+        if row is None:  # never registered, or its last version deleted
             raise NotFound(f"model '{name}' not found", field="model")
         return row  # type: ignore[no-any-return]
 

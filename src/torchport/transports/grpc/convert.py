@@ -135,6 +135,7 @@ STATUS: dict[str, grpc.StatusCode] = {
     "conflict": grpc.StatusCode.FAILED_PRECONDITION,
     "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
     "untrusted_package": grpc.StatusCode.PERMISSION_DENIED,
+    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
     "request_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,

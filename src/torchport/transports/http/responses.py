@@ -30,6 +30,7 @@ STATUS = {
     "not_acceptable": 406,
     "unauthorized": 401,
     "untrusted_package": 403,
+    "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
     "unavailable": 503,
