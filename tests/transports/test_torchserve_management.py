@@ -75,7 +75,7 @@ def test_register_describe_scale_set_default_and_unregister_as_torchserve_answer
     assert (two["batchSize"], two["maxBatchDelay"], two["minWorkers"]) == (4, 50, 0)
 
     scaled = ts.put("/models/rows/2.0", params={"min_worker": 1, "synchronous": "true"})
-    assert scaled.json() == {"status": "Workers scaled to 1 for model: rows"}
+    assert scaled.json() == {"status": "Workers scaled to 1 for model: rows, version: 2.0"}
     assert ts.get("/models/rows/2.0").json()[0]["minWorkers"] == 1
 
     refused = ts.delete("/models/rows/1.0")

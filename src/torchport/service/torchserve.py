@@ -271,7 +271,8 @@ class TorchServeModels:
             self.management.set_config(model, chosen.version, config, actor="torchserve-api")
         self._serve(model, chosen.version, workers > 0)
         if synchronous:
-            return Answer(200, f"Workers scaled to {workers} for model: {model}")
+            which = f", version: {label_of(chosen)}" if version else ""
+            return Answer(200, f"Workers scaled to {workers} for model: {model}{which}")
         return Answer(202, "Processing worker updates...")
 
     def set_default(self, model: str, version: str) -> Answer:
