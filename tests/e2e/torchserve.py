@@ -38,6 +38,7 @@ class TorchServeProcess:
         if shutil.which("java") is None:
             pytest.fail("TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)")
         venv = ensure_venv()
+        tmp = self.workdir / "tmp"
         config = self.workdir / "config.properties"
         config.write_text(
             "\n".join([
@@ -49,10 +50,14 @@ class TorchServeProcess:
                 "install_py_dep_per_model=false",
                 f"model_store={self.model_store}",
                 "disable_system_metrics=true",
+                f"vmargs=-Djava.io.tmpdir={tmp}",
             ]) + "\n"
         )  # fmt: skip
+        # Its pid file and its workers' sockets go under the temporary directory: one of
+        # its own, so that one TorchServe stopping never blocks the next from starting.
+        tmp.mkdir(exist_ok=True)
         env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
-               "LOG_LOCATION": str(self.workdir / "logs")}  # fmt: skip
+               "LOG_LOCATION": str(self.workdir / "logs"), "TMPDIR": str(tmp)}  # fmt: skip
         self.proc = subprocess.Popen(
             [str(venv / "bin" / "torchserve"), "--start", "--foreground", "--ncs",
              "--model-store", str(self.model_store), "--ts-config", str(config),

@@ -27,6 +27,8 @@ class TinyNet(torch.nn.Module):
 """
 
 ROWS_HANDLER = """
+import time
+
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
@@ -41,6 +43,8 @@ class RowsHandler(BaseHandler):
         rows, self.bad = [], []
         for i, item in enumerate(data):
             value = item.get("data") or item.get("body")
+            if isinstance(value, dict) and value.get("slow"):
+                time.sleep(value["slow"])  # holds the worker: requests meanwhile queue up
             if isinstance(value, dict) and value.get("explode"):
                 raise PredictionException("asked to explode", 418)
             if isinstance(value, dict) and "rows" not in value:
