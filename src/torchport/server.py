@@ -139,6 +139,12 @@ def serve(
         done = f"registered v{report.version.version}" if report else "already registered"
         say(f"{package.name}: {done}")
     registry.start(say)
+    if settings.torchserve_config is not None and not microservice:
+        from torchport.migrate.torchserve_config import read_torchserve_config
+        from torchport.service.torchserve import TorchServeModels
+
+        archives = read_torchserve_config(settings.torchserve_config, settings.model_store).archives
+        TorchServeModels(management, settings).load_at_start(archives, say)
     # What start-up made (torch, the models) is never scanned by the collector again:
     # full collections stay short under load instead of pausing every request behind them.
     gc.collect()

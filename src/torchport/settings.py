@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     """Regular expressions (TorchServe's `allowed_urls`): a registration `url` that is not
     a file in `model_store` must match one of them whole, and is then fetched (with no
     redirect to a URL that does not match). None by default: nothing is ever fetched."""
+    torchserve_config: Path | None = None
+    """A TorchServe `config.properties`: its addresses, model store, allowed URLs, TLS files
+    and limits become these settings (flags win), and the archives it loads are registered
+    at start (`torchport.migrate.torchserve_config`)."""
     limits: Limits = Field(default_factory=Limits)
 
     @field_validator("allowed_urls")

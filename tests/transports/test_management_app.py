@@ -200,7 +200,7 @@ def test_repository_extension_index_unload_load(mserver: InProcess) -> None:
     assert mserver.http.get("/v2/models/mlp/ready").status_code == 503
     refused = mserver.http.post("/predictions/mlp", json=ROW)
     assert refused.status_code == 503
-    assert "unloaded" in refused.json()["error"]
+    assert "unloaded" in refused.json()["message"]  # TorchServe's error shape
     assert api(mserver, "POST", "/v2/repository/models/mlp/load").status_code == 200
     assert mserver.http.get("/v2/models/mlp/ready").status_code == 200
     assert api(mserver, "POST", "/v2/repository/models/nope/load").status_code == 404

@@ -74,6 +74,13 @@ def serve_cmd(
             "match whole (repeatable; none by default: nothing is fetched).",
         ),
     ] = None,
+    torchserve_config: Annotated[
+        Path | None,
+        Opt(
+            help="A TorchServe config.properties: its addresses, model store, allowed_urls "
+            "and models, read as torchport's settings (flags win).",
+        ),
+    ] = None,
     microservice: Annotated[
         bool,
         Opt(
@@ -94,24 +101,33 @@ def serve_cmd(
     from torchport.ports import ServerInfo
     from torchport.settings import available_cores, default_frontends, load_settings
 
-    settings = load_settings(
-        config,
-        store=store,
-        host=host,
-        management_host=management_host,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        trusted_keys=trusted_key or None,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        management_port=management_port,
-        backend=backend,
-        ray_address=ray_address,
-        frontends=frontends,
-        torchserve_management_port=torchserve_management_port,
-        model_store=model_store,
-        allowed_urls=allowed_url or None,
-    )
+    from_torchserve: dict[str, object] = {}
+    if torchserve_config is not None:
+        from torchport.migrate.torchserve_config import read_torchserve_config
+
+        read = read_torchserve_config(torchserve_config)
+        for note in read.notes:
+            err.print(f"  {torchserve_config.name}: {note}", markup=False, highlight=False)
+        from_torchserve = {**read.settings, "torchserve_config": torchserve_config}
+    flags = {
+        "store": store,
+        "host": host,
+        "management_host": management_host,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "trusted_keys": trusted_key or None,
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "management_port": management_port,
+        "backend": backend,
+        "ray_address": ray_address,
+        "frontends": frontends,
+        "torchserve_management_port": torchserve_management_port,
+        "model_store": model_store,
+        "allowed_urls": allowed_url or None,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings = load_settings(config, **{**from_torchserve, **given})
 
     def announce(info: ServerInfo) -> None:
         if microservice:

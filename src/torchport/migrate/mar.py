@@ -146,6 +146,17 @@ def import_mar(
         return ImportedMar(written, target, str(model.get("modelVersion") or "1.0"))
 
 
+def mar_identity(mar: Path) -> tuple[str, str]:
+    """The archive's model name and version, read from its manifest alone."""
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        model = manifest["model"]
+        return str(model["modelName"]), str(model.get("modelVersion") or "1.0")
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError):
+        raise PackageError(f"{mar.name} is not a TorchServe model archive", field="mar") from None
+
+
 def read_mar(mar: Path, into: Path, limits: Limits) -> MarContents:
     """Unpack `mar` into `into/files`, refusing unsafe names, links and oversized contents."""
     if not mar.is_file():

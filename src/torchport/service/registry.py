@@ -192,6 +192,8 @@ class Registry:
                 runner = self._open(info)
                 loaded = self._serve(info, runner, time.perf_counter() - started)
             except TorchportError as exc:
+                # Deleted while it loaded (its package went with it): gone, not broken.
+                self.store.get_version(model, version)
                 with self._lock:
                     count = self._routes.errors[key].count + 1 if key in self._routes.errors else 1
                     wait = min(600.0, self.request_loads.retry_seconds * 2 ** (count - 1))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +34,8 @@ from torchport.errors import (
     Unavailable,
 )
 from torchport.migrate import import_mar
+from torchport.migrate.mar import mar_identity
+from torchport.migrate.torchserve_config import ArchiveToLoad
 from torchport.scratch import scratch
 from torchport.service.management import Management
 from torchport.settings import Settings
@@ -50,6 +52,9 @@ class Answer:
 
     status: int
     message: str
+    model: str = ""
+    version: str = ""
+    """A registration's model and the version TorchServe names it by."""
 
 
 class TorchServeModels:
@@ -80,13 +85,14 @@ class TorchServeModels:
             raise InvalidInput("initial_workers must be 0 or more", field="initial_workers")
         with scratch("torchserve-register") as tmp:
             archive = self._archive(url, tmp)
-            imported = import_mar(archive, tmp / "package.tpa", name=model_name)
-            name, label = imported.manifest.name, imported.model_version
+            name, label = mar_identity(archive)
+            name = model_name or name
             if self._find(name, label, missing_ok=True) is not None:
                 raise Conflict(
                     f"Model version {label} is already registered for model {name}",
                     field="url",
                 )
+            imported = import_mar(archive, tmp / "package.tpa", name=name)
             report = self.management.upload(
                 imported.path,
                 name=name,
@@ -109,7 +115,26 @@ class TorchServeModels:
         )
         if initial_workers == 0:
             message += ". Use scale workers API to add workers for the model."
-        return Answer(200 if synchronous else 202, message)
+        return Answer(200 if synchronous else 202, message, name, label)
+
+    def load_at_start(self, archives: Sequence[ArchiveToLoad], say: Callable[[str], None]) -> None:
+        """Register what `config.properties` names, once: an archive whose version the
+        model already has (a restart) is left as it is."""
+        for archive in archives:
+            try:
+                done = self.register(
+                    archive.url,
+                    model_name=archive.model_name,
+                    initial_workers=archive.workers,
+                    batch_size=archive.batch_size,
+                    max_batch_delay=archive.max_batch_delay,
+                )
+            except Conflict:
+                say(f"{archive.url}: already registered")
+                continue
+            say(f"{archive.url}: {done.message}")
+            if archive.default:
+                self.set_default(done.model, done.version)
 
     def _archive(self, url: str, tmp: Path) -> Path:
         """The archive `url` names: a file in the model store, or one an allowed URL gives."""

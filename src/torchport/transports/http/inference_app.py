@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,10 +32,15 @@ PROBES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"})
 
 
 def _observed(
-    service: InferenceService, route: BaseRoute, protocol: str, model: str = ""
+    service: InferenceService,
+    route: BaseRoute,
+    protocol: str,
+    model: str = "",
+    errors: Callable[[TorchportError], Response] = error_response,
 ) -> BaseRoute:
     """An inference route with a request id (`X-Request-ID` in, and back on the answer),
-    each request counted once by the data plane, whatever its outcome."""
+    each request counted once by the data plane, whatever its outcome; `errors` answers
+    a failed one in its protocol's shape."""
     if not isinstance(route, Route) or "POST" not in (route.methods or ()):
         return route
     endpoint = route.endpoint
@@ -48,7 +55,7 @@ def _observed(
                 with service.track(protocol, params.get("model", model), wanted):
                     response: Response = await endpoint(request)
             except TorchportError as exc:
-                response = error_response(exc)
+                response = errors(exc)
             rid = request_id.get() or new_request_id()  # printable ASCII (`new_request_id`)
             response.raw_headers.append((b"x-request-id", rid.encode("latin-1")))
             return response
@@ -98,7 +105,10 @@ def build_inference_app(
         Route("/v2/models/{model}/openapi.json", model_document),
         *(_observed(service, r, "oip_rest") for r in oip.routes(service, max_body)),
         *(_observed(service, r, "kserve_v1") for r in kserve_v1.routes(service, max_body)),
-        *(_observed(service, r, "torchserve") for r in torchserve.routes(service, max_body)),
+        *(
+            _observed(service, r, "torchserve", errors=torchserve.error_response)
+            for r in torchserve.routes(service, max_body)
+        ),
     ]
     if sagemaker_model is not None:
         routes += [

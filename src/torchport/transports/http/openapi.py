@@ -36,7 +36,20 @@ ERROR = {
 }
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+TORCHSERVE_ERROR = {
+    "type": "object",
+    "required": ["code", "type", "message"],
+    "properties": {
+        "code": {"type": "integer", "description": "The HTTP status."},
+        "type": {"type": "string", "description": "TorchServe's exception name."},
+        "message": {"type": "string", "description": "What was wrong, in one line."},
+        "field": {"type": "string", "description": "The field or tensor at fault."},
+    },
+}
+"""The TorchServe routes' errors, shaped as TorchServe's own."""
+
+
+def _errors(*statuses: int, schema: str = "Error") -> dict[str, Any]:
     described = {
         400: "bad input, naming the field",
         401: "missing or wrong bearer token",
@@ -54,7 +67,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {
         str(s): {
             "description": described[s],
-            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
         }
         for s in statuses
     }
@@ -211,7 +224,10 @@ def model_paths(name: str, signature: Signature) -> dict[str, Any]:
     torchserve = {
         "summary": f"TorchServe: run {name} on one sample",
         "requestBody": {"required": True, "content": ts_content},
-        "responses": {**_ok({}), **_errors(400, 404, 408, 413, 503, 504)},
+        "responses": {
+            **_ok({}),
+            **_errors(400, 404, 408, 413, 503, 504, schema="TorchServeError"),
+        },
     }
 
     def versioned(operation: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +297,10 @@ def _document(title: str, paths: dict[str, Any], **extra: Any) -> dict[str, Any]
         "openapi": OPENAPI,
         "info": {"title": title, "version": __version__},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR}, **extra},
+        "components": {
+            "schemas": {"Error": ERROR, "TorchServeError": TORCHSERVE_ERROR},
+            **extra,
+        },
     }
 
 

@@ -11,6 +11,7 @@ sent and answers what its handler wrote, status and headers included; other pack
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from torchport.errors import InvalidInput, Unavailable
+from torchport.errors import InvalidInput, TorchportError, Unavailable
 from torchport.raw_io import answer, is_raw, request_row
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.tensors import to_array, weight
@@ -29,7 +30,8 @@ from torchport.transports.http.params import (
     model_and_version,
     timeout_seconds,
 )
-from torchport.transports.http.responses import json_ready, json_response
+from torchport.transports.http.responses import STATUS, json_ready, json_response
+from torchport.transports.http.responses import error_response as torchport_error
 from torchport.types import Datatype, Signature, Tensors
 
 
@@ -74,6 +76,51 @@ def raw_answer(outputs: Tensors) -> Response:
 
 
 _HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+def error_type(exc: TorchportError) -> str:
+    """The exception TorchServe names in its error bodies for what `exc` says."""
+    if exc.code == "not_found":
+        version = exc.field == "version"
+        return "ModelVersionNotFoundException" if version else "ModelNotFoundException"
+    return _ERROR_TYPES.get(exc.code, "InternalServerException")
+
+
+_ERROR_TYPES = {
+    "conflict": "ConflictStatusException",
+    "forbidden": "ForbiddenException",
+    "invalid_input": "BadRequestException",
+    "invalid_package": "BadRequestException",
+    "unsafe_content": "BadRequestException",
+    "model_load_failed": "BadRequestException",
+    "unsupported_media_type": "BadRequestException",
+    "not_acceptable": "BadRequestException",
+    "too_large": "RequestEntityTooLargeException",
+    "unauthorized": "InvalidKeyException",
+    "unavailable": "ServiceUnavailableException",
+    "overloaded": "ServiceUnavailableException",
+    "deadline_exceeded": "RequestTimeoutException",
+    "request_timeout": "RequestTimeoutException",
+}
+
+
+def error_response(exc: TorchportError) -> Response:
+    """An error as TorchServe writes one: `{"code", "type", "message"}` (indented JSON),
+    with torchport's status and headers (Retry-After on 503)."""
+    status = STATUS.get(exc.code, 500)
+    body = {"code": status, "type": error_type(exc), "message": str(exc)}
+    if exc.field:
+        body["field"] = exc.field
+    response = torchport_error(exc)
+    return Response(
+        json.dumps(body, indent=2) + "\n",
+        status_code=status,
+        media_type="application/json",
+        headers={k: v for k, v in response.headers.items() if k.lower() in _KEPT},
+    )
+
+
+_KEPT = {"retry-after", "www-authenticate", "connection"}
 
 
 def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:

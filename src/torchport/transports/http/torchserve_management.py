@@ -22,6 +22,7 @@ from torchport.errors import InvalidInput, TorchportError
 from torchport.service.torchserve import Answer, TorchServeModels
 from torchport.transports.http.management_app import BearerAuth
 from torchport.transports.http.responses import STATUS
+from torchport.transports.http.torchserve import error_type
 
 log = logging.getLogger("torchport.torchserve")
 
@@ -40,22 +41,6 @@ def _answer(answer: Answer) -> Response:
     return _json({"status": answer.message}, answer.status)
 
 
-def _error_type(exc: TorchportError) -> str:
-    if exc.code == "not_found":
-        return (
-            "ModelVersionNotFoundException" if exc.field == "version" else "ModelNotFoundException"
-        )
-    if exc.code == "conflict":
-        return "ConflictStatusException"
-    if exc.code == "forbidden":
-        return "InvalidModelVersionException" if exc.field == "version" else "ForbiddenException"
-    if exc.code in ("invalid_input", "invalid_package", "unsafe_content", "model_load_failed"):
-        return "BadRequestException"
-    if exc.code == "unauthorized":
-        return "InvalidKeyException"
-    return "InternalServerException"
-
-
 async def _on_error(_request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _json({"code": exc.status_code, "type": "BadRequestException",
@@ -64,7 +49,10 @@ async def _on_error(_request: Request, exc: Exception) -> Response:
         log.exception("TorchServe management API: unexpected error")
         exc = TorchportError("the request failed unexpectedly; the server's log says why")
     status = STATUS.get(exc.code, 500)
-    return _json({"code": status, "type": _error_type(exc), "message": str(exc)}, status)
+    kind = error_type(exc)
+    if exc.code == "forbidden" and exc.field == "version":
+        kind = "InvalidModelVersionException"
+    return _json({"code": status, "type": kind, "message": str(exc)}, status)
 
 
 def _int(request: Request, name: str, default: int | None = None) -> int | None:
