@@ -29,6 +29,10 @@ PACKAGES = [
     "torchvision==0.28.0",
     "captum",
     "pillow",
+    # SageMaker's PyTorch inference toolkit (its containers run it on TorchServe): the
+    # SageMaker import tests compare torchport's /invocations with it.
+    "sagemaker-inference==1.10.1",
+    "sagemaker-pytorch-inference==2.0.25",
 ]
 
 

@@ -51,7 +51,9 @@ def package(
     exported: str | Path | None = None,
     torchscript: str | Path | None = None,
     handler: str | Path | None = None,
-    handler_api: Literal["torchserve"] | None = None,
+    handler_api: Literal["torchserve", "sagemaker"] | None = None,
+    handler_member: str = "handler.py",
+    model_from_handler: bool = False,
     extra_files: Sequence[str | Path] | Mapping[str, str | Path] = (),
     runtime: RuntimeDefaults | Mapping[str, Any] | None = None,
     description: str = "",
@@ -69,15 +71,18 @@ def package(
     `example` (input name → numpy array, tensor or nested list) is run through the model;
     the signature's outputs, when not given, and the example's expected outputs come from
     that run. `handler` is `handler.py` or `handler.py:ClassName`; with
-    `handler_api="torchserve"` it is a TorchServe handler (`handler.py[:function]`) and the
-    signature is `torchport.raw_io.RAW_SIGNATURE`. `extra_files` ship beside the model,
-    each under its own name, or under the member names a mapping gives. Raises
+    `handler_api="torchserve"` it is a TorchServe handler (`handler.py[:function]`), with
+    `"sagemaker"` a SageMaker inference script, and the signature is
+    `torchport.raw_io.RAW_SIGNATURE`; `handler_member` names it in the package, and
+    `model_from_handler` says the handler loads the model itself (no model is given).
+    `extra_files` ship beside the model, each under its own name, or under the member
+    names a mapping gives. Raises
     `torchport.errors.TorchportError` subclasses, and writes nothing on failure.
     """
     check_model_name(name)
     out = Path(out)
     sources = sum(x is not None for x in (exported, torchscript)) + (
-        module is not None or code is not None
+        module is not None or code is not None or model_from_handler
     )
     if sources != 1:
         raise InvalidInput(
@@ -95,7 +100,7 @@ def package(
     with tempfile.TemporaryDirectory(prefix="torchport-package-") as tmp:
         stage = Path(tmp)
         files: dict[str, Path] = {}
-        handler_entry = _stage_handler(handler, handler_api, stage, files)
+        handler_entry = _stage_handler(handler, handler_api, handler_member, stage, files)
         extras = (
             extra_files
             if isinstance(extra_files, Mapping)
@@ -111,7 +116,15 @@ def package(
                 torchscript = target
             else:
                 exported = _export(module, name, example, sig, handler_entry, stage, files)
-        entry = _stage_model(module, code, weights, exported, torchscript, stage, files)
+        if model_from_handler:
+            if handler_entry is None or handler_entry.api is None:
+                raise InvalidInput(
+                    "only a TorchServe or SageMaker handler loads its model itself",
+                    field="handler",
+                )
+            entry = ModelEntry(kind=ModelKind.HANDLER, file=handler_entry.file)
+        else:
+            entry = _stage_model(module, code, weights, exported, torchscript, stage, files)
 
         inputs = _example_arrays(example, sig) if example is not None else None
         input_names = [s.name for s in sig.inputs] if sig else list(inputs or {})
@@ -177,16 +190,17 @@ def _split_ref(ref: str, default: str | None) -> tuple[Path, str | None]:
 
 def _stage_handler(
     handler: str | Path | None,
-    api: Literal["torchserve"] | None,
+    api: Literal["torchserve", "sagemaker"] | None,
+    member: str,
     stage: Path,
     files: dict[str, Path],
 ) -> HandlerEntry | None:
     if handler is None:
         return None
-    default = "handle" if api == "torchserve" else "Handler"
+    default = {"torchserve": "handle", "sagemaker": "model_fn"}.get(api or "", "Handler")
     path, obj = _split_ref(str(handler), default)
-    _stage_copy(path, stage, files, "handler.py")
-    return HandlerEntry(file="handler.py", object=obj or default, api=api)
+    _stage_copy(path, stage, files, check_member_name(member))
+    return HandlerEntry(file=member, object=obj or default, api=api)
 
 
 def _stage_model(

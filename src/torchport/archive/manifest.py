@@ -46,6 +46,7 @@ class ModelKind(enum.StrEnum):
     TORCHSCRIPT = "torchscript"  # TorchScript archive (.pt)
     ONNX = "onnx"
     AOTI = "aoti"  # AOTInductor package (.pt2)
+    HANDLER = "handler"  # the handler builds the model itself (a SageMaker script's model_fn)
 
 
 class _Strict(BaseModel):
@@ -67,9 +68,10 @@ class HandlerEntry(_Strict):
     object: str = "Handler"
     """The `Handler` subclass in `file`; for a TorchServe handler, the function TorchServe
     would call (its `module:function`), used when the module has it."""
-    api: Literal["torchserve"] | None = None
-    """`torchserve`: `file` is a TorchServe handler, run unchanged (the package has the raw
-    signature, `torchport.raw_io`); None: a torchport `Handler`."""
+    api: Literal["torchserve", "sagemaker"] | None = None
+    """`torchserve`: `file` is a TorchServe handler; `sagemaker`: a SageMaker inference
+    script; each run unchanged (the package has the raw signature, `torchport.raw_io`).
+    None: a torchport `Handler`."""
 
 
 class RuntimeDefaults(_Strict):

@@ -1,4 +1,5 @@
-"""`torchport import`: a TorchServe model archive (.mar) as a torchport package."""
+"""`torchport import`: a TorchServe model archive (.mar) or a SageMaker PyTorch
+`model.tar.gz` as a torchport package."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ Opt = typer.Option
 
 
 def import_cmd(
-    archive: Annotated[Path, typer.Argument(help="A TorchServe model archive (.mar).")],
+    archive: Annotated[
+        Path, typer.Argument(help="A TorchServe .mar, or a SageMaker PyTorch model.tar.gz.")
+    ],
     out_path: Annotated[
         Path | None, Opt("-o", "--out", help="The package to write (default: NAME.tpa beside it).")
     ] = None,
     name: Annotated[
-        str | None, Opt("--name", help="Model name (default: the archive's modelName).")
+        str | None,
+        Opt("--name", help="Model name (default: the .mar's modelName, or the file's name)."),
     ] = None,
     example: Annotated[
         Path | None,
@@ -27,7 +31,10 @@ def import_cmd(
     ] = None,
     example_content_type: Annotated[
         str | None,
-        Opt(help="The example's Content-Type (default: from its suffix: .json, .txt, .csv)."),
+        Opt(help="The example's Content-Type (default: from its suffix: .json, .txt, .csv, .npy)."),
+    ] = None,
+    accept: Annotated[
+        str | None, Opt(help="SageMaker: the Accept the example is answered in (default JSON).")
     ] = None,
     requirements_installed: Annotated[
         bool,
@@ -37,28 +44,34 @@ def import_cmd(
         ),
     ] = False,
 ) -> None:
-    """Convert a TorchServe .mar (model, handler, extra files) to a verified package."""
-    from torchport.migrate import import_mar
+    """Convert a TorchServe .mar or a SageMaker model.tar.gz (model, handler or inference
+    script, extra files) to a verified package."""
+    from torchport.migrate import import_archive
 
     started = time.perf_counter()
     with status(f"importing {archive.name}") as progress:
-        imported = import_mar(
+        imported = import_archive(
             archive,
             out_path,
             name=name,
             example=example,
             example_content_type=example_content_type,
+            accept=accept,
             requirements_installed=requirements_installed,
             progress=progress,
         )
     manifest, written = imported.manifest, imported.path
     seconds = time.perf_counter() - started
+    api = _API[manifest.handler.api if manifest.handler else None]
     out.print(
         f"wrote {written} ({human_size(written.stat().st_size)}): model '{manifest.name}', "
-        f"{manifest.model.kind.value} model, TorchServe handler, in {seconds:.1f} s"
+        f"{manifest.model.kind.value} model, {api}, in {seconds:.1f} s"
     )
     if not manifest.examples:
         out.print(
             "note: the package has no example, so nothing checks its answers when it loads; "
             "import again with --example BODY_FILE (a request body) to add one"
         )
+
+
+_API = {"torchserve": "TorchServe handler", "sagemaker": "SageMaker script", None: "handler"}

@@ -57,7 +57,7 @@ _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 @dataclass(frozen=True)
-class ImportedMar:
+class Imported:
     """What `import_mar` wrote."""
 
     manifest: Manifest
@@ -90,7 +90,7 @@ def import_mar(
     requirements_installed: bool = False,
     limits: Limits | None = None,
     progress: Callable[[str], None] | None = None,
-) -> ImportedMar:
+) -> Imported:
     """Convert the TorchServe archive `mar` to a package at `out` (default: `NAME.tpa`
     beside the archive) and say what was written.
 
@@ -143,7 +143,7 @@ def import_mar(
                 f"version {model.get('modelVersion')!s})"
             ),
         )
-        return ImportedMar(written, target, str(model.get("modelVersion") or "1.0"))
+        return Imported(written, target, str(model.get("modelVersion") or "1.0"))
 
 
 def mar_identity(mar: Path) -> tuple[str, str]:
@@ -206,15 +206,21 @@ def _check_requirements(contents: MarContents, installed_ok: bool) -> None:
     if not requirements:
         return
     path = contents.files.get(str(requirements))
-    lines = path.read_text().splitlines() if path is not None else []
+    check_requirements_text(
+        str(requirements), path.read_text() if path is not None else "", installed_ok
+    )
+
+
+def check_requirements_text(where: str, text: str, installed_ok: bool) -> None:
+    """Refuse a requirements file unless its packages are installed here (and said so)."""
     names = [
         m.group(1)
-        for line in lines
+        for line in text.splitlines()
         if (m := _REQUIREMENT_NAME.match(line)) and not line.lstrip().startswith(("#", "-"))
     ]
     if not installed_ok:
         raise UnsafeContent(
-            f"the archive's {requirements} would install packages at load "
+            f"the archive's {where} would install packages at load "
             f"({', '.join(names) or 'none named'}); torchport never installs packages while "
             "loading a model: install them into the environment torchport runs in, then "
             "import again with --requirements-installed",
@@ -228,7 +234,7 @@ def _check_requirements(contents: MarContents, installed_ok: bool) -> None:
             missing.append(requirement)
     if missing:
         raise InvalidInput(
-            f"{requirements} names packages that are not installed here: {', '.join(missing)}",
+            f"{where} names packages that are not installed here: {', '.join(missing)}",
             field="requirementsFile",
         )
 
@@ -302,7 +308,7 @@ def _model(
         )
     suffix = weights.suffix.lower()
     if suffix in (".pt", ".pth", ".torchscript"):
-        if not _is_torchscript(weights):
+        if not is_torchscript(weights):
             raise UnsafeContent(
                 f"{weights.name} is a pickled model (torch.save(model)); torchport never "
                 "unpickles a model: archive its state dict with the model's class "
@@ -337,7 +343,7 @@ def _model_class(model_py: Path) -> str:
     return classes[0].__name__
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

@@ -25,6 +25,8 @@ def load_model(entry: ModelEntry, files: Path) -> Any:
     exported-program, AOTInductor and TorchScript loaders, ONNX files by ONNX Runtime.
     """
     path = files / entry.file
+    if entry.kind is ModelKind.HANDLER:
+        return None  # the handler loads it (a SageMaker script's model_fn)
     try:
         if entry.kind is ModelKind.CODE:
             return _load_code(entry, files)
@@ -97,6 +99,10 @@ def load_handler(entry: HandlerEntry | None, model: Any, context: HandlerContext
         from torchport.runtime.torchserve import TorchServeHandler
 
         return TorchServeHandler(model, context, entry)
+    if entry.api == "sagemaker":
+        from torchport.runtime.sagemaker import SageMakerHandler
+
+        return SageMakerHandler(model, context, entry)
     module = import_file(context.files / entry.file)
     cls = getattr(module, entry.object, None)
     if not (isinstance(cls, type) and issubclass(cls, Handler)):

@@ -29,7 +29,7 @@ from torchport.archive import HandlerEntry
 from torchport.errors import ModelLoadError
 from torchport.raw_io import BODY, answers, headers_of
 from torchport.runtime.handler import Handler, HandlerContext
-from torchport.runtime.torchserve.scoped_import import ScopedImporter
+from torchport.runtime.scoped_import import ScopedImporter
 from torchport.runtime.torchserve.ts import __version__ as TS_VERSION
 from torchport.runtime.torchserve.ts.context import Context, RequestProcessor
 from torchport.runtime.torchserve.ts.metrics.metric_cache import MetricsCache
@@ -72,7 +72,7 @@ class TorchServeHandler(Handler):
             model_yaml_config=yaml_config,
         )
         self.ts_context.preloaded_model = model
-        module = ScopedImporter(files).load(entry.file)
+        module = ScopedImporter(files, {"ts": "torchport.runtime.torchserve.ts"}).load(entry.file)
         self._handle, initialize = entry_point(module, entry.object, entry.file)
         # TorchServe runs one batch at a time per worker, and handlers keep a batch's state
         # on `self` and on the context: so does this.

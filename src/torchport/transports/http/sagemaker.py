@@ -30,13 +30,16 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from torchport.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
+from torchport.raw_io import is_raw, request_row
 from torchport.service.inference import InferenceService, InferRequest
 from torchport.tensors import element_count, to_array, weight
 from torchport.transports.http.body import BodyLimit, parse_json, read_body
 from torchport.transports.http.kserve_v1 import instances_to_inputs, outputs_to_predictions
 from torchport.transports.http.oip_codec import decode_document, encode_response
+from torchport.transports.http.params import headers as request_headers
 from torchport.transports.http.params import timeout_seconds
 from torchport.transports.http.responses import json_ready, json_response
+from torchport.transports.http.torchserve import raw_answer
 from torchport.types import Datatype, Signature, Tensors, TensorSpec
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
@@ -46,13 +49,19 @@ ANSWERS = (JSON, CSV, NPY)
 
 def routes(service: InferenceService, max_body: BodyLimit, model: str) -> list[BaseRoute]:
     async def invocations(request: Request) -> Response:
-        content_type = _media_type(request.headers.get("content-type")) or JSON
-        answer = _accepted(request.headers.get("accept"))
         body = await read_body(request, max_body)
-        if content_type == FORM and body.lstrip()[:1] in (b"{", b"["):
-            content_type = JSON  # what `curl -d` sends with a JSON body
         signature = await service.signature(model)
         timeout = timeout_seconds(request)
+        if is_raw(signature):
+            # A SageMaker script (or TorchServe handler): body and headers as sent, its
+            # answer as it wrote it.
+            raw = request_row(body, request_headers(request))
+            response = await service.infer(InferRequest(model, raw, None, timeout_s=timeout))
+            return raw_answer(response.outputs)
+        content_type = _media_type(request.headers.get("content-type")) or JSON
+        answer = _accepted(request.headers.get("accept"))
+        if content_type == FORM and body.lstrip()[:1] in (b"{", b"["):
+            content_type = JSON  # what `curl -d` sends with a JSON body
         size = len(body)
         if content_type == JSON and body.lstrip().startswith(b"{") and b'"inputs"' in body:
             doc = await service.offload(size, parse_json, body)
