@@ -270,3 +270,13 @@ def test_the_import_command_writes_the_package_and_says_when_it_has_no_example(
     assert failed.returncode != 0
     assert failed.stderr.count("\n") == 1
     assert "missing.mar does not exist" in failed.stderr
+
+
+def test_an_imported_package_is_not_exported_and_says_why(
+    packages: dict[str, Path], tmp_path: Path
+) -> None:
+    from torchport.export import export_package
+    from torchport.export.targets import ExportFailed
+
+    with pytest.raises(ExportFailed, match="runs a torchserve handler on raw request bodies"):
+        export_package(packages["rows"], "torchscript", tmp_path / "x.tpa")

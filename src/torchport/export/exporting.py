@@ -113,6 +113,13 @@ def describe_failure(parity: Parity, target: Target) -> str:
 def _open(source: Path) -> Iterator[LocalRunner]:
     runner = open_runner(source, warm_up=False, compile=False)
     try:
+        handler = runner.manifest.handler
+        if handler is not None and handler.api is not None:
+            raise ExportFailed(
+                f"{source.name} runs a {handler.api} handler on raw request bodies: its model "
+                "is the handler's to call, and there is nothing to export; package the model "
+                "itself (torchport package) to export it"
+            )
         yield runner
     finally:
         runner.close()
