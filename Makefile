@@ -51,6 +51,7 @@ bench: install
 	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
 	$(BIN)/python benchmarks/load_latency.py
 	$(BIN)/python benchmarks/serve_ready.py
+	$(BIN)/python benchmarks/import_to_serving.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py
