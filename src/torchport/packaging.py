@@ -57,6 +57,7 @@ def package(
     extra_files: Sequence[str | Path] | Mapping[str, str | Path] = (),
     runtime: RuntimeDefaults | Mapping[str, Any] | None = None,
     description: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Write a package to `out` and return its manifest.
 
@@ -161,6 +162,7 @@ def package(
             runtime=runtime_defaults,
             files={},
             examples=examples,
+            labels=dict(labels) if labels else None,
         )
         return write_package(out, manifest, files)
 

@@ -86,6 +86,8 @@ CASES = [
     ("/predictions/rows", b"not json", JSON),
     ("/predictions/shout", b"hello", {"content-type": "text/plain", "x-tag": "t7"}),
     ("/predictions/shout", b"\xff\xfe", {"content-type": "application/octet-stream"}),
+    # A version as TorchServe names it: the archive's own version.
+    ("/predictions/shout/2.0", b"pinned", {"content-type": "text/plain"}),
 ]
 
 
@@ -144,3 +146,28 @@ def test_a_batch_reaches_the_handler_together_and_errors_stay_per_request(
     assert [
         (status, {k: v for k, v in doc.items() if k != "batch"}) for status, doc in ours
     ] == strip
+
+
+def test_a_version_the_archive_never_had_is_a_404_of_torchserves_kind(
+    torchserve: str, torchport: str
+) -> None:
+    theirs, ours = _both(torchserve, torchport, "/predictions/shout/9.0", b"x", {})
+    assert ours.status_code == theirs.status_code == 404
+    assert ours.json()["type"] == theirs.json()["type"] == "ModelVersionNotFoundException"
+
+
+def test_front_end_processes_pass_raw_bodies_statuses_and_named_versions(
+    archives: dict[str, Path], tmp_path: Path
+) -> None:
+    packages = [import_mar(archives[n], tmp_path / f"{n}.tpa").path for n in ("rows", "shout")]
+    server = ServerProcess(tmp_path / "store", packages, TORCHPORT_FRONTENDS="2").start()
+    try:
+        url = server.url
+        bad = httpx.post(f"{url}/predictions/rows", content=b'{"x": 1}', headers=JSON)
+        assert (bad.status_code, bad.json()) == (422, {"error": "missing 'rows'"})
+        pinned = httpx.post(f"{url}/predictions/shout/2.0", content=b"hi",
+                            headers={"content-type": "text/plain", "x-tag": "fe"})  # fmt: skip
+        assert (pinned.status_code, pinned.content) == (200, b"HI|3|fe")
+        assert httpx.post(f"{url}/predictions/shout/9.0", content=b"x").status_code == 404
+    finally:
+        server.stop()

@@ -161,6 +161,9 @@ class Manifest(_Strict):
     examples: list[Example] = Field(default_factory=list)
     export: ExportInfo | None = None
     """Set on packages written by `torchport export`: the source and the parity report."""
+    labels: dict[str, str] | None = None
+    """Names the model had where it came from (`torchserve_version`: a `.mar`'s own
+    version, which TorchServe's clients and calls name it by); kept with each version."""
 
     @field_validator("files")
     @classmethod

@@ -142,6 +142,7 @@ def import_mar(
                 f"imported from {mar.name} (TorchServe model {model.get('modelName')!s}, "
                 f"version {model.get('modelVersion')!s})"
             ),
+            labels={"torchserve_version": str(model.get("modelVersion") or "1.0")},
         )
         return Imported(written, target, str(model.get("modelVersion") or "1.0"))
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 
+from torchport.errors import NotFound
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.requests import RequestCounter, Tracked, tracked
 from torchport.service.compare import RecentRequests
@@ -28,6 +29,7 @@ from torchport.service.inference import (
     timeout_parameter,
     wanted_outputs,
 )
+from torchport.service.labels import torchserve_name
 from torchport.service.registry import Registry
 from torchport.types import Signature
 
@@ -96,6 +98,13 @@ class DataPlane:
 
     async def signature(self, model: str, version: int | None = None) -> Signature:
         return self.registry.signature(model, version)[1]
+
+    async def version_named(self, model: str, name: str) -> int:
+        info = self.registry.store.get_model(model)
+        for version in info.versions:
+            if torchserve_name(version) == name:
+                return version.version
+        raise NotFound(f"model '{model}' has no version {name}", field="version")
 
     async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
         resolved, signature = self.registry.signature(model, version)

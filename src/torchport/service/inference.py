@@ -130,6 +130,11 @@ class InferenceService(Protocol):
 
     async def signature(self, model: str, version: int | None = None) -> Signature: ...
 
+    async def version_named(self, model: str, name: str) -> int:
+        """The version another server's client names `name` (TorchServe's `1.0`: the
+        archive's version it was registered with), or its number; `NotFound` if none."""
+        ...
+
     async def metadata(self, model: str, version: int | None = None) -> ModelMetadata: ...
 
     async def models(self) -> list[str]:

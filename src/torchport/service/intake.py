@@ -168,6 +168,8 @@ class _Connection:
             }
         if question == "models":
             return await dataplane.models()
+        if question == "version_named":
+            return await dataplane.version_named(*args)
         if question == "ready":
             return await dataplane.ready(*args)
         if question == "server_ready":

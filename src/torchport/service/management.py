@@ -146,10 +146,7 @@ class Management:
                 info = self.store.add_version(
                     model,
                     private,
-                    metadata={
-                        **_metadata(manifest),
-                        **({"labels": dict(labels)} if labels else {}),
-                    },
+                    metadata=_metadata(manifest, labels),
                     actor=actor,
                     promote=promote,
                 )
@@ -325,8 +322,10 @@ def _refuse_failed_export(manifest: Manifest) -> None:
     )
 
 
-def _metadata(manifest: Manifest) -> dict[str, Any]:
+def _metadata(manifest: Manifest, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    named = {**(manifest.labels or {}), **(labels or {})}
     return {
+        **({"labels": named} if named else {}),
         "signature": manifest.signature.model_dump(mode="json"),
         "model_kind": manifest.model.kind.value,
         "package_name": manifest.name,

@@ -228,6 +228,9 @@ class RemoteDataPlane(Counter):
     async def signature(self, model: str, version: int | None = None) -> Signature:
         return (await self._signature(model, version))[1]
 
+    async def version_named(self, model: str, name: str) -> int:
+        return int(await self._ask("version_named", model, name))
+
     async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
         data = await self._ask("metadata", model, version)
         return ModelMetadata(

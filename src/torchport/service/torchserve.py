@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,12 +37,11 @@ from torchport.migrate import import_mar
 from torchport.migrate.mar import mar_identity
 from torchport.migrate.torchserve_config import ArchiveToLoad
 from torchport.scratch import scratch
+from torchport.service.labels import TORCHSERVE_URL, TORCHSERVE_VERSION, label, torchserve_name
 from torchport.service.management import Management
 from torchport.settings import Settings
 from torchport.store import ModelInfo, VersionInfo
 
-LABEL = "torchserve_version"
-URL_LABEL = "torchserve_url"
 MAX_REDIRECTS = 5
 
 
@@ -85,11 +84,11 @@ class TorchServeModels:
             raise InvalidInput("initial_workers must be 0 or more", field="initial_workers")
         with scratch("torchserve-register") as tmp:
             archive = self._archive(url, tmp)
-            name, label = mar_identity(archive)
+            name, named = mar_identity(archive)
             name = model_name or name
-            if self._find(name, label, missing_ok=True) is not None:
+            if self._find(name, named, missing_ok=True) is not None:
                 raise Conflict(
-                    f"Model version {label} is already registered for model {name}",
+                    f"Model version {named} is already registered for model {name}",
                     field="url",
                 )
             imported = import_mar(archive, tmp / "package.tpa", name=name)
@@ -97,7 +96,7 @@ class TorchServeModels:
                 imported.path,
                 name=name,
                 actor="torchserve-api",
-                labels={LABEL: label, URL_LABEL: url},
+                labels={TORCHSERVE_VERSION: named, TORCHSERVE_URL: url},
             )
         version = report.version.version
         config: dict[str, Any] = {}
@@ -111,11 +110,11 @@ class TorchServeModels:
             self.management.set_config(name, version, config, actor="torchserve-api")
         self._serve(name, version, initial_workers > 0)
         message = (
-            f'Model "{name}" Version: {label} registered with {initial_workers} initial workers'
+            f'Model "{name}" Version: {named} registered with {initial_workers} initial workers'
         )
         if initial_workers == 0:
             message += ". Use scale workers API to add workers for the model."
-        return Answer(200 if synchronous else 202, message, name, label)
+        return Answer(200 if synchronous else 202, message, name, named)
 
     def load_at_start(self, archives: Sequence[ArchiveToLoad], say: Callable[[str], None]) -> None:
         """Register what `config.properties` names, once: an archive whose version the
@@ -244,7 +243,7 @@ class TorchServeModels:
         workers = int(config.get("workers") or 1) if state == "READY" else 0
         return {
             "modelName": info.name,
-            "modelVersion": label_of(version),
+            "modelVersion": torchserve_name(version),
             "modelUrl": _url(version),
             "runtime": "python",
             "minWorkers": workers,
@@ -296,7 +295,7 @@ class TorchServeModels:
             self.management.set_config(model, chosen.version, config, actor="torchserve-api")
         self._serve(model, chosen.version, workers > 0)
         if synchronous:
-            which = f", version: {label_of(chosen)}" if version else ""
+            which = f", version: {torchserve_name(chosen)}" if version else ""
             return Answer(200, f"Workers scaled to {workers} for model: {model}{which}")
         return Answer(202, "Processing worker updates...")
 
@@ -305,7 +304,8 @@ class TorchServeModels:
         self.management.promote(model, chosen.version, actor="torchserve-api")
         return Answer(
             200,
-            f'Default version successfully updated for model "{model}" to "{label_of(chosen)}"',
+            f'Default version successfully updated for model "{model}" to '
+            f'"{torchserve_name(chosen)}"',
         )
 
     def unregister(self, model: str, version: str | None = None) -> Answer:
@@ -334,7 +334,7 @@ class TorchServeModels:
                 return None
             raise NotFound(f"Model not found: {model}", field="model") from None
         for version in info.versions:
-            if label_of(version) == label:
+            if torchserve_name(version) == label:
                 return version
         if missing_ok:
             return None
@@ -367,13 +367,6 @@ class TorchServeModels:
             raise Unavailable(f"model {model}: {exc}", field="model") from None
 
 
-def label_of(version: VersionInfo) -> str:
-    labels = version.metadata.get("labels")
-    if isinstance(labels, Mapping) and isinstance(labels.get(LABEL), str):
-        return str(labels[LABEL])
-    return str(version.version)
-
-
 def effective_config(version: VersionInfo) -> dict[str, Any]:
     runtime = version.metadata.get("runtime")
     return {**(runtime if isinstance(runtime, dict) else {}), **version.config}
@@ -387,10 +380,7 @@ def _default(info: ModelInfo) -> VersionInfo:
 
 
 def _url(version: VersionInfo) -> str:
-    labels = version.metadata.get("labels")
-    if isinstance(labels, Mapping) and isinstance(labels.get(URL_LABEL), str):
-        return str(labels[URL_LABEL])
-    return f"{version.model}.tpa"
+    return label(version, TORCHSERVE_URL) or f"{version.model}.tpa"
 
 
 def _whole(value: Any) -> Any:

@@ -123,9 +123,19 @@ def error_response(exc: TorchportError) -> Response:
 _KEPT = {"retry-after", "www-authenticate", "connection"}
 
 
+async def _model_and_version(service: InferenceService, request: Request) -> tuple[str, int | None]:
+    """A version is a number, or the name TorchServe gave it (`1.0`: the version of the
+    archive it was registered from)."""
+    raw = request.path_params.get("version")
+    if raw and not (raw.isascii() and raw.isdigit()) and "." in raw:
+        model = request.path_params["model"]
+        return model, await service.version_named(model, raw)
+    return model_and_version(request)
+
+
 def routes(service: InferenceService, max_body: BodyLimit) -> list[BaseRoute]:
     async def predictions(request: Request) -> Response:
-        model, version = model_and_version(request)
+        model, version = await _model_and_version(service, request)
         body = await read_body(request, max_body)
         signature = await service.signature(model, version)
         timeout = timeout_seconds(request)
