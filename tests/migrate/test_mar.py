@@ -280,3 +280,32 @@ def test_an_imported_package_is_not_exported_and_says_why(
 
     with pytest.raises(ExportFailed, match="runs a torchserve handler on raw request bodies"):
         export_package(packages["rows"], "torchscript", tmp_path / "x.tpa")
+
+
+def test_an_exported_program_archive_runs_its_handler_on_the_program(tmp_path: Path) -> None:
+    handler = write(
+        tmp_path / "h.py",
+        "import torch\n"
+        "from ts.torch_handler.base_handler import BaseHandler\n\n\n"
+        "class Rows(BaseHandler):\n"
+        "    def preprocess(self, data):\n"
+        "        return torch.tensor([d['body'] for d in data], dtype=torch.float32)\n",
+    )
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 2).eval()
+    example = torch.ones(2, 4)
+    program = torch.export.export(
+        linear, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, tmp_path / "linear.pt2")
+    mar = archive(tmp_path, "exported", handler=str(handler), serialized=tmp_path / "linear.pt2")
+    imported = import_mar(mar, tmp_path / "exported.tpa")
+    assert imported.manifest.model.kind.value == "exported"
+    body, status, _ = answer(
+        torchport.load(imported.path).predict(
+            request_row(b"[1, 2, 3, 4]", {"content-type": "application/json"})
+        )
+    )
+    assert status == 200
+    expected = linear(torch.tensor([[1.0, 2.0, 3.0, 4.0]])).tolist()[0]
+    assert json.loads(body) == pytest.approx(expected, rel=1e-6)

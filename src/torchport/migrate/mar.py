@@ -109,7 +109,7 @@ def import_mar(
         model_name = check_model_name(name or str(model.get("modelName") or mar.stem))
         _check_requirements(contents, requirements_installed)
         handler, handler_object = _handler(contents, Path(tmp))
-        code, weights, torchscript, served_as = _model(contents, Path(tmp))
+        code, weights, torchscript, exported, served_as = _model(contents, Path(tmp))
         runtime = _runtime(contents)
         manifest = dict(contents.manifest)
         manifest["model"] = {
@@ -132,6 +132,7 @@ def import_mar(
             code=code,
             weights=weights,
             torchscript=torchscript,
+            exported=exported,
             handler=f"{handler}:{handler_object}" if handler_object else handler,
             handler_api="torchserve",
             signature=RAW_SIGNATURE,
@@ -277,9 +278,9 @@ def _handler(contents: MarContents, tmp: Path) -> tuple[Path, str | None]:
 
 def _model(
     contents: MarContents, tmp: Path
-) -> tuple[str | None, Path | None, Path | None, str | None]:
-    """(code `model.py:Class`, weights, TorchScript file, the serialized file's name in
-    the package) for `package()`."""
+) -> tuple[str | None, Path | None, Path | None, Path | None, str | None]:
+    """(code `model.py:Class`, weights, TorchScript file, exported program, the serialized
+    file's name in the package) for `package()`."""
     model = contents.model
     serialized = str(model.get("serializedFile") or "") or None
     model_file = str(model.get("modelFile") or "") or None
@@ -297,6 +298,7 @@ def _model(
         return (
             f"{staged}:{cls}",
             weights,
+            None,
             None,
             "weights.safetensors" if weights is not None else None,
         )
@@ -317,11 +319,22 @@ def _model(
                 "state_dict.pt) or a TorchScript file (torch.jit.save(torch.jit.script(m)))",
                 field="serializedFile",
             )
-        return None, None, weights, "model.pt"
+        return None, None, weights, None, "model.pt"
+    if suffix == ".pt2":
+        try:
+            torch.export.load(str(weights))
+        except Exception as exc:
+            raise PackageError(
+                f"{weights.name} is not a torch.export program ({type(exc).__name__}); an "
+                "AOTInductor package is not imported: export it with `torchport export --to "
+                "aoti` from an imported package instead",
+                field="serializedFile",
+            ) from None
+        return None, None, None, weights, "model.pt2"
     raise PackageError(
         f"the archive's serialized model {weights.name} is not supported by the import "
-        "(supported: a state dict with a model file, or TorchScript); export it with "
-        "`torchport export` from a package instead",
+        "(supported: a state dict with a model file, TorchScript, or a torch.export "
+        "program); export it with `torchport export` from a package instead",
         field="serializedFile",
     )
 

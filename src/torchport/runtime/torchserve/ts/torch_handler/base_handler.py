@@ -9,6 +9,7 @@ safetensors, TorchScript by torch's own loader), so nothing is unpickled here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -58,7 +59,9 @@ class BaseHandler:
             raise RuntimeError("No model weights could be loaded")
         self.model = model
         if isinstance(model, torch.nn.Module):
-            self.model.eval()
+            # An exported program's module is in inference form already and refuses eval().
+            with contextlib.suppress(NotImplementedError):
+                self.model.eval()
         self.mapping = load_label_mapping(os.path.join(model_dir, "index_to_name.json"))
         self.initialized = True
 
