@@ -63,6 +63,7 @@ class RowsHandler(BaseHandler):
             else:
                 self.context.set_response_content_type(i, "application/json")
                 out.append({"scores": round_scores(row), "batch": len(data)})
+        self.context.metrics.add_counter("RowsAnswered", len(out))
         return out
 """
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 import torchport
 from tests.cli.test_cli import cli
+from tests.e2e.server import value
 from tests.inprocess import in_process
 from tests.migrate.archives import LABELS, archive, build_all, png, write
 from torchport.archive import read_package
@@ -194,6 +195,28 @@ def test_torchserve_routes_answer_with_the_handlers_body_and_status(
         assert oip.status_code == 200
         outputs = {o["name"]: o["data"] for o in oip.json()["outputs"]}
         assert outputs["status"] == [503]  # no content type: bytes, which this handler refuses
+        # What handlers record through context.metrics is on /metrics, per version.
+        samples = server.scrape()
+        handler_time = value(
+            samples,
+            "torchport_handler_metric",
+            model="rows",
+            version="1",
+            metric="HandlerTime",
+            unit="ms",
+            dimensions="ModelName:rows",
+        )
+        assert handler_time > 0
+        answered = value(
+            samples,
+            "torchport_handler_metric",
+            model="rows",
+            version="1",
+            metric="RowsAnswered",
+            unit="count",
+            dimensions="ModelName:rows",
+        )
+        assert answered == 3  # the upload's example check, then the two requests
 
 
 def test_an_archive_with_a_pickled_full_model_is_refused_saying_what_to_do(

@@ -38,6 +38,9 @@ class VersionGauges:
     running: int
     worker_kind: str
     workers: int
+    handler_metrics: tuple[tuple[str, str, str, float], ...] = ()
+    """What the version's handler recorded itself (a TorchServe handler's
+    `context.metrics`): (name, unit, dimensions as `Name:value,…`, value)."""
 
 
 class Metrics:
@@ -140,9 +143,17 @@ class _VersionCollector(Collector):
             "Workers of each loaded version (threads, or live worker processes).",
             labels=["model", "version", "kind"],
         )
+        handler = GaugeMetricFamily(
+            "torchport_handler_metric",
+            "Metrics a version's handler records itself (a TorchServe handler's "
+            "context.metrics): the latest value of a gauge, the running sum of a counter.",
+            labels=["model", "version", "metric", "unit", "dimensions"],
+        )
         for v in self._versions():
             labels = [v.model, str(v.version)]
             queued.add_metric(labels, v.queued)
             running.add_metric(labels, v.running)
             workers.add_metric([*labels, v.worker_kind], v.workers)
-        yield from (queued, running, workers)
+            for name, unit, dimensions, value in v.handler_metrics:
+                handler.add_metric([*labels, name, unit, dimensions], value)
+        yield from (queued, running, workers, handler)

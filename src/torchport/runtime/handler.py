@@ -75,6 +75,10 @@ class Handler:
     def __call__(self, inputs: Tensors) -> Tensors:
         return self.postprocess(self.inference(self.preprocess(inputs)))
 
+    def recorded_metrics(self) -> list[tuple[str, str, str, float]]:
+        """Metrics the handler recorded itself: (name, unit, dimensions, value); none here."""
+        return []
+
 
 def name_outputs(outputs: Any, names: Sequence[str] | None = None) -> Tensors:
     """Name a model's raw outputs (tensor, tuple/list of tensors, or dict) as numpy arrays."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from torchport.errors import NotFound, TorchportError, Unavailable
 from torchport.observability.metrics import Metrics, VersionGauges
-from torchport.runtime import Backend, Batcher, Deployment, LocalRunner, open_runner
+from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner, open_runner
 from torchport.service.inference import VersionState
 from torchport.store import ModelStore, VersionInfo
 from torchport.types import Signature
@@ -493,6 +493,8 @@ class Registry:
         out = []
         for v in loaded:
             live = v.runner.live_workers()
+            handler = getattr(v.runner, "handler", None)  # a version run in this process
+            recorded = handler.recorded_metrics() if isinstance(handler, Handler) else []
             out.append(
                 VersionGauges(
                     v.model,
@@ -501,6 +503,7 @@ class Registry:
                     v.batcher.running,
                     v.runner.placement.kind,
                     v.batcher.policy.workers if live is None else live,
+                    tuple(recorded),
                 )
             )
         return out

@@ -86,6 +86,9 @@ class TorchServeHandler(Handler):
                 + (f": {first[0][:200]}" if first else "")
             ) from exc
 
+    def recorded_metrics(self) -> list[tuple[str, str, str, float]]:
+        return self.metrics.recorded()
+
     def __call__(self, inputs: Tensors) -> Tensors:
         bodies = list(inputs[BODY])
         headers = headers_of(inputs, len(bodies))

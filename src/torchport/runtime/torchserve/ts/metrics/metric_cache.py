@@ -136,6 +136,17 @@ class MetricsCache:
     ) -> None:
         self.add_metric(name, value, "", None, dimensions, MetricTypes.COUNTER)
 
+    def recorded(self) -> list[tuple[str, str, str, float]]:
+        """Every value: (name, unit, `Name:value,…` of its dimensions, value)."""
+        with self._lock:
+            metrics = list(self._metrics.values())
+        out = []
+        for m in metrics:
+            for key, value in list(m.values.items()):
+                dims = ",".join(f"{n}:{v}" for n, v in zip(m.dimension_names, key, strict=False))
+                out.append((m.name, m.unit, dims, value))
+        return out
+
     def snapshot(self) -> dict[str, dict[tuple[str, ...], float]]:
         """Each metric's values by dimension values (`name`, or `name:type` when one name
         has several types)."""
