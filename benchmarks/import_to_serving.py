@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests.migrate.archives import build_all, png  # noqa: E402
 from tests.migrate.test_sagemaker import ALL_FOUR, _model_pt, _tar  # noqa: E402
 
-from benchmarks.serve_ready import free_port  # noqa: E402
+from benchmarks.serve_ready import free_port, until_ok  # noqa: E402
 
 REQUESTS = {
     "rows": ("/predictions/rows", b'{"rows": [1, 2, 3, 4]}', "application/json"),
@@ -74,24 +73,16 @@ def first_answer(package: Path, name: str) -> float:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     data = body if body is not None else png()
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"{name}: the server exited with {proc.returncode}")
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}{path}", data=data,
-                headers={"Content-Type": content_type}, method="POST",
-            )  # fmt: skip
-            try:
-                with urllib.request.urlopen(request, timeout=5) as answer:
-                    if answer.status == 200:
-                        return time.perf_counter() - started
-            except OSError:
-                pass
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    return until_ok(
+        proc,
+        lambda: urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            data=data,
+            headers={"Content-Type": content_type},
+            method="POST",
+        ),
+        started,
+    )
 
 
 def main() -> None:

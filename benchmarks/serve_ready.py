@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +43,22 @@ def time_to_ready(store: Path) -> float:
     env = {**os.environ, "TORCHPORT_TOKEN": "benchmark-token-0123456789"}
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return until_ok(proc, lambda: f"http://127.0.0.1:{http}/v2/health/ready", started)
+
+
+def until_ok(
+    proc: subprocess.Popen[bytes],
+    request: Callable[[], str | urllib.request.Request],
+    started: float,
+) -> float:
+    """Seconds from `started` to the first 200 answer to `request()` (asked again every
+    20 ms); the server is stopped after."""
     try:
         while True:
             if proc.poll() is not None:
                 raise SystemExit(f"server exited with {proc.returncode}")
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{http}/v2/health/ready", timeout=1
-                ) as r:
+                with urllib.request.urlopen(request(), timeout=5) as r:
                     if r.status == 200:
                         return time.perf_counter() - started
             except OSError:

@@ -33,7 +33,7 @@ from torchport.archive.paths import check_member_name
 from torchport.errors import InvalidInput, ModelLoadError, PackageError, UnsafeContent
 from torchport.runtime import Handler
 from torchport.runtime.handler import HandlerContext
-from torchport.runtime.loader import load_handler, load_model, read_safetensors
+from torchport.runtime.loader import load_handler, load_model, one_line, read_safetensors
 from torchport.tensors import as_numpy, infer_spec, to_jsonable
 from torchport.types import Signature, Tensors
 from torchport.version import __version__
@@ -393,11 +393,7 @@ def _run_example(handler: Handler, inputs: Tensors) -> Tensors:
     except (InvalidInput, PackageError, ModelLoadError):
         raise
     except Exception as exc:
-        detail = str(exc).strip().splitlines()
-        raise ModelLoadError(
-            f"the model failed on the example: {type(exc).__name__}"
-            + (f": {detail[0][:200]}" if detail else "")
-        ) from exc
+        raise ModelLoadError(f"the model failed on the example: {one_line(exc)}") from exc
 
 
 def read_example(path: Path) -> dict[str, Any]:

@@ -52,7 +52,12 @@ TORCHSERVE_BUILTINS = {
 RESERVED = {"MANIFEST.json", "model.py", "handler.py", "weights.safetensors", "model.pt"}
 """Names the package itself uses: an archive file of one of these names is refused."""
 
-_EXAMPLE_TYPES = {".json": "application/json", ".txt": "text/plain", ".csv": "text/csv"}
+_EXAMPLE_TYPES = {
+    ".json": "application/json",
+    ".txt": "text/plain",
+    ".csv": "text/csv",
+    ".npy": "application/x-npy",
+}
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -123,7 +128,7 @@ def import_mar(
         manifest_path.write_text(json.dumps(manifest, indent=2))
         extras = _extras(contents)
         extras[MAR_MANIFEST] = manifest_path
-        example_inputs = _example(example, example_content_type)
+        example_inputs = example_request(example, example_content_type)
         target = Path(out) if out is not None else mar.with_name(f"{model_name}.tpa")
         say(f"checking the model and handler of '{model_name}'")
         written = package(
@@ -418,12 +423,18 @@ def _extras(contents: MarContents) -> dict[str, Path]:
     return extras
 
 
-def _example(example: str | Path | None, content_type: str | None) -> Mapping[str, Any] | None:
+def example_request(
+    example: str | Path | None, content_type: str | None, accept: str | None = None
+) -> Mapping[str, Any] | None:
+    """A request body file as the package's example (the raw signature's row): its
+    content type given, else by its suffix; `accept`, when given, asks for an answer type."""
     if example is None:
         return None
     path = Path(example)
     if not path.is_file():
         raise InvalidInput(f"example file {path} does not exist", field="example")
     media = content_type if content_type is not None else _EXAMPLE_TYPES.get(path.suffix, "")
-    headers = json.dumps({"content-type": media} if media else {})
-    return {BODY: [path.read_bytes()], HEADERS: [headers]}
+    headers = {"content-type": media} if media else {}
+    if accept:
+        headers["accept"] = accept
+    return {BODY: [path.read_bytes()], HEADERS: [json.dumps(headers)]}

@@ -14,24 +14,26 @@ are installed here (`requirements_installed`), as for a `.mar`.
 
 from __future__ import annotations
 
-import json
 import re
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from torchport.archive import RuntimeDefaults, check_model_name
 from torchport.archive.paths import check_member_name
 from torchport.errors import InvalidInput, PackageError, TooLarge, UnsafeContent
-from torchport.migrate.mar import Imported, check_requirements_text, is_torchscript
+from torchport.migrate.mar import (
+    Imported,
+    check_requirements_text,
+    example_request,
+    is_torchscript,
+)
 from torchport.packaging import package
-from torchport.raw_io import BODY, HEADERS, RAW_SIGNATURE
+from torchport.raw_io import RAW_SIGNATURE
 from torchport.settings import Limits
 
 SCRIPT = "code/inference.py"
-_EXAMPLE_TYPES = {".json": "application/json", ".csv": "text/csv", ".npy": "application/x-npy"}
 _FUNCTION = re.compile(r"^def\s+(model_fn)\s*\(", re.MULTILINE)
 
 
@@ -82,7 +84,7 @@ def import_sagemaker(
             handler_api="sagemaker",
             handler_member=SCRIPT,
             signature=RAW_SIGNATURE,
-            example=_example(example, example_content_type, accept),
+            example=example_request(example, example_content_type, accept),
             extra_files=extras,
             runtime=RuntimeDefaults(max_batch_size=1, workers=1),
             description=f"imported from {archive.name} (SageMaker PyTorch model)",
@@ -155,18 +157,3 @@ def _stem(archive: Path) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return archive.stem
-
-
-def _example(
-    example: str | Path | None, content_type: str | None, accept: str | None
-) -> Mapping[str, Any] | None:
-    if example is None:
-        return None
-    path = Path(example)
-    if not path.is_file():
-        raise InvalidInput(f"example file {path} does not exist", field="example")
-    media = content_type if content_type is not None else _EXAMPLE_TYPES.get(path.suffix, "")
-    headers = {"content-type": media} if media else {}
-    if accept:
-        headers["accept"] = accept
-    return {BODY: [path.read_bytes()], HEADERS: [json.dumps(headers)]}

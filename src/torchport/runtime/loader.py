@@ -44,7 +44,7 @@ def load_model(entry: ModelEntry, files: Path) -> Any:
         raise
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load the {entry.kind.value} model {entry.file}: {_one_line(exc)}"
+            f"cannot load the {entry.kind.value} model {entry.file}: {one_line(exc)}"
         ) from exc
     raise ModelLoadError(f"model kind '{entry.kind.value}' cannot run in this torchport build")
 
@@ -87,7 +87,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise UnsafeContent(
-            f"weights {path.name} are not a valid safetensors file ({_one_line(exc)}); "
+            f"weights {path.name} are not a valid safetensors file ({one_line(exc)}); "
             "only safetensors weights are loaded"
         ) from None
 
@@ -113,7 +113,7 @@ def load_handler(entry: HandlerEntry | None, model: Any, context: HandlerContext
         return cls(model, context)
     except Exception as exc:
         raise ModelLoadError(
-            f"{entry.file}:{entry.object} failed to start: {_one_line(exc)}"
+            f"{entry.file}:{entry.object} failed to start: {one_line(exc)}"
         ) from exc
 
 
@@ -136,7 +136,7 @@ def import_file(path: Path, builtins: dict[str, Any] | None = None) -> ModuleTyp
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ModelLoadError(f"importing {path.name} failed: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"importing {path.name} failed: {one_line(exc)}") from exc
     return module
 
 
@@ -151,7 +151,9 @@ def handler_context(manifest: Manifest, files: Path) -> HandlerContext:
     )
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """`Type: the first line of its message` (at most 200 characters of it), for errors
+    that name what failed in a user's code without its traceback."""
     text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
+    first = text[0][:200] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -27,6 +27,7 @@ from torchport.archive import HandlerEntry
 from torchport.errors import ModelLoadError
 from torchport.raw_io import BODY, answers, headers_of
 from torchport.runtime.handler import Handler, HandlerContext
+from torchport.runtime.loader import one_line
 from torchport.runtime.sagemaker import defaults
 from torchport.runtime.sagemaker.toolkit import content_types, errors
 from torchport.runtime.scoped_import import ScopedImporter
@@ -84,11 +85,7 @@ class SageMakerHandler(Handler):
             elif model is None:
                 self.model = defaults.default_model_fn(str(context.files))
         except Exception as exc:
-            first = str(exc).strip().splitlines()
-            raise ModelLoadError(
-                f"{entry.file}: model_fn failed: {type(exc).__name__}"
-                + (f": {first[0][:200]}" if first else "")
-            ) from exc
+            raise ModelLoadError(f"{entry.file}: model_fn failed: {one_line(exc)}") from exc
 
     def __call__(self, inputs: Tensors) -> Tensors:
         bodies = list(inputs[BODY])

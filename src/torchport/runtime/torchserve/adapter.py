@@ -29,6 +29,7 @@ from torchport.archive import HandlerEntry
 from torchport.errors import ModelLoadError
 from torchport.raw_io import BODY, answers, headers_of
 from torchport.runtime.handler import Handler, HandlerContext
+from torchport.runtime.loader import one_line
 from torchport.runtime.scoped_import import ScopedImporter
 from torchport.runtime.torchserve.ts import __version__ as TS_VERSION
 from torchport.runtime.torchserve.ts.context import Context, RequestProcessor
@@ -80,10 +81,8 @@ class TorchServeHandler(Handler):
         try:
             initialize(self.ts_context)
         except Exception as exc:
-            first = str(exc).strip().splitlines()
             raise ModelLoadError(
-                f"{entry.file}: the handler's initialize failed: {type(exc).__name__}"
-                + (f": {first[0][:200]}" if first else "")
+                f"{entry.file}: the handler's initialize failed: {one_line(exc)}"
             ) from exc
 
     def recorded_metrics(self) -> list[tuple[str, str, str, float]]:
