@@ -47,7 +47,7 @@ def torchserve(
     ts = TorchServeProcess(archives["rows"].parent, tmp_path_factory.mktemp("torchserve"))
     ts.start()
     try:
-        for name in ("rows", "shout", "vision"):
+        for name in ("rows", "shout", "echo", "vision"):
             ts.register(f"{name}.mar")
         ts.register("rows4.mar", **BATCHED)
         yield ts.url
@@ -88,6 +88,24 @@ CASES = [
     ("/predictions/shout", b"\xff\xfe", {"content-type": "application/octet-stream"}),
     # A version as TorchServe names it: the archive's own version.
     ("/predictions/shout/2.0", b"pinned", {"content-type": "text/plain"}),
+    # What a handler gets from forms (`curl -F`, `curl -d`) and other bodies.
+    (
+        "/predictions/echo",
+        b'--XyZ\r\nContent-Disposition: form-data; name="data"; filename="f.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\nabc\r\n--XyZ\r\n"
+        b'Content-Disposition: form-data; name="name"\r\n\r\njoe\r\n--XyZ--\r\n',
+        {"content-type": "multipart/form-data; boundary=XyZ"},
+    ),
+    (
+        "/predictions/echo",
+        b"a=1&b=two%20words",
+        {"content-type": "application/x-www-form-urlencoded"},
+    ),
+    ("/predictions/echo", b'{"k": [1, 2]}', JSON),
+    ("/predictions/echo", b'{"k": 3}', {"content-type": "application/json; charset=utf-8"}),
+    ("/predictions/echo", b'{"k": 4}', {"content-type": "Application/JSON"}),
+    ("/predictions/echo", b"plain text", {"content-type": "text/plain; charset=utf-8"}),
+    ("/predictions/echo", b"raw", {"content-type": "application/octet-stream"}),
 ]
 
 

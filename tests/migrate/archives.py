@@ -95,6 +95,17 @@ def handle(data, context):
     return [f"{t.upper()}|{width}|{tag}" for t, tag in zip(texts, tags)]
 """
 
+ECHO_HANDLER = """
+def handle(data, context):
+    if data is None:
+        return None
+    return [
+        {k: [type(v).__name__, v.decode() if isinstance(v, (bytes, bytearray)) else v]
+         for k, v in item.items()}
+        for item in data
+    ]
+"""
+
 LABELS = {"0": "cat", "1": "dog", "2": "fish", "3": "bird", "4": "frog", "5": "lion"}
 
 
@@ -138,8 +149,8 @@ def write(path: Path, text: str) -> Path:
 
 def build_all(src: Path, out: Path) -> dict[str, Path]:
     """Every test archive: `rows` (eager, a BaseHandler subclass with a helper module),
-    `shout` (TorchScript, a module-level handle), `vision` (TorchScript, the built-in
-    image_classifier with index_to_name.json)."""
+    `shout` (TorchScript, a module-level handle), `echo` (a handle that says what it got),
+    `vision` (TorchScript, the built-in image_classifier with index_to_name.json)."""
     src.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -155,6 +166,7 @@ def build_all(src: Path, out: Path) -> dict[str, Path]:
     write(src / "rows_handler.py", ROWS_HANDLER)
     write(src / "helpers.py", HELPERS_PY)
     write(src / "shout_handler.py", FUNCTION_HANDLER)
+    write(src / "echo_handler.py", ECHO_HANDLER)
     return {
         "rows": archive(
             out,
@@ -170,6 +182,9 @@ def build_all(src: Path, out: Path) -> dict[str, Path]:
             version="2.0",
             handler=str(src / "shout_handler.py"),
             serialized=src / "tiny_ts.pt",
+        ),
+        "echo": archive(
+            out, "echo", handler=str(src / "echo_handler.py"), serialized=src / "tiny_ts.pt"
         ),
         "vision": archive(
             out,

@@ -2,8 +2,9 @@
 
 The package has the raw signature (`torchport.raw_io`): each row is one request's body and
 headers. A batch becomes what TorchServe hands `handle(data, context)` — a list with one
-`{"body": …}` per request (JSON bodies parsed, text bodies decoded, other bytes as they
-are) and a `Context` whose request processors hold each request's headers — and the list
+dict per request, `{"body": …}` (JSON bodies parsed, text bodies decoded, other bytes as
+they are) or a form's fields by name (multipart or URL-encoded, as bytes), and a `Context`
+whose request processors hold each request's headers — and the list
 the handler returns becomes each request's answer, encoded as TorchServe encodes it
 (bytes as they are, text as UTF-8, anything else as indented JSON), with the status and
 headers the handler set for it. Failures answer as TorchServe's do (503 "Prediction
@@ -13,12 +14,15 @@ requests that fails is run again one request at a time, so one bad request fails
 
 from __future__ import annotations
 
+import email.policy
 import io
 import json
 import logging
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +108,10 @@ class TorchServeHandler(Handler):
         processors = []
         for body, request_headers in zip(bodies, headers, strict=True):
             content_type = request_headers.get("content-type", "")
-            data.append({"body": decode_body(bytes(body), content_type)})
-            processors.append(
-                RequestProcessor({**request_headers, "body": {"content-type": content_type}})
-            )
+            fields = request_fields(bytes(body), content_type)
+            data.append(fields)
+            types = {name: {"content-type": content_type} for name in fields}
+            processors.append(RequestProcessor({**request_headers, **types}))
         context = self.ts_context
         context.request_processor = processors
         context.request_ids = {
@@ -190,10 +194,33 @@ def mar_manifest(files: Path, name: str) -> dict[str, Any]:
     return {"model": {"modelName": name}}
 
 
+def request_fields(body: bytes, content_type: str) -> dict[str, Any]:
+    """A request as TorchServe hands it to a handler: a form's fields (multipart or
+    URL-encoded) by name, as bytes; any other body as `body`, decoded by its type."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
+        fields: dict[str, Any] = {}
+        if message.is_multipart():
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True)
+                if isinstance(name, str) and isinstance(payload, bytes):
+                    fields[name] = bytearray(payload)
+        return fields
+    if media == "application/x-www-form-urlencoded":
+        pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        return {name: bytearray(value.encode()) for name, value in pairs}
+    return {"body": decode_body(body, content_type)}
+
+
 def decode_body(body: bytes, content_type: str) -> Any:
     """A body as TorchServe's worker hands it to the handler: JSON parsed, text decoded,
-    anything else (or what fails to decode) as bytes."""
-    media = content_type.split(";")[0].strip().lower()
+    anything else (or what fails to decode) as bytes. The type is matched as TorchServe
+    matches it: its parameters aside, letter case counting."""
+    media = content_type.split(";")[0].strip()
     try:
         if media == "application/json":
             return json.loads(body)
