@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import TypeVar
 
 import anyio.to_thread
 
-from torchport.errors import NotFound
+from torchport.errors import NotFound, TorchportError
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.requests import RequestCounter, Tracked, tracked
 from torchport.service.compare import RecentRequests
@@ -26,11 +27,13 @@ from torchport.service.inference import (
     InferResponse,
     ModelMetadata,
     VersionState,
+    request_headers,
     timeout_parameter,
     wanted_outputs,
 )
 from torchport.service.labels import torchserve_name
 from torchport.service.registry import Registry
+from torchport.service.rollouts import CLIENT_ERRORS, RolloutStats, pick
 from torchport.types import Signature
 
 T = TypeVar("T")
@@ -60,6 +63,9 @@ class DataPlane:
         if request_id.get() is None:  # no X-Request-ID: the OIP id, or a new one
             request_id.set(new_request_id(request.id))
         registry = self.registry
+        rollout = None if request.version is not None else registry.rollouts.active(request.model)
+        if rollout is not None:
+            return await self._infer_in_rollout(request, rollout)
         loaded = registry.acquire_loaded(request.model, request.version)
         if loaded is None:
             # Refused at once unless requests may load versions (`RequestLoads`); then one
@@ -89,6 +95,55 @@ class DataPlane:
             outputs={name: outputs[name] for name in wanted},
             id=request.id,
         )
+
+    async def _infer_in_rollout(self, request: InferRequest, stats: RolloutStats) -> InferResponse:
+        """A request for a model whose candidate is proving itself: answered by the candidate
+        (a canary's share) or the default, the other side run off the request path on the
+        same inputs and compared; its figures noted per version."""
+        rollouts = self.registry.rollouts
+        rollouts.start()
+        plan = stats.rollout
+        chosen = pick(plan, request_headers.get())
+        answering = plan.candidate if plan.mode == "canary" and chosen else plan.baseline
+        held = self.registry.acquire_loaded(request.model, answering)
+        if held is None:
+            answering, chosen = plan.baseline, False  # the candidate is not loaded (yet)
+        else:
+            self.registry.release(held)
+        started = time.perf_counter()
+        try:
+            response = await self.infer(replace(request, version=answering))
+        except Exception as exc:  # a model's failure is any exception; a client's, not
+            if not (isinstance(exc, TorchportError) and exc.code in CLIENT_ERRORS):
+                stats.note(answering, time.perf_counter() - started, ok=False)
+            raise
+        stats.note(answering, time.perf_counter() - started, ok=True)
+        if chosen:
+            other = plan.baseline if answering == plan.candidate else plan.candidate
+            rollouts.offload(lambda: self._compare(request, response, other, stats), stats)
+        return response
+
+    async def _compare(
+        self, request: InferRequest, answered: InferResponse, other: int, stats: RolloutStats
+    ) -> None:
+        """Run the other side of a rollout on a request's inputs and compare the outputs."""
+        loaded = self.registry.acquire_loaded(request.model, other)
+        if loaded is None:
+            return
+        started = time.perf_counter()
+        try:
+            outputs = await loaded.batcher.predict(request.inputs)
+        except Exception:
+            if other == stats.rollout.candidate:  # a shadow's failure counts against it
+                stats.note(other, time.perf_counter() - started, ok=False)
+            raise
+        finally:
+            self.registry.release(loaded)
+        if other == stats.rollout.candidate:
+            stats.note(other, time.perf_counter() - started, ok=True)
+            stats.compare(answered.outputs, outputs)
+        else:
+            stats.compare(outputs, answered.outputs)
 
     # -- what the protocols tell of the models ------------------------------------------
 

@@ -10,8 +10,9 @@ processes import only this side of the services.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -36,6 +37,13 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
     """Drop the request (`DeadlineExceeded`) if it cannot be served within this time."""
+
+
+request_headers: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "torchport_request_headers", default=None
+)
+"""The headers of the request the running task serves (lower-case names), set by the
+transports: a sticky rollout reads the one it hashes."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -41,8 +41,10 @@ from torchport.scratch import scratch
 from torchport.service.compare import RecentRequests, compare_versions
 from torchport.service.inference import VersionState
 from torchport.service.registry import Registry
+from torchport.service.rollouts import RolloutSpec, measures
 from torchport.settings import Limits
-from torchport.store import AuditEntry, ModelInfo, ModelStore, VersionInfo
+from torchport.store import AuditEntry, ModelInfo, ModelStore, Rollout, VersionInfo
+from torchport.types import Signature
 
 log = logging.getLogger("torchport.management")
 
@@ -103,6 +105,8 @@ class Management:
         """The traffic versions are compared on (the data plane notes it)."""
         self.trusted = list(trusted)
         """When any: only packages signed by one of these keys are taken."""
+        if registry is not None:
+            registry.rollouts.decide = self._decided
 
     @_counted("upload")
     def upload(
@@ -177,6 +181,7 @@ class Management:
             self.registry.preload(name, version)
         info = self.store.promote(name, version, actor=actor)
         self._go_live(info)
+        self._end_rollout_by_hand(name, version, actor)
         return info
 
     @_counted("rollback")
@@ -186,10 +191,131 @@ class Management:
             self.registry.preload(name, previous)
         info = self.store.rollback(name, actor=actor)
         self._go_live(info)
+        self._end_rollout_by_hand(name, None, actor)
         return info
+
+    # -- rollouts ------------------------------------------------------------------------
+
+    @_counted("rollout")
+    def start_rollout(self, name: str, body: Any, *, actor: str = "local") -> Rollout:
+        """Start a rollout of a candidate version (`RolloutSpec`): it is loaded, then takes
+        its share of the model's traffic. 400 naming the field for a bad spec, a candidate
+        with another signature, or a rule on an output that does not exist; 409 for a
+        second rollout."""
+        spec = RolloutSpec.parse(body)
+        info = self.store.get_model(name)
+        candidate = self.store.get_version(name, spec.candidate)
+        if info.default is None:
+            raise Conflict(f"model '{name}' has no default to compare with", field="model")
+        default = self.store.get_version(name, info.default)
+        signature = Signature.model_validate(candidate.metadata.get("signature"))
+        if candidate.metadata.get("signature") != default.metadata.get("signature"):
+            raise InvalidInput(
+                f"version {spec.candidate} of '{name}' has another signature than the default "
+                f"(version {info.default}): a rollout compares versions that take the same "
+                "requests",
+                field="candidate",
+            )
+        if spec.rules is not None:
+            measures(signature, spec.rules.outputs)  # a rule on an unknown output is a 400
+        running = self.store.rollouts(name, running=True)
+        if running:
+            raise Conflict(
+                f"model '{name}' has a rollout running already (of version "
+                f"{running[0].candidate}): end it first",
+                field="model",
+            )
+        if self.registry is not None:
+            self.registry.preload(name, spec.candidate)
+        rollout = self.store.start_rollout(
+            name,
+            candidate=spec.candidate,
+            mode=spec.mode,
+            share=spec.share,
+            sticky_header=spec.sticky_header,
+            rules=spec.rules.model_dump() if spec.rules is not None else {},
+            actor=actor,
+        )
+        if self.registry is not None:
+            self.registry.rollouts.follow(rollout, signature)
+        return rollout
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        """The model's rollout (running, else the last one) and its figures."""
+        self.store.get_model(name)
+        found = self.store.rollouts(name)
+        if not found:
+            raise NotFound(f"model '{name}' has had no rollout", field="model")
+        stats = self.registry.rollouts.active(name) if self.registry is not None else None
+        return {
+            "rollout": asdict(found[0]),
+            "figures": stats.figures()
+            if stats is not None and found[0].state == "running"
+            else None,
+        }
+
+    @_counted("rollout")
+    def end_rollout(
+        self, name: str, action: str, *, actor: str = "local", why: str = "", figures: Any = None
+    ) -> Rollout:
+        """`promote` the candidate, `roll_back` (it stops taking traffic and is unloaded)
+        or `stop` the model's running rollout."""
+        if action not in ("promote", "roll_back", "stop"):
+            raise InvalidInput(
+                f"unknown rollout action {action!r} (promote, roll_back or stop)", field="action"
+            )
+        running = self.store.rollouts(name, running=True)
+        if not running:
+            raise NotFound(f"model '{name}' has no rollout running", field="model")
+        rollout = running[0]
+        stats = self.registry.rollouts.active(name) if self.registry is not None else None
+        decision = {
+            "action": action,
+            "by": actor,
+            "why": why or f"{action} by {actor}",
+            "figures": figures if figures is not None else (stats.figures() if stats else {}),
+        }
+        if action == "promote":
+            self.store.get_version(name, rollout.candidate)
+            if self.registry is not None:
+                self.registry.preload(name, rollout.candidate)
+            info = self.store.promote(name, rollout.candidate, actor=actor)
+            self._go_live(info)
+        state = {"promote": "promoted", "roll_back": "rolled_back", "stop": "stopped"}[action]
+        ended = self.store.end_rollout(name, state, decision, actor=actor)
+        if self.registry is not None:
+            self.registry.rollouts.forget(name)
+            if action != "promote":
+                self.registry.unload(name, rollout.candidate)
+        return ended
+
+    def _decided(self, name: str, action: str, why: str, figures: dict[str, Any]) -> None:
+        """A rollout's rules decided (called off the event loop)."""
+        log.info("rollout of %s: the rules decided to %s (%s)", name, action, why)
+        self.end_rollout(name, action, actor="rules", why=why, figures=figures)
+
+    def _end_rollout_by_hand(self, name: str, version: int | None, actor: str) -> None:
+        """A promote or rollback made by hand ends a running rollout: promoted if the
+        candidate was promoted, else stopped."""
+        running = self.store.rollouts(name, running=True)
+        if not running:
+            return
+        promoted = version == running[0].candidate
+        state = "promoted" if promoted else "stopped"
+        decision = {"action": state, "by": actor, "why": "the default was changed by hand"}
+        self.store.end_rollout(name, state, decision, actor=actor)
+        if self.registry is not None:
+            self.registry.rollouts.forget(name)
 
     @_counted("delete")
     def delete(self, name: str, version: int, *, actor: str = "local") -> None:
+        running = self.store.rollouts(name, running=True)
+        if running and running[0].candidate == version:
+            raise Conflict(
+                f"version {version} of '{name}' is the candidate of a running rollout: stop "
+                "it first",
+                field="version",
+            )
         self.store.delete_version(name, version, actor=actor)
         if self.registry is not None:
             if any(m.name == name for m in self.store.list_models()):

@@ -21,6 +21,7 @@ from torchport.errors import NotFound, TorchportError, Unavailable
 from torchport.observability.metrics import Metrics, VersionGauges
 from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner, open_runner
 from torchport.service.inference import VersionState
+from torchport.service.rollouts import Rollouts
 from torchport.store import ModelStore, VersionInfo
 from torchport.types import Signature
 
@@ -97,6 +98,8 @@ class Registry:
         self.backend = backend or Backend()
         self.metrics = metrics or Metrics()
         self.request_loads = request_loads or RequestLoads()
+        self.rollouts = Rollouts(store)
+        """The models whose candidate version is proving itself on their traffic."""
         self._lock = threading.Lock()
         self._switching = threading.Lock()
         """Held while a default is set: a refresh's re-read of the store and its switch
@@ -138,7 +141,24 @@ class Registry:
             if info.default is not None:
                 with self._lock:
                     self._routes.defaults[info.name] = info.default
+        self.resume_rollouts(progress)
         self.started = True
+
+    def resume_rollouts(self, progress: Callable[[str], None] | None = None) -> None:
+        """Follow the rollouts the store says are running (a restart resumes them): their
+        candidates loaded, their figures counted afresh."""
+        for rollout in self.store.rollouts(running=True):
+            if self.rollouts.active(rollout.model) is not None:
+                continue
+            try:
+                self.preload(rollout.model, rollout.candidate)
+                signature = self.signature(rollout.model, rollout.candidate)[1]
+            except TorchportError as exc:
+                log.error("cannot resume the rollout of %s: %s", rollout.model, exc)
+                continue
+            self.rollouts.follow(rollout, signature)
+            if progress:
+                progress(f"resumed the {rollout.mode} of {rollout.model} v{rollout.candidate}")
 
     def close(self) -> None:
         with self._lock:

@@ -46,6 +46,29 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """A candidate version proving itself on a model's traffic (see `service/rollouts.py`)."""
+
+    model: str
+    id: int
+    candidate: int
+    baseline: int
+    """The default when it started: what the candidate is compared with."""
+    mode: str
+    """`canary` (a share of requests answered by the candidate) or `shadow` (a share also
+    sent to it, its answers compared and never returned)."""
+    share: float
+    sticky_header: str | None
+    rules: dict[str, Any]
+    state: str
+    """`running`, or how it ended: `promoted`, `rolled_back`, `stopped`."""
+    started_at: str
+    ended_at: str | None = None
+    decision: dict[str, Any] = field(default_factory=dict)
+    """Why it ended, with the figures behind it."""
+
+
 class ModelStore(abc.ABC):
     """Models, their numbered versions, the `default` and `previous` aliases, an audit log.
 
@@ -99,6 +122,30 @@ class ModelStore(abc.ABC):
     def set_config(
         self, name: str, version: int, config: dict[str, Any], *, actor: str = "local"
     ) -> VersionInfo: ...
+
+    @abc.abstractmethod
+    def start_rollout(
+        self,
+        name: str,
+        *,
+        candidate: int,
+        mode: str,
+        share: float,
+        sticky_header: str | None,
+        rules: dict[str, Any],
+        actor: str = "local",
+    ) -> Rollout:
+        """Record a running rollout; `Conflict` if the model has one already."""
+
+    @abc.abstractmethod
+    def end_rollout(
+        self, name: str, state: str, decision: dict[str, Any], *, actor: str = "local"
+    ) -> Rollout:
+        """End the model's running rollout (`NotFound` if none) as `state`, with why."""
+
+    @abc.abstractmethod
+    def rollouts(self, name: str | None = None, *, running: bool = False) -> list[Rollout]:
+        """Rollouts, newest first: of one model or all; only running ones if asked."""
 
     @abc.abstractmethod
     def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:

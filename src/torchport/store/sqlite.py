@@ -28,7 +28,7 @@ from typing import Any
 from torchport.archive import check_model_name
 from torchport.archive.hashing import sha256_file
 from torchport.errors import Conflict, InsufficientStorage, NotFound, StoreError, TorchportError
-from torchport.store.base import AuditEntry, ModelInfo, ModelStore, VersionInfo
+from torchport.store.base import AuditEntry, ModelInfo, ModelStore, Rollout, VersionInfo
 from torchport.store.blobs import LocalBlobs
 
 SCHEMA_VERSION = 1
@@ -52,6 +52,21 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (model, version)
 );
 CREATE INDEX IF NOT EXISTS versions_digest ON versions(digest);
+CREATE TABLE IF NOT EXISTS rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    candidate INTEGER NOT NULL,
+    baseline INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    share REAL NOT NULL,
+    sticky_header TEXT,
+    rules TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    decision TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS rollouts_running ON rollouts(model) WHERE state = 'running';
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -326,6 +341,75 @@ class SQLiteStore(ModelStore):
             )
         return path
 
+    def start_rollout(
+        self,
+        name: str,
+        *,
+        candidate: int,
+        mode: str,
+        share: float,
+        sticky_header: str | None,
+        rules: dict[str, Any],
+        actor: str = "local",
+    ) -> Rollout:
+        with self._write() as db:
+            model = self._model_row(db, name)
+            self._version_row(db, name, candidate)
+            running = db.execute(
+                "SELECT id, candidate FROM rollouts WHERE model=? AND state='running'", (name,)
+            ).fetchone()
+            if running is not None:
+                raise Conflict(
+                    f"model '{name}' has a rollout running already (of version "
+                    f"{running['candidate']}): end it first",
+                    field="model",
+                )
+            baseline = model["default_version"]
+            if baseline == candidate:
+                raise Conflict(
+                    f"version {candidate} is the default of '{name}' already", field="candidate"
+                )
+            cursor = db.execute(
+                "INSERT INTO rollouts(model, candidate, baseline, mode, share, sticky_header,"
+                " rules, state, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                (name, candidate, baseline, mode, share, sticky_header, json.dumps(rules), _now()),
+            )
+            detail = {"mode": mode, "share": share, "baseline": baseline, "rules": rules}
+            self._audit(db, actor, "rollout_start", name, candidate, detail)
+            row_id = cursor.lastrowid
+            row = db.execute("SELECT * FROM rollouts WHERE id=?", (row_id,)).fetchone()
+        return _rollout(row)
+
+    def end_rollout(
+        self, name: str, state: str, decision: dict[str, Any], *, actor: str = "local"
+    ) -> Rollout:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT * FROM rollouts WHERE model=? AND state='running'", (name,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"model '{name}' has no rollout running", field="model")
+            db.execute(
+                "UPDATE rollouts SET state=?, ended_at=?, decision=? WHERE id=?",
+                (state, _now(), json.dumps(decision), row["id"]),
+            )
+            self._audit(db, actor, f"rollout_{state}", name, row["candidate"], decision)
+            ended = db.execute("SELECT * FROM rollouts WHERE id=?", (row["id"],)).fetchone()
+        return _rollout(ended)
+
+    def rollouts(self, name: str | None = None, *, running: bool = False) -> list[Rollout]:
+        query = "SELECT * FROM rollouts"
+        where, args = [], []
+        if name is not None:
+            where.append("model=?")
+            args.append(name)
+        if running:
+            where.append("state='running'")
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        with self._read() as db:
+            return [_rollout(r) for r in db.execute(query + " ORDER BY id DESC", args)]
+
     def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:
         query = "SELECT * FROM audit"
         args: tuple[Any, ...] = ()
@@ -407,6 +491,23 @@ class SQLiteStore(ModelStore):
             versions=[_version_info(r) for r in rows],
             created_at=model["created_at"],
         )
+
+
+def _rollout(row: sqlite3.Row) -> Rollout:
+    return Rollout(
+        model=row["model"],
+        id=row["id"],
+        candidate=row["candidate"],
+        baseline=row["baseline"],
+        mode=row["mode"],
+        share=row["share"],
+        sticky_header=row["sticky_header"],
+        rules=json.loads(row["rules"]),
+        state=row["state"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        decision=json.loads(row["decision"]),
+    )
 
 
 def _version_info(row: sqlite3.Row) -> VersionInfo:

@@ -13,12 +13,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from torchport.errors import InvalidInput, TorchportError
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.metrics import CONTENT_TYPE
-from torchport.service.inference import InferenceService
+from torchport.service.inference import InferenceService, request_headers
 from torchport.settings import Settings
 from torchport.transports.http import kserve_v1, oip, openapi, sagemaker, torchserve
 from torchport.transports.http.body import BodyLimit
 from torchport.transports.http.limits import InflightLimit
-from torchport.transports.http.params import header
+from torchport.transports.http.params import header, headers
 from torchport.transports.http.responses import (
     HANDLERS,
     error_response,
@@ -48,16 +48,20 @@ def _observed(
     async def observed(request: Request) -> Response:
         given = header(request, "x-request-id")
         token = request_id.set(new_request_id(given) if given else None)
+        request_headers.set(headers(request))  # this request's task alone
         params = request.path_params
         wanted = _version_label(params.get("version"))
         try:
             try:
-                with service.track(protocol, params.get("model", model), wanted):
+                with service.track(protocol, params.get("model", model), wanted) as counted:
                     response: Response = await endpoint(request)
             except TorchportError as exc:
                 response = errors(exc)
             rid = request_id.get() or new_request_id()  # printable ASCII (`new_request_id`)
             response.raw_headers.append((b"x-request-id", rid.encode("latin-1")))
+            if counted.known and counted.version is not None:
+                # Which version answered: a rollout's canary share is the candidate.
+                response.raw_headers.append((b"x-model-version", b"%d" % counted.version))
             return response
         finally:
             request_id.reset(token)

@@ -159,6 +159,31 @@ def build_management_app(
         info = await run_in_threadpool(lambda: management.rollback(model, actor=_actor(request)))
         return json_response(model_json(info, await run_in_threadpool(management.states, model)))
 
+    async def start_rollout(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        doc = await _json_body(request, json_limit)
+        rollout = await run_in_threadpool(
+            lambda: management.start_rollout(model, doc, actor=_actor(request))
+        )
+        return json_response({"rollout": asdict(rollout), "figures": None}, 201)
+
+    async def show_rollout(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        return json_response(await run_in_threadpool(management.rollout, model))
+
+    async def end_rollout(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        action = request.path_params["action"]
+        actions = {"promote": "promote", "rollback": "roll_back", "stop": "stop"}
+        if action not in actions:
+            raise InvalidInput(
+                f"unknown rollout action '{action}' (promote, rollback or stop)", field="action"
+            )
+        ended = await run_in_threadpool(
+            lambda: management.end_rollout(model, actions[action], actor=_actor(request))
+        )
+        return json_response({"rollout": asdict(ended), "figures": None})
+
     async def delete_version(request: Request) -> Response:
         model, version = model_and_version(request)
         assert version is not None
@@ -258,6 +283,9 @@ def build_management_app(
         Route("/models/{model}/versions/{version}/load", load_version, methods=["POST"]),
         Route("/models/{model}/versions/{version}/unload", unload_version, methods=["POST"]),
         Route("/models/{model}/compare", compare),
+        Route("/models/{model}/rollout", show_rollout),
+        Route("/models/{model}/rollout", start_rollout, methods=["POST"]),
+        Route("/models/{model}/rollout/{action}", end_rollout, methods=["POST"]),
         Route("/audit", audit),
         Route("/openapi.json", document),
         Route("/stats", overview),

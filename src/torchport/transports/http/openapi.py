@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchport.archive import RuntimeDefaults
+from torchport.service.rollouts import RolloutSpec
 from torchport.types import Datatype, Signature, TensorSpec
 from torchport.version import __version__
 
@@ -333,6 +334,8 @@ def management_document(models: list[str]) -> dict[str, Any]:
 
     config_schema = RuntimeDefaults.model_json_schema()
     config_schema.pop("title", None)
+    rollout_schema = RolloutSpec.model_json_schema()
+    rollout_schema.pop("title", None)
 
     def json_body(schema: dict[str, Any]) -> dict[str, Any]:
         return {JSON: {"schema": schema}}
@@ -406,6 +409,36 @@ def management_document(models: list[str]) -> dict[str, Any]:
                     model,
                     {**query("a", {"type": "string"}), "required": True},
                     {**query("b", {"type": "string"}), "required": True},
+                ),
+            )
+        },
+        "/models/{model}/rollout": {
+            "get": op(
+                "the model's rollout (running, else the last) and its live figures",
+                (400, 404),
+                params=(model,),
+            ),
+            "post": op(
+                "start a rollout: a candidate version takes a share of the traffic (canary) "
+                "or a copy of it (shadow), compared with the default",
+                (400, 404, 409, 503),
+                params=(model,),
+                body=json_body(rollout_schema),
+                ok=201,
+            ),
+        },
+        "/models/{model}/rollout/{action}": {
+            "post": op(
+                "end the running rollout: promote the candidate, roll it back, or stop",
+                (400, 404, 409, 503),
+                params=(
+                    model,
+                    {
+                        "name": "action",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["promote", "rollback", "stop"]},
+                    },
                 ),
             )
         },
