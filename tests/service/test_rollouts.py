@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.e2e.server import value
 from tests.helpers import handler_package
 from tests.inprocess import InProcess, in_process
 
@@ -88,7 +89,7 @@ def test_a_canary_takes_its_share_of_requests_and_says_which_version_answered(
     _start(server, candidate=2, mode="canary", share=0.2, rules=None)
     answered = Counter(version for _, version in (_infer(server, i) for i in range(600)))
     assert set(answered) == {1, 2}
-    assert 0.17 <= answered[2] / 600 <= 0.23
+    assert abs(answered[2] - 120) <= 1  # every fifth request, evenly spread
     # A request that names a version bypasses the rollout.
     pinned = server.http.post("/v2/models/clf/versions/1/infer", json={
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.0] * 8}]
@@ -133,6 +134,13 @@ def test_a_shadow_returns_exactly_the_defaults_answers_and_compares_the_candidat
     assert figures["outputs"]["scores"]["agreement"] < 0.9  # other weights, other classes
     assert figures["versions"]["4"]["total"]["requests"] >= 100
     assert _rollout(server)["rollout"]["state"] == "running"  # no rules: it only reports
+    samples = server.scrape()
+    assert value(samples, "torchport_rollout_share", model="clf", candidate="4", mode="shadow") == 1
+    made = value(samples, "torchport_rollout_comparisons", model="clf", outcome="made")
+    assert made >= 100
+    agreed = value(samples, "torchport_rollout_agreement", model="clf", output="scores",
+                   measure="argmax")  # fmt: skip
+    assert 0 < agreed < 0.9
 
 
 def test_a_candidate_that_fails_is_rolled_back_by_its_rules(server: InProcess) -> None:
@@ -209,3 +217,27 @@ def test_a_second_rollout_is_a_409_and_ending_one_by_hand_is_audited(server: InP
     assert server.admin.post("/models/clf/rollout/stop", headers=server.auth).status_code == 404
     assert server.admin.post("/models/clf/rollout/sideways", headers=server.auth).status_code == 400
     assert "rollout_stopped" in [e.action for e in server.management.audit("clf", 10)]
+
+
+def test_grpc_answers_name_their_version_and_stick_by_metadata(server: InProcess) -> None:
+    import grpc
+
+    from torchport.tensors import to_raw
+    from torchport.transports.grpc.convert import pb, stub
+
+    _start(server, candidate=2, share=0.5, sticky_header="x-user", rules=None)
+    seen: dict[str, set[str]] = {}
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        for i in range(60):
+            request = pb.ModelInferRequest(model_name="clf")
+            request.inputs.add(name="x", datatype="FP32", shape=[1, 8])
+            request.raw_input_contents.append(to_raw(ROWS[i : i + 1]))
+            user = f"user-{i % 6}"
+            reply, call = stub(channel).ModelInfer.with_call(
+                request, metadata=(("x-user", user),), timeout=30
+            )
+            trailing = dict(call.trailing_metadata())
+            assert trailing["x-model-version"] == reply.model_version
+            seen.setdefault(user, set()).add(reply.model_version)
+    assert all(len(v) == 1 for v in seen.values())
+    assert {v for versions in seen.values() for v in versions} == {"1", "2"}

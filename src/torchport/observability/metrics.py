@@ -43,6 +43,22 @@ class VersionGauges:
     `context.metrics`): (name, unit, dimensions as `Name:value,…`, value)."""
 
 
+@dataclass(frozen=True)
+class RolloutGauges:
+    """What a running rollout reports at scrape time (its figures in total)."""
+
+    model: str
+    candidate: int
+    mode: str
+    share: float
+    versions: tuple[tuple[int, str, int, int, float | None], ...]
+    """(version, role, requests, errors, p99 seconds over the window)."""
+    outputs: tuple[tuple[str, str, float | None, float], ...]
+    """(output, measure, agreement, max abs difference)."""
+    compared: int
+    dropped: int
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -104,6 +120,10 @@ class Metrics:
         """Report queue depth and workers of the loaded versions at each scrape."""
         self.registry.register(_VersionCollector(versions))
 
+    def watch_rollouts(self, rollouts: Callable[[], Iterable[RolloutGauges]]) -> None:
+        """Report the running rollouts' figures at each scrape."""
+        self.registry.register(_RolloutCollector(rollouts))
+
     def observer(self, model: str, version: int) -> BatchObserver:
         return BatchObserver(self, model, str(version))
 
@@ -157,3 +177,56 @@ class _VersionCollector(Collector):
             for name, unit, dimensions, value in v.handler_metrics:
                 handler.add_metric([*labels, name, unit, dimensions], value)
         yield from (queued, running, workers, handler)
+
+
+class _RolloutCollector(Collector):
+    def __init__(self, rollouts: Callable[[], Iterable[RolloutGauges]]) -> None:
+        self._rollouts = rollouts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        share = GaugeMetricFamily(
+            "torchport_rollout_share",
+            "Share of a model's traffic its running rollout's candidate answers (canary) or "
+            "sees (shadow).",
+            labels=["model", "candidate", "mode"],
+        )
+        requests = GaugeMetricFamily(
+            "torchport_rollout_requests",
+            "Requests of each side of a running rollout, and its errors, since it started.",
+            labels=["model", "version", "role", "outcome"],
+        )
+        p99 = GaugeMetricFamily(
+            "torchport_rollout_p99_seconds",
+            "p99 latency of each side of a running rollout over its window.",
+            labels=["model", "version", "role"],
+        )
+        agreement = GaugeMetricFamily(
+            "torchport_rollout_agreement",
+            "Share of compared rows on which the candidate's output agrees with the default's.",
+            labels=["model", "output", "measure"],
+        )
+        difference = GaugeMetricFamily(
+            "torchport_rollout_max_abs_difference",
+            "Largest absolute difference between the candidate's output and the default's.",
+            labels=["model", "output"],
+        )
+        compared = GaugeMetricFamily(
+            "torchport_rollout_comparisons",
+            "Comparisons of a running rollout, made and dropped (queue full).",
+            labels=["model", "outcome"],
+        )
+        for r in self._rollouts():
+            share.add_metric([r.model, str(r.candidate), r.mode], r.share)
+            for version, role, count, errors, p99_s in r.versions:
+                labels = [r.model, str(version), role]
+                requests.add_metric([*labels, "ok"], count - errors)
+                requests.add_metric([*labels, "error"], errors)
+                if p99_s is not None:
+                    p99.add_metric(labels, p99_s)
+            for output, measure, agreed, max_abs in r.outputs:
+                if agreed is not None:
+                    agreement.add_metric([r.model, output, measure], agreed)
+                difference.add_metric([r.model, output], max_abs)
+            compared.add_metric([r.model, "made"], r.compared)
+            compared.add_metric([r.model, "dropped"], r.dropped)
+        yield from (share, requests, p99, agreement, difference, compared)

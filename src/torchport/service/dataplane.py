@@ -103,7 +103,7 @@ class DataPlane:
         rollouts = self.registry.rollouts
         rollouts.start()
         plan = stats.rollout
-        chosen = pick(plan, request_headers.get())
+        chosen = pick(stats, request_headers.get())
         answering = plan.candidate if plan.mode == "canary" and chosen else plan.baseline
         held = self.registry.acquire_loaded(request.model, answering)
         if held is None:

@@ -100,6 +100,7 @@ class Registry:
         self.request_loads = request_loads or RequestLoads()
         self.rollouts = Rollouts(store)
         """The models whose candidate version is proving itself on their traffic."""
+        self.metrics.watch_rollouts(lambda: [s.gauges() for s in self.rollouts.running()])
         self._lock = threading.Lock()
         self._switching = threading.Lock()
         """Held while a default is set: a refresh's re-read of the store and its switch

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torchport.agreement import TOLERANCES, Tolerance
 from torchport.archive.manifest import describe_validation_error
 from torchport.errors import Conflict, InvalidInput, TorchportError
+from torchport.observability.metrics import RolloutGauges
 from torchport.store import ModelStore, Rollout
 from torchport.types import Datatype, Signature, Tensors, TensorSpec
 
@@ -228,6 +229,8 @@ class RolloutStats:
         }
         self.compared = 0
         self.dropped = 0
+        self.seen = 0
+        """Requests routed without a sticky key (the share is taken of these, evenly)."""
         self.started = time.monotonic()
 
     def note(self, version: int, seconds: float, ok: bool) -> None:
@@ -265,6 +268,25 @@ class RolloutStats:
             "dropped": self.dropped,
             "window_s": WINDOW_S,
         }
+
+    def gauges(self) -> RolloutGauges:
+        """The figures in total, for `/metrics`."""
+        since = time.monotonic() - WINDOW_S
+        r = self.rollout
+        versions = []
+        for version, side in self.sides.items():
+            window = side.figures(since)
+            p99 = window["p99_ms"] / 1000 if window["p99_ms"] is not None else None
+            role = "candidate" if version == r.candidate else "default"
+            versions.append((version, role, side.requests, side.errors, p99))
+        outputs = [
+            (name, a.measure, a.agreeing / a.rows if a.rows else None, a.max_abs)
+            for name, a in self.outputs.items()
+        ]
+        return RolloutGauges(
+            r.model, r.candidate, r.mode, r.share, tuple(versions), tuple(outputs),
+            self.compared, self.dropped,
+        )  # fmt: skip
 
     def verdict(self) -> tuple[str, str] | None:
         """(`promote` or `roll_back`, why) when the rules decide, else None."""
@@ -318,15 +340,20 @@ class RolloutStats:
         return None
 
 
-def pick(rollout: Rollout, headers: Mapping[str, str] | None) -> bool:
+def pick(stats: RolloutStats, headers: Mapping[str, str] | None) -> bool:
     """Whether this request is in the rollout's share (the candidate answers it, in a
-    canary; it is also sent to the candidate, in a shadow)."""
+    canary; it is also sent to the candidate, in a shadow): by the sticky header's value,
+    hashed, when the rollout has one and the request sends it; else every
+    1/share-th request, evenly spread, so the share is exact."""
+    rollout = stats.rollout
     if rollout.sticky_header and headers:
         value = headers.get(rollout.sticky_header.lower())
         if value is not None:
             digest = hashlib.sha256(f"{rollout.id}:{value}".encode()).digest()
             return int.from_bytes(digest[:8], "big") / 2**64 < rollout.share
-    return random.random() < rollout.share
+    seen = stats.seen
+    stats.seen += 1
+    return math.floor((seen + 1) * rollout.share) > math.floor(seen * rollout.share)
 
 
 class Rollouts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from functools import wraps
 from typing import Any, TypeVar
@@ -22,7 +22,12 @@ from grpc_health.v1 import health_pb2
 from torchport.errors import InvalidInput, NotFound, TorchportError, Unauthorized
 from torchport.observability.logs import new_request_id, request_id
 from torchport.service.auth import check_bearer
-from torchport.service.inference import InferenceService, Repository, timeout_parameter
+from torchport.service.inference import (
+    InferenceService,
+    Repository,
+    request_headers,
+    timeout_parameter,
+)
 from torchport.tensors import weight
 from torchport.transports.grpc import convert
 from torchport.version import __version__
@@ -31,6 +36,8 @@ log = logging.getLogger("torchport.grpc")
 
 EXTENSIONS = ["model_repository"]
 REQUEST_ID_KEY = "x-request-id"
+MODEL_VERSION_KEY = "x-model-version"
+"""Trailing metadata: the version that answered (a rollout's canary share is the candidate)."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Resp = TypeVar("Resp")
@@ -115,12 +122,19 @@ class InferenceServicer:
 
     @answers_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        given = _metadata(context, REQUEST_ID_KEY)
+        metadata = _Metadata(context)
+        given = metadata.get(REQUEST_ID_KEY)
         request_id.set(new_request_id(given) if given else None)
+        request_headers.set(metadata)  # a sticky rollout's header, read only if asked
         response = await self._infer(request, context)
         # With the status, in the one batch that ends the call: initial metadata sent on
         # its own would cost another round through the completion queue (~10 % of a call).
-        context.set_trailing_metadata(((REQUEST_ID_KEY, metadata_value(request_id.get() or "")),))
+        context.set_trailing_metadata(
+            (
+                (REQUEST_ID_KEY, metadata_value(request_id.get() or "")),
+                (MODEL_VERSION_KEY, response.model_version),
+            )
+        )
         return response
 
     async def _infer(self, request: Any, context: Context) -> Any:
@@ -242,5 +256,29 @@ def _name(name: str) -> str:
 
 def _metadata(context: Context, key: str) -> str | None:
     """A value the client sent as metadata (keys arrive lower-case)."""
-    value = dict(context.invocation_metadata() or ()).get(key)
-    return value.decode() if isinstance(value, bytes) else value
+    return _Metadata(context).get(key)
+
+
+class _Metadata(Mapping[str, str]):
+    """A call's metadata as the headers of a request (read when asked, not before)."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._items: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        if self._items is None:
+            self._items = {
+                str(k): v.decode("latin-1") if isinstance(v, bytes) else str(v)
+                for k, v in self._context.invocation_metadata() or ()
+            }
+        return self._items
+
+    def __getitem__(self, key: str) -> str:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
