@@ -184,3 +184,124 @@ def delete_cmd(
     with _client(url, token, store) as client:
         client.delete(model, version)
     out.print(f"deleted {model} v{version}")
+
+
+rollout_app = typer.Typer(help="Let a candidate version prove itself on live traffic.")
+app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("start")
+def rollout_start_cmd(
+    model: str,
+    candidate: Annotated[int, typer.Option("--candidate", help="The version on trial.")],
+    mode: Annotated[str, typer.Option(help="canary (answers its share) or shadow.")] = "canary",
+    share: Annotated[float, typer.Option(help="Share of the requests, 0 to 1.")] = 0.1,
+    sticky_header: Annotated[
+        str | None, typer.Option(help="A request header whose value keeps a caller on a side.")
+    ] = None,
+    rules: Annotated[
+        str | None, typer.Option(help="The rules as JSON, or @FILE (default: the defaults).")
+    ] = None,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="No rules: figures only, no decisions.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    store: Store = None,
+) -> None:
+    """Start a rollout of CANDIDATE on MODEL's traffic."""
+    parsed = _rules(rules) if rules else None
+    with _client(url, token, store) as client:
+        started = client.start_rollout(
+            model, candidate, mode=mode, share=share, sticky_header=sticky_header,
+            rules=parsed, report_only=report_only,
+        )  # fmt: skip
+    out.print(
+        f"{model}: {started['mode']} of v{started['candidate']} against v{started['baseline']}, "
+        f"share {started['share']:g}" + (" (report only)" if not started["rules"] else "")
+    )
+
+
+@rollout_app.command("status")
+def rollout_status_cmd(
+    model: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rollout as JSON.")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    store: Store = None,
+) -> None:
+    """Show MODEL's rollout (running, else the last) and its figures."""
+    with _client(url, token, store) as client:
+        found = client.rollout(model)
+    if as_json:
+        print_json(found)
+        return
+    rollout, figures = found["rollout"], found["figures"]
+    out.print(
+        f"{model}: {rollout['mode']} of v{rollout['candidate']} against v{rollout['baseline']}, "
+        f"share {rollout['share']:g}: {rollout['state']}"
+    )
+    if rollout["decision"]:
+        decision = rollout["decision"]
+        out.print(f"  decided by {decision.get('by')}: {decision.get('why')}", markup=False)
+    if figures:
+        table = Table("version", "role", "requests", "errors", "p50 ms", "p99 ms (window)")
+        for version, side in figures["versions"].items():
+            total, window = side["total"], side["window"]
+            table.add_row(
+                version, side["role"], str(total["requests"]), str(total["errors"]),
+                _ms(window["p50_ms"]), _ms(window["p99_ms"]),
+            )  # fmt: skip
+        out.print(table)
+        for name, output in figures["outputs"].items():
+            agreement = output["agreement"]
+            shown = f"{agreement:.2%}" if agreement is not None else "-"
+            out.print(f"  {name} ({output['measure']}): agreement {shown}, "
+                      f"max abs diff {output['max_abs_diff']:.3g}")  # fmt: skip
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def _rules(text: str) -> dict[str, Any]:
+    from torchport.errors import InvalidInput
+
+    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        parsed = json.loads(raw)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"--rules is not JSON: {exc}", field="rules") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput("--rules must be a JSON object", field="rules")
+    return parsed
+
+
+def _end(action: str, model: str, url: str, token: str | None, store: Path | None) -> None:
+    with _client(url, token, store) as client:
+        ended = client.end_rollout(model, action)
+    out.print(f"{model}: rollout of v{ended['candidate']} {ended['state'].replace('_', ' ')}")
+
+
+@rollout_app.command("promote")
+def rollout_promote_cmd(
+    model: str, url: Url = DEFAULT_URL, token: Token = None, store: Store = None
+) -> None:
+    """Promote the candidate of MODEL's running rollout."""
+    _end("promote", model, url, token, store)
+
+
+@rollout_app.command("rollback")
+def rollout_rollback_cmd(
+    model: str, url: Url = DEFAULT_URL, token: Token = None, store: Store = None
+) -> None:
+    """Send the candidate back: it stops taking traffic and is unloaded."""
+    _end("rollback", model, url, token, store)
+
+
+@rollout_app.command("stop")
+def rollout_stop_cmd(
+    model: str, url: Url = DEFAULT_URL, token: Token = None, store: Store = None
+) -> None:
+    """Stop MODEL's running rollout, deciding nothing."""
+    _end("stop", model, url, token, store)

@@ -101,6 +101,36 @@ class ManagementClient:
     def set_config(self, name: str, version: int, **config: Any) -> dict[str, Any]:
         return dict(self._call("PUT", f"/models/{name}/versions/{version}/config", json=config))
 
+    def start_rollout(
+        self,
+        name: str,
+        candidate: int,
+        *,
+        mode: str = "canary",
+        share: float = 0.1,
+        sticky_header: str | None = None,
+        rules: dict[str, Any] | None = None,
+        report_only: bool = False,
+    ) -> dict[str, Any]:
+        """Start a rollout of `candidate` (`rules`: the defaults when None, unless
+        `report_only`); the rollout as the server recorded it."""
+        spec: dict[str, Any] = {"candidate": candidate, "mode": mode, "share": share}
+        if sticky_header:
+            spec["sticky_header"] = sticky_header
+        if report_only:
+            spec["rules"] = None
+        elif rules is not None:
+            spec["rules"] = rules
+        return dict(self._call("POST", f"/models/{name}/rollout", json=spec)["rollout"])
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        """The model's rollout (running, else the last) and its live figures."""
+        return dict(self._call("GET", f"/models/{name}/rollout"))
+
+    def end_rollout(self, name: str, action: str) -> dict[str, Any]:
+        """`promote`, `rollback` or `stop` the model's running rollout."""
+        return dict(self._call("POST", f"/models/{name}/rollout/{action}")["rollout"])
+
     def audit(self, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if model:
