@@ -139,3 +139,24 @@ def test_a_restart_mid_rollout_resumes_it(server: ServerProcess) -> None:
     server.start()
     assert _status(server)["rollout"]["state"] == "running"
     assert {version for _, version, _ in _load(server, 40)} == {"1", "2"}
+
+
+def test_front_end_processes_keep_sticky_callers_on_one_side(
+    tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    proc = ServerProcess(tmp_path / "store", [packages["base"]], TORCHPORT_FRONTENDS="2").start()
+    try:
+        with packages["same"].open("rb") as f:
+            assert httpx.post(f"{proc.management_url}/models/clf", content=f.read(),
+                              headers=proc.auth, timeout=120).status_code == 201  # fmt: skip
+        assert _models(proc, "start", "clf", "--candidate", "2", "--share", "0.5",
+                       "--sticky-header", "X-User", "--report-only")[0] == 0  # fmt: skip
+        seen: dict[str, set[str]] = {}
+        for user in (f"user-{i}" for i in range(12)):
+            for status, version, _ in _load(proc, 16, {"X-User": user}):
+                assert status == 200
+                seen.setdefault(user, set()).add(version)
+        assert all(len(versions) == 1 for versions in seen.values()), seen
+        assert {v for versions in seen.values() for v in versions} == {"1", "2"}
+    finally:
+        proc.stop()

@@ -19,7 +19,7 @@ from torchport.observability.requests import Tracked
 from torchport.service import handoff
 from torchport.service.dataplane import DataPlane
 from torchport.service.handoff import Channel, Header
-from torchport.service.inference import InferRequest, Repository
+from torchport.service.inference import InferRequest, Repository, request_headers
 from torchport.tensors import weight
 
 log = logging.getLogger("torchport.intake")
@@ -105,6 +105,9 @@ class _Connection:
         call = header["c"]
         dataplane = self.intake.dataplane
         request_id.set(header.get("r"))
+        sticky = header.get("k")
+        if sticky:  # the value of a sticky rollout's header, as the front end received it
+            request_headers.set({str(sticky[0]).lower(): str(sticky[1])})
         try:
             described = header["x"]
             inputs = await dataplane.offload(
@@ -157,7 +160,11 @@ class _Connection:
         dataplane = self.intake.dataplane
         if question == "signature":
             resolved, signature = dataplane.registry.signature(*args)
-            return [resolved, signature.model_dump(mode="json")]
+            model, version = args[0], args[1] if len(args) > 1 else None
+            rollout = dataplane.registry.rollouts.active(model) if version is None else None
+            # A sticky rollout's header: the front end sends its value with each request.
+            sticky = rollout.rollout.sticky_header if rollout is not None else None
+            return [resolved, signature.model_dump(mode="json"), sticky]
         if question == "metadata":
             meta = await dataplane.metadata(*args)
             return {

@@ -98,7 +98,7 @@ class Registry:
         self.backend = backend or Backend()
         self.metrics = metrics or Metrics()
         self.request_loads = request_loads or RequestLoads()
-        self.rollouts = Rollouts(store)
+        self.rollouts = Rollouts(store, changed=self._changed)
         """The models whose candidate version is proving itself on their traffic."""
         self.metrics.watch_rollouts(lambda: [s.gauges() for s in self.rollouts.running()])
         self._lock = threading.Lock()

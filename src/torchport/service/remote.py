@@ -30,6 +30,7 @@ from torchport.service.inference import (
     InferResponse,
     ModelMetadata,
     VersionState,
+    request_headers,
     wanted_outputs,
 )
 from torchport.tensors import weight
@@ -55,7 +56,9 @@ class RemoteDataPlane(Counter):
         self._channel: Channel | None = None
         self._calls: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
         self._next_call = 0
-        self._signatures: dict[tuple[str, int | None], tuple[int, Signature]] = {}
+        self._signatures: dict[tuple[str, int | None], tuple[int, Signature, str | None]] = {}
+        """Per model (and version): what serves it, its signature, and the header a sticky
+        rollout of it keys on."""
         self._counts: list[list[Any]] = []
         self._flush_scheduled = False
         self._draining = False
@@ -175,20 +178,26 @@ class RemoteDataPlane(Counter):
     async def offload(self, size: int, work: Callable[..., T], *args: object) -> T:
         return await self._codec.offload(size, work, *args)
 
-    async def _signature(self, model: str, version: int | None) -> tuple[int, Signature]:
+    async def _signature(
+        self, model: str, version: int | None
+    ) -> tuple[int, Signature, str | None]:
         key = (model, version)
         known = self._signatures.get(key)
         if known is None:
-            resolved, data = await self._ask("signature", model, version)
-            known = (int(resolved), Signature.model_validate(data))
+            resolved, data, sticky = await self._ask("signature", model, version)
+            known = (int(resolved), Signature.model_validate(data), sticky)
             self._signatures[key] = known
         return known
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if request_id.get() is None:
             request_id.set(new_request_id(request.id))
-        _, signature = await self._signature(request.model, request.version)
+        _, signature, sticky = await self._signature(request.model, request.version)
         signature.check_inputs(request.inputs)
+        key = None
+        if sticky is not None:
+            value = (request_headers.get() or {}).get(sticky.lower())
+            key = None if value is None else [sticky, value]
         wanted = wanted_outputs(signature, request.outputs)
         described, data, block = await self.offload(
             weight(request.inputs), handoff.pack, request.inputs
@@ -205,6 +214,7 @@ class RemoteDataPlane(Counter):
                     "to": request.timeout_s,
                     "x": described,
                     "b": block,
+                    "k": key,
                 },
                 data,
             )

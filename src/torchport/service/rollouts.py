@@ -359,8 +359,11 @@ def pick(stats: RolloutStats, headers: Mapping[str, str] | None) -> bool:
 class Rollouts:
     """The running rollouts of one server: routing, figures, comparisons, decisions."""
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: ModelStore, changed: Callable[[], None] | None = None) -> None:
         self.store = store
+        self._changed = changed or (lambda: None)
+        """Told when a rollout starts or ends (front ends then ask again what serves a model,
+        and a sticky rollout's header)."""
         self._running: dict[str, RolloutStats] = {}
         self._queue: asyncio.Queue[Callable[[], Any]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -377,10 +380,12 @@ class Rollouts:
     def follow(self, rollout: Rollout, signature: Signature) -> RolloutStats:
         stats = RolloutStats(rollout, signature)
         self._running[rollout.model] = stats
+        self._changed()
         return stats
 
     def forget(self, model: str) -> None:
-        self._running.pop(model, None)
+        if self._running.pop(model, None) is not None:
+            self._changed()
 
     def offload(self, work: Callable[[], Any], stats: RolloutStats) -> None:
         """Queue a comparison off the request path; dropped (and counted) when full."""
