@@ -282,3 +282,29 @@ def test_the_inference_port_serves_no_management_view(dserver: ServerProcess) ->
     stats = httpx.get(f"{dserver.management_url}/models/nope/stats", headers=dserver.auth)
     assert stats.status_code == 404
     assert stats.json()["field"] == "model"
+
+
+def test_a_rollout_and_its_decision_on_the_page(
+    watched: Watched, dserver: ServerProcess, mlp_v2: int
+) -> None:
+    started = httpx.post(
+        f"{dserver.management_url}/models/mlp/rollout",
+        json={"candidate": mlp_v2, "mode": "shadow", "share": 1.0, "rules": None},
+        headers=dserver.auth,
+    )
+    assert started.status_code == 201, started.text
+    infer_mlp(dserver, 20)
+    page = watched.page
+    unlock(page)
+    page.click("#models li[data-model=mlp]")
+    expect(page.locator("#rollout-state")).to_have_text("running")
+    expect(page.locator("#rollout-summary")).to_contain_text(f"shadow of v{mlp_v2} against v1")
+    expect(page.locator("#rollout-versions tbody tr")).to_have_count(2)
+    expect(page.locator("#rollout-outputs tbody tr")).to_have_count(1)
+    shot(page, "rollout")
+    page.click("#rollout button[data-action=stop]")
+    page.click("#confirm-ok")
+    expect(page.locator("#rollout-state")).to_have_text("stopped")
+    expect(page.locator("#rollout-decision")).to_contain_text("Decided by")
+    assert default_of(dserver, "mlp") == 1
+    assert watched.errors == []

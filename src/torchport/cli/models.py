@@ -237,6 +237,9 @@ def rollout_status_cmd(
         print_json(found)
         return
     rollout, figures = found["rollout"], found["figures"]
+    if rollout is None:
+        out.print(f"{model}: no rollout yet")
+        return
     out.print(
         f"{model}: {rollout['mode']} of v{rollout['candidate']} against v{rollout['baseline']}, "
         f"share {rollout['share']:g}: {rollout['state']}"

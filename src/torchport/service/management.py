@@ -245,7 +245,7 @@ class Management:
         self.store.get_model(name)
         found = self.store.rollouts(name)
         if not found:
-            raise NotFound(f"model '{name}' has had no rollout", field="model")
+            return {"rollout": None, "figures": None}
         stats = self.registry.rollouts.active(name) if self.registry is not None else None
         return {
             "rollout": asdict(found[0]),

@@ -150,12 +150,14 @@ async function refresh() {
     renderModels(overview.versions);
     if (state.model) {
       const model = encodeURIComponent(state.model);
-      const [detail, stats] = await Promise.all([
+      const [detail, stats, rollout] = await Promise.all([
         api(`/models/${model}`), api(`/models/${model}/stats`),
+        api(`/models/${model}/rollout`),
       ]);
       state.detail = detail;
       renderModel(detail);
       renderCharts(stats);
+      renderRollout(state.model, rollout);
     }
     $("status").className = "status live";
     $("status").textContent = `live · updated ${new Date().toLocaleTimeString()}`;
@@ -280,6 +282,75 @@ async function rollbackModel(model, previous) {
     toast(`${model}: rolled back, version ${info.default} is the default`);
   } catch (err) {
     toast(`Rollback refused: ${err.message}`, true);
+    if (err.status === 401) lock(`The token was refused: ${err.message}`);
+  }
+  await refresh();
+}
+
+// -- the model's rollout ----------------------------------------------------------------
+
+function pct(value) {
+  return value === null || value === undefined ? "–" : `${(value * 100).toFixed(2)} %`;
+}
+
+function renderRollout(model, found) {
+  const box = $("rollout");
+  if (!found || !found.rollout) {
+    box.replaceChildren(el("p", { class: "muted" }, "No rollout yet."));
+    return;
+  }
+  const r = found.rollout;
+  const running = r.state === "running";
+  const head = el("p", { id: "rollout-summary" },
+    el("span", { class: `badge rollout-${r.state}`, id: "rollout-state" },
+      r.state.replace("_", " ")),
+    ` ${r.mode} of v${r.candidate} against v${r.baseline}, share ${pct(r.share)}` +
+    (r.sticky_header ? `, sticky by ${r.sticky_header}` : "") +
+    (Object.keys(r.rules || {}).length ? "" : " (report only)"));
+  const parts = [head];
+  if (r.decision && r.decision.why) {
+    parts.push(el("p", { id: "rollout-decision" },
+      `Decided by ${r.decision.by}: ${r.decision.why}`));
+  }
+  const figures = found.figures;
+  if (figures) {
+    const rows = Object.entries(figures.versions).map(([version, side]) => el("tr", {},
+      el("td", {}, `v${version}`), el("td", {}, side.role),
+      el("td", {}, side.total.requests), el("td", {}, pct(side.total.error_rate)),
+      el("td", {}, fmt(side.window.p50_ms, 2)), el("td", {}, fmt(side.window.p99_ms, 2))));
+    parts.push(el("table", { id: "rollout-versions" },
+      el("thead", {}, el("tr", {}, ...["Version", "Role", "Requests", "Error rate",
+        "p50 ms", "p99 ms"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows)));
+    const outputs = Object.entries(figures.outputs).map(([name, o]) => el("tr", {},
+      el("td", {}, name), el("td", {}, o.measure), el("td", {}, pct(o.agreement)),
+      el("td", {}, o.rows), el("td", {}, fmt(o.max_abs_diff, 4))));
+    parts.push(el("table", { id: "rollout-outputs" },
+      el("thead", {}, el("tr", {}, ...["Output", "Measure", "Agreement", "Rows",
+        "Max abs diff"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...outputs)));
+  }
+  if (running) {
+    const action = (name, label, cls) => el("button", {
+      type: "button", class: cls, "data-action": name,
+      onclick: () => endRollout(model, name, label),
+    }, label);
+    parts.push(el("div", { class: "buttons" },
+      action("promote", "Promote candidate", "promote"),
+      action("rollback", "Roll back", "danger"),
+      action("stop", "Stop", "")));
+  }
+  box.replaceChildren(...parts);
+}
+
+async function endRollout(model, action, label) {
+  const ok = await confirmAction(`${label}: end the rollout of ${model}?`);
+  if (!ok) return;
+  try {
+    await api(`/models/${encodeURIComponent(model)}/rollout/${action}`, { method: "POST" });
+    toast(`${model}: rollout ended (${action})`);
+  } catch (err) {
+    toast(`Refused: ${err.message}`, true);
     if (err.status === 401) lock(`The token was refused: ${err.message}`);
   }
   await refresh();

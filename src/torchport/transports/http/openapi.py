@@ -414,7 +414,7 @@ def management_document(models: list[str]) -> dict[str, Any]:
         },
         "/models/{model}/rollout": {
             "get": op(
-                "the model's rollout (running, else the last) and its live figures",
+                "the model's rollout (running, else the last; null if none) and its figures",
                 (400, 404),
                 params=(model,),
             ),
