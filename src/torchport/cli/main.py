@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from torchport.cli import examples, models, ray, store
+from torchport.cli import examples, models, ray, store, traffic
 from torchport.cli.bench import bench_cmd
 from torchport.cli.build import build_cmd
 from torchport.cli.export import export_cmd
@@ -41,6 +41,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(store.app, name="store")
 app.add_typer(examples.app, name="examples")
 app.add_typer(ray.app, name="ray")
+app.add_typer(traffic.app, name="traffic")
 
 
 @app.callback(invoke_without_command=True)

@@ -89,6 +89,12 @@ class DataPlane:
         if counted is not None:
             counted.answered(request.model, loaded.version)
         self.recent.note(request.model, request.inputs)
+        recorder = registry.recorder
+        if recorder.wants(request.model) and loaded.version == registry.resolve(
+            request.model, None
+        ):
+            # The default's answers only: what a replay compares a version with.
+            recorder.note(request.model, loaded.version, request_id.get(), request.inputs, outputs)
         return InferResponse(
             model=request.model,
             version=loaded.version,

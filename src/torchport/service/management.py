@@ -40,6 +40,7 @@ from torchport.runtime import LocalRunner, check_examples, open_runner
 from torchport.scratch import scratch
 from torchport.service.compare import RecentRequests, compare_versions
 from torchport.service.inference import VersionState
+from torchport.service.recording import RecordingConfig
 from torchport.service.registry import Registry
 from torchport.service.rollouts import RolloutSpec, measures
 from torchport.settings import Limits
@@ -288,6 +289,39 @@ class Management:
             if action != "promote":
                 self.registry.unload(name, rollout.candidate)
         return ended
+
+    # -- recorded traffic ----------------------------------------------------------------
+
+    @_counted("recording")
+    def set_recording(self, name: str, body: Any, *, actor: str = "local") -> dict[str, Any]:
+        """Record a sample of the model's traffic (`RecordingConfig`); 400 naming the field
+        for a bad setting or a redacted input the model does not have."""
+        info = self.store.get_model(name)
+        if info.default is None:
+            raise NotFound(f"model '{name}' has no default version", field="model")
+        signature = Signature.model_validate(
+            self.store.get_version(name, info.default).metadata.get("signature")
+        )
+        config = RecordingConfig.parse(body if body is not None else {}, signature)
+        self.store.set_recording(name, config.model_dump(), actor=actor)
+        if self.registry is not None:
+            self.registry.recorder.configure(name, config)
+        return self.recording(name)
+
+    @_counted("recording")
+    def stop_recording(self, name: str, *, actor: str = "local") -> dict[str, Any]:
+        self.store.set_recording(name, None, actor=actor)
+        if self.registry is not None:
+            self.registry.recorder.configure(name, None)
+        return self.recording(name)
+
+    def recording(self, name: str) -> dict[str, Any]:
+        """The model's recording settings (None when off), counts and files."""
+        self.store.get_model(name)
+        if self.registry is not None:
+            return self.registry.recorder.status(name)
+        config = self.store.recordings().get(name)
+        return {"recording": config, "recorded": 0, "dropped": 0, "files": []}
 
     def _decided(self, name: str, action: str, why: str, figures: dict[str, Any]) -> None:
         """A rollout's rules decided (called off the event loop)."""

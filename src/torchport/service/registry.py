@@ -21,6 +21,7 @@ from torchport.errors import NotFound, TorchportError, Unavailable
 from torchport.observability.metrics import Metrics, VersionGauges
 from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner, open_runner
 from torchport.service.inference import VersionState
+from torchport.service.recording import Recorder, RecordingConfig
 from torchport.service.rollouts import Rollouts
 from torchport.store import ModelStore, VersionInfo
 from torchport.types import Signature
@@ -101,6 +102,10 @@ class Registry:
         self.rollouts = Rollouts(store, changed=self._changed)
         """The models whose candidate version is proving itself on their traffic."""
         self.metrics.watch_rollouts(lambda: [s.gauges() for s in self.rollouts.running()])
+        self.recorder = Recorder(store.root / "recordings")
+        """Samples of models' traffic written for replay."""
+        for model, config in store.recordings().items():
+            self.recorder.configure(model, RecordingConfig.model_validate(config))
         self._lock = threading.Lock()
         self._switching = threading.Lock()
         """Held while a default is set: a refresh's re-read of the store and its switch
@@ -162,6 +167,7 @@ class Registry:
                 progress(f"resumed the {rollout.mode} of {rollout.model} v{rollout.candidate}")
 
     def close(self) -> None:
+        self.recorder.close()
         with self._lock:
             loaded = list(self._routes.loaded.values())
             self._routes.loaded.clear()

@@ -159,7 +159,7 @@ class _Side:
 
 
 @dataclass
-class _Agreement:
+class OutputAgreement:
     """How one output of the candidate agrees with the default's on the same requests."""
 
     measure: Measure
@@ -224,7 +224,7 @@ class RolloutStats:
         chosen = measures(signature, rules.outputs if rules else {})
         self.sides = {rollout.baseline: _Side(), rollout.candidate: _Side()}
         self.outputs = {
-            s.name: _Agreement(chosen[s.name], TOLERANCES.get(s.datatype, Tolerance(0.0, 0.0)))
+            s.name: OutputAgreement(chosen[s.name], TOLERANCES.get(s.datatype, Tolerance(0.0, 0.0)))
             for s in signature.outputs
         }
         self.compared = 0

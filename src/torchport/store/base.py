@@ -76,6 +76,10 @@ class ModelStore(abc.ABC):
     row committed) or absent. Methods raise `NotFound`, `Conflict` or `StoreError`.
     """
 
+    root: Path
+    """A local directory of the store's own (the token file, recorded traffic; a cache
+    for a remote store)."""
+
     @abc.abstractmethod
     def add_version(
         self,
@@ -146,6 +150,16 @@ class ModelStore(abc.ABC):
     @abc.abstractmethod
     def rollouts(self, name: str | None = None, *, running: bool = False) -> list[Rollout]:
         """Rollouts, newest first: of one model or all; only running ones if asked."""
+
+    @abc.abstractmethod
+    def set_recording(
+        self, name: str, config: dict[str, Any] | None, *, actor: str = "local"
+    ) -> None:
+        """Record a sample of the model's traffic as `config` says, or stop (None)."""
+
+    @abc.abstractmethod
+    def recordings(self) -> dict[str, dict[str, Any]]:
+        """The recording settings of every model that records its traffic."""
 
     @abc.abstractmethod
     def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:

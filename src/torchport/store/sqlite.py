@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS rollouts (
     decision TEXT NOT NULL DEFAULT '{}'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS rollouts_running ON rollouts(model) WHERE state = 'running';
+CREATE TABLE IF NOT EXISTS recordings (
+    model TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -409,6 +414,28 @@ class SQLiteStore(ModelStore):
             query += " WHERE " + " AND ".join(where)
         with self._read() as db:
             return [_rollout(r) for r in db.execute(query + " ORDER BY id DESC", args)]
+
+    def set_recording(
+        self, name: str, config: dict[str, Any] | None, *, actor: str = "local"
+    ) -> None:
+        with self._write() as db:
+            self._model_row(db, name)
+            if config is None:
+                db.execute("DELETE FROM recordings WHERE model=?", (name,))
+                self._audit(db, actor, "recording_stop", name, None, {})
+                return
+            db.execute(
+                "INSERT INTO recordings(model, config, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(model) DO UPDATE SET config=excluded.config, "
+                "updated_at=excluded.updated_at",
+                (name, json.dumps(config), _now()),
+            )
+            self._audit(db, actor, "recording_start", name, None, config)
+
+    def recordings(self) -> dict[str, dict[str, Any]]:
+        with self._read() as db:
+            rows = db.execute("SELECT model, config FROM recordings").fetchall()
+        return {row["model"]: json.loads(row["config"]) for row in rows}
 
     def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:
         query = "SELECT * FROM audit"

@@ -184,6 +184,25 @@ def build_management_app(
         )
         return json_response({"rollout": asdict(ended), "figures": None})
 
+    async def set_recording(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        doc = await _json_body(request, json_limit)
+        return json_response(
+            await run_in_threadpool(
+                lambda: management.set_recording(model, doc, actor=_actor(request))
+            )
+        )
+
+    async def show_recording(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        return json_response(await run_in_threadpool(management.recording, model))
+
+    async def stop_recording(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        return json_response(
+            await run_in_threadpool(lambda: management.stop_recording(model, actor=_actor(request)))
+        )
+
     async def delete_version(request: Request) -> Response:
         model, version = model_and_version(request)
         assert version is not None
@@ -283,6 +302,9 @@ def build_management_app(
         Route("/models/{model}/versions/{version}/load", load_version, methods=["POST"]),
         Route("/models/{model}/versions/{version}/unload", unload_version, methods=["POST"]),
         Route("/models/{model}/compare", compare),
+        Route("/models/{model}/recording", show_recording),
+        Route("/models/{model}/recording", set_recording, methods=["PUT"]),
+        Route("/models/{model}/recording", stop_recording, methods=["DELETE"]),
         Route("/models/{model}/rollout", show_rollout),
         Route("/models/{model}/rollout", start_rollout, methods=["POST"]),
         Route("/models/{model}/rollout/{action}", end_rollout, methods=["POST"]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchport.archive import RuntimeDefaults
+from torchport.service.recording import RecordingConfig
 from torchport.service.rollouts import RolloutSpec
 from torchport.types import Datatype, Signature, TensorSpec
 from torchport.version import __version__
@@ -336,6 +337,8 @@ def management_document(models: list[str]) -> dict[str, Any]:
     config_schema.pop("title", None)
     rollout_schema = RolloutSpec.model_json_schema()
     rollout_schema.pop("title", None)
+    recording_schema = RecordingConfig.model_json_schema()
+    recording_schema.pop("title", None)
 
     def json_body(schema: dict[str, Any]) -> dict[str, Any]:
         return {JSON: {"schema": schema}}
@@ -411,6 +414,20 @@ def management_document(models: list[str]) -> dict[str, Any]:
                     {**query("b", {"type": "string"}), "required": True},
                 ),
             )
+        },
+        "/models/{model}/recording": {
+            "get": op(
+                "the model's traffic recording: settings, counts and files",
+                (400, 404),
+                params=(model,),
+            ),
+            "put": op(
+                "record a sample of the model's requests and answers (JSON Lines)",
+                (400, 404),
+                params=(model,),
+                body=json_body(recording_schema),
+            ),
+            "delete": op("stop recording the model's traffic", (400, 404), params=(model,)),
         },
         "/models/{model}/rollout": {
             "get": op(
