@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,4 +308,26 @@ def test_a_rollout_and_its_decision_on_the_page(
     expect(page.locator("#rollout-state")).to_have_text("stopped")
     expect(page.locator("#rollout-decision")).to_contain_text("Decided by")
     assert default_of(dserver, "mlp") == 1
+    assert watched.errors == []
+
+
+def test_recorded_traffic_replayed_from_the_page(
+    watched: Watched, dserver: ServerProcess, mlp_v2: int
+) -> None:
+    recording = f"{dserver.management_url}/models/mlp/recording"
+    assert httpx.put(recording, json={"share": 1}, headers=dserver.auth).status_code == 200
+    infer_mlp(dserver, 30)
+    deadline = time.monotonic() + 20
+    while httpx.get(recording, headers=dserver.auth).json()["recorded"] < 30:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    httpx.delete(recording, headers=dserver.auth)
+    page = watched.page
+    unlock(page)
+    page.click("#models li[data-model=mlp]")
+    page.select_option("#replay-version", str(mlp_v2))
+    page.click("#replay-form button")
+    expect(page.locator("#replay-summary")).to_contain_text(f"v{mlp_v2}: ")
+    expect(page.locator("#replay-outputs tbody tr")).to_have_count(1)
+    shot(page, "replay")
     assert watched.errors == []

@@ -109,3 +109,16 @@ def test_a_bad_recording_is_a_400_naming_the_field(
     answer = _recording(server, "PUT", body)
     assert answer.status_code == 400
     assert answer.json()["field"] == field
+
+
+def test_the_server_replays_recorded_traffic_on_its_own_versions(server: ServerProcess) -> None:
+    url = f"{server.management_url}/models/clf/replay"
+    report = httpx.post(url, json={"version": 3, "limit": 50}, headers=server.auth, timeout=120)
+    assert report.status_code == 200, report.text
+    assert report.json()["records"] == 50  # the newest 50 (redacted ones are not replayed)
+    assert report.json()["agreement"] < 0.9
+    for body, field in (({}, "version"), ({"version": 2, "limit": 0}, "limit")):
+        refused = httpx.post(url, json=body, headers=server.auth)
+        assert refused.status_code == 400
+        assert refused.json()["field"] == field
+    assert httpx.post(url, json={"version": 9}, headers=server.auth).status_code == 404

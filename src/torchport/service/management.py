@@ -42,6 +42,7 @@ from torchport.service.compare import RecentRequests, compare_versions
 from torchport.service.inference import VersionState
 from torchport.service.recording import RecordingConfig
 from torchport.service.registry import Registry
+from torchport.service.replay import read_records, recorded_files, replay
 from torchport.service.rollouts import RolloutSpec, measures
 from torchport.settings import Limits
 from torchport.store import AuditEntry, ModelInfo, ModelStore, Rollout, VersionInfo
@@ -322,6 +323,26 @@ class Management:
             return self.registry.recorder.status(name)
         config = self.store.recordings().get(name)
         return {"recording": config, "recorded": 0, "dropped": 0, "files": []}
+
+    @_counted("replay")
+    def replay(self, name: str, body: Any) -> dict[str, Any]:
+        """Run the model's recorded requests (the newest `limit`, default 1000) on one of
+        its versions — loaded here if it is not — and compare with the recorded answers."""
+        if not isinstance(body, dict) or not isinstance(body.get("version"), int):
+            raise InvalidInput('send {"version": N}: the version to replay on', field="version")
+        version, limit = body["version"], body.get("limit", 1000)
+        if not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise InvalidInput("limit must be a whole number from 1 to 100000", field="limit")
+        if self.registry is None:
+            raise InvalidInput("replaying needs a running server", field="version")
+        info = self.store.get_version(name, version)
+        signature = Signature.model_validate(info.metadata.get("signature"))
+        records = list(read_records(recorded_files(self.store.root, name)))[-limit:]
+        loaded = self.registry.acquire(name, version, by_request=False)
+        try:
+            return replay(name, version, records, loaded.runner.predict, signature)
+        finally:
+            self.registry.release(loaded)
 
     def _decided(self, name: str, action: str, why: str, figures: dict[str, Any]) -> None:
         """A rollout's rules decided (called off the event loop)."""

@@ -47,8 +47,10 @@ CLIENT_ERRORS = frozenset(
 )
 """Errors that are the request's fault, not the version's: not counted against either."""
 WINDOW_S = 60.0
-QUEUE = 64
+QUEUE = 256
 """Comparisons waiting off the request path, per server; past it they are dropped."""
+COMPARERS = 16
+"""Comparisons run at once: enough to share the other side's batches under load."""
 
 
 class Rules(BaseModel):
@@ -404,7 +406,8 @@ class Rollouts:
             return
         self._queue = asyncio.Queue(QUEUE)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._compare()), loop.create_task(self._check())]
+        self._tasks = [loop.create_task(self._compare()) for _ in range(COMPARERS)]
+        self._tasks.append(loop.create_task(self._check()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -177,6 +177,7 @@ function select(name) {
   state.model = name;
   location.hash = `model=${encodeURIComponent(name)}`;
   $("compare-result").replaceChildren();
+  $("replay-result").replaceChildren();
   destroyCharts();
   refresh();
 }
@@ -247,6 +248,7 @@ function renderModel(detail) {
   $("versions").tBodies[0].replaceChildren(...rows);
 
   renderCompareChoices(detail);
+  renderReplayChoices(detail);
   const audit = (detail.audit || []).map((e) => el("tr", {},
     el("td", {}, when(e.at)), el("td", {}, e.actor), el("td", {}, e.action),
     el("td", {}, e.version === null ? "–" : `v${e.version}`),
@@ -354,6 +356,49 @@ async function endRollout(model, action, label) {
     if (err.status === 401) lock(`The token was refused: ${err.message}`);
   }
   await refresh();
+}
+
+// -- replaying recorded traffic ---------------------------------------------------------
+
+function renderReplayChoices(detail) {
+  const select = $("replay-version");
+  const sameModel = $("replay-form").dataset.model === detail.name;
+  const kept = sameModel ? select.value : null;
+  $("replay-form").dataset.model = detail.name;
+  select.replaceChildren(...detail.versions.map((v) => el("option", { value: v.version },
+    `v${v.version}`)));
+  if (kept && detail.versions.some((v) => String(v.version) === kept)) select.value = kept;
+}
+
+async function replayTraffic(event) {
+  event.preventDefault();
+  const model = $("replay-form").dataset.model;
+  const version = Number($("replay-version").value);
+  const out = $("replay-result");
+  out.replaceChildren(el("p", { class: "muted" }, "replaying…"));
+  try {
+    const report = await api(`/models/${encodeURIComponent(model)}/replay`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ version }),
+    });
+    const rows = Object.entries(report.outputs).map(([name, o]) => el("tr", {},
+      el("td", {}, name), el("td", {}, o.measure), el("td", {}, pct(o.agreement)),
+      el("td", {}, o.rows), el("td", {}, fmt(o.max_abs_diff, 4))));
+    out.replaceChildren(
+      el("p", { id: "replay-summary" },
+        `v${report.version}: ${report.replayed} of ${report.records} recorded requests, ` +
+        `${report.errors} errors, p50 ${fmt(report.p50_ms, 2)} ms, ` +
+        `p99 ${fmt(report.p99_ms, 2)} ms`),
+      el("table", { id: "replay-outputs" },
+        el("thead", {}, el("tr", {}, ...["Output", "Measure", "Agreement", "Rows",
+          "Max abs diff"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, ...rows)));
+  } catch (err) {
+    out.replaceChildren(el("p", { class: "error", role: "alert" },
+      `Replay refused: ${err.message}`));
+    if (err.status === 401) lock(`The token was refused: ${err.message}`);
+  }
 }
 
 // -- live charts ----------------------------------------------------------------------
@@ -528,6 +573,7 @@ function start() {
   });
   $("lock").addEventListener("click", () => lock(""));
   $("compare-form").addEventListener("submit", compare);
+  $("replay-form").addEventListener("submit", replayTraffic);
   window.addEventListener("resize", () => {
     for (const chart of Object.values(state.charts)) {
       const box = chart.plot.root.parentElement;

@@ -203,6 +203,11 @@ def build_management_app(
             await run_in_threadpool(lambda: management.stop_recording(model, actor=_actor(request)))
         )
 
+    async def replay(request: Request) -> Response:
+        model, _ = model_and_version(request)
+        doc = await _json_body(request, json_limit)
+        return json_response(await run_in_threadpool(management.replay, model, doc))
+
     async def delete_version(request: Request) -> Response:
         model, version = model_and_version(request)
         assert version is not None
@@ -305,6 +310,7 @@ def build_management_app(
         Route("/models/{model}/recording", show_recording),
         Route("/models/{model}/recording", set_recording, methods=["PUT"]),
         Route("/models/{model}/recording", stop_recording, methods=["DELETE"]),
+        Route("/models/{model}/replay", replay, methods=["POST"]),
         Route("/models/{model}/rollout", show_rollout),
         Route("/models/{model}/rollout", start_rollout, methods=["POST"]),
         Route("/models/{model}/rollout/{action}", end_rollout, methods=["POST"]),

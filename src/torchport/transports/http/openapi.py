@@ -429,6 +429,24 @@ def management_document(models: list[str]) -> dict[str, Any]:
             ),
             "delete": op("stop recording the model's traffic", (400, 404), params=(model,)),
         },
+        "/models/{model}/replay": {
+            "post": op(
+                "run the model's recorded requests on a version and compare with the recorded "
+                "answers",
+                (400, 404, 503),
+                params=(model,),
+                body=json_body(
+                    {
+                        "type": "object",
+                        "required": ["version"],
+                        "properties": {
+                            "version": {"type": "integer", "minimum": 1},
+                            "limit": {"type": "integer", "minimum": 1, "maximum": 100000},
+                        },
+                    }
+                ),
+            )
+        },
         "/models/{model}/rollout": {
             "get": op(
                 "the model's rollout (running, else the last; null if none) and its figures",
