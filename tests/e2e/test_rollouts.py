@@ -26,12 +26,13 @@ CLIENTS = 8
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rollout-packages")
-    for name in ("base", "same", "failing"):
+    for name in ("base", "same", "failing", "slow"):
         (root / name).mkdir()
     return {
         "base": _package(root, "base"),
         "same": _package(root, "same"),
         "failing": _package(root, "failing", fail=True),
+        "slow": _package(root, "slow", slow=0.3),
     }
 
 
@@ -158,5 +159,26 @@ def test_front_end_processes_keep_sticky_callers_on_one_side(
                 seen.setdefault(user, set()).add(version)
         assert all(len(versions) == 1 for versions in seen.values()), seen
         assert {v for versions in seen.values() for v in versions} == {"1", "2"}
+    finally:
+        proc.stop()
+
+
+def test_a_shadow_never_makes_a_client_wait_for_it(
+    tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    proc = ServerProcess(tmp_path / "store", [packages["base"]]).start()
+    try:
+        with packages["slow"].open("rb") as f:  # 0.3 s a call
+            assert httpx.post(f"{proc.management_url}/models/clf", content=f.read(),
+                              headers=proc.auth, timeout=120).status_code == 201  # fmt: skip
+        assert _models(proc, "start", "clf", "--candidate", "2", "--mode", "shadow",
+                       "--share", "1", "--report-only")[0] == 0  # fmt: skip
+        started = time.monotonic()
+        answers = _load(proc, 400)
+        elapsed = time.monotonic() - started
+        assert all(status == 200 for status, _, _ in answers)
+        assert elapsed < 20  # 400 shadows at 0.3 s each would take 120 s in line
+        figures = _status(proc)["figures"]
+        assert figures["dropped"] > 0  # the queue filled: shadows dropped, not waited for
     finally:
         proc.stop()

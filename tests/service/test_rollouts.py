@@ -26,15 +26,19 @@ WEIGHTS = np.random.default_rng({seed}).standard_normal((8, 4)).astype(np.float3
 class Handler(Base):
     def __call__(self, inputs):
         x = inputs["x"]
+        if {slow}:
+            __import__("time").sleep({slow})
         if {fail} and float(x[0, 0]) > 1.2816:  # about one request in ten
             raise RuntimeError("the candidate fails on this input")
         return {{"scores": x @ WEIGHTS}}
 """
 
 
-def _package(root: Path, name: str, *, seed: int = 0, fail: bool = False, width: int = 8) -> Path:
+def _package(
+    root: Path, name: str, *, seed: int = 0, fail: bool = False, width: int = 8, slow: float = 0
+) -> Path:
     example = {"x": np.ones((1, width), np.float32)}
-    handler = SCORES.format(seed=seed, fail=fail).replace("(8, 4)", f"({width}, 4)")
+    handler = SCORES.format(seed=seed, fail=fail, slow=slow).replace("(8, 4)", f"({width}, 4)")
     return handler_package(root / name, "clf", handler, example=example)
 
 
