@@ -162,6 +162,18 @@ def running(
         proc.stop()
 
 
+def upload(server: ServerProcess, package: Path, name: str) -> int:
+    """Upload `package` as the next version of `name`; its version number."""
+    answer = httpx.post(
+        f"{server.management_url}/models/{name}",
+        content=package.read_bytes(),
+        headers=server.auth,
+        timeout=120,
+    )
+    assert answer.status_code == 201, answer.text
+    return int(answer.json()["version"])
+
+
 def oip_body(name: str, x: Any) -> dict[str, Any]:
     """An OIP v2 JSON request with one FP32 tensor."""
     data = x.reshape(-1).tolist()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.cli.test_cli import cli
-from tests.e2e.server import TOKEN, ServerProcess
+from tests.e2e.server import TOKEN, ServerProcess, upload
 from tests.service.test_rollouts import ROWS, _package
 
 CLIENTS = 8
@@ -41,10 +41,7 @@ def server(tmp_path: Path, packages: dict[str, Path]) -> Iterator[ServerProcess]
     proc = ServerProcess(tmp_path / "store", [packages["base"]]).start()
     try:
         for name in ("same", "failing"):  # versions 2 and 3
-            with packages[name].open("rb") as f:
-                uploaded = httpx.post(f"{proc.management_url}/models/clf", content=f.read(),
-                                      headers=proc.auth, timeout=120)  # fmt: skip
-            assert uploaded.status_code == 201, uploaded.text
+            upload(proc, packages[name], "clf")
         yield proc
     finally:
         proc.stop()
@@ -147,9 +144,7 @@ def test_front_end_processes_keep_sticky_callers_on_one_side(
 ) -> None:
     proc = ServerProcess(tmp_path / "store", [packages["base"]], TORCHPORT_FRONTENDS="2").start()
     try:
-        with packages["same"].open("rb") as f:
-            assert httpx.post(f"{proc.management_url}/models/clf", content=f.read(),
-                              headers=proc.auth, timeout=120).status_code == 201  # fmt: skip
+        upload(proc, packages["same"], "clf")
         assert _models(proc, "start", "clf", "--candidate", "2", "--share", "0.5",
                        "--sticky-header", "X-User", "--report-only")[0] == 0  # fmt: skip
         seen: dict[str, set[str]] = {}
@@ -168,9 +163,7 @@ def test_a_shadow_never_makes_a_client_wait_for_it(
 ) -> None:
     proc = ServerProcess(tmp_path / "store", [packages["base"]]).start()
     try:
-        with packages["slow"].open("rb") as f:  # 0.3 s a call
-            assert httpx.post(f"{proc.management_url}/models/clf", content=f.read(),
-                              headers=proc.auth, timeout=120).status_code == 201  # fmt: skip
+        upload(proc, packages["slow"], "clf")  # 0.3 s a call
         assert _models(proc, "start", "clf", "--candidate", "2", "--mode", "shadow",
                        "--share", "1", "--report-only")[0] == 0  # fmt: skip
         started = time.monotonic()

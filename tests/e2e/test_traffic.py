@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.cli.test_cli import cli
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, upload
 from tests.e2e.test_rollouts import _load
 from tests.service.test_rollouts import _package
 
@@ -26,9 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(root / "store", [packages[0]]).start()
     try:
         for package in packages[1:]:  # versions 2 and 3
-            answer = httpx.post(f"{proc.management_url}/models/clf", content=package.read_bytes(),
-                                headers=proc.auth, timeout=120)  # fmt: skip
-            assert answer.status_code == 201, answer.text
+            upload(proc, package, "clf")
         yield proc
     finally:
         proc.stop()
