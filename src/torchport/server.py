@@ -36,13 +36,11 @@ from torchport.service.compare import RecentRequests
 from torchport.service.intake import Intake
 from torchport.service.management import LocalRepository
 from torchport.settings import Settings, available_cores
-from torchport.store import ModelStore, SQLiteStore
+from torchport.store import ModelStore, SQLiteStore, open_store
 from torchport.transports.grpc import GrpcServer
 from torchport.transports.http import build_inference_app, build_management_app
 
 log = logging.getLogger("torchport.server")
-
-REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,13 @@ def serve(
     if microservice:
         private_store = engine.store if engine is not None else None
         private_store = private_store or scratch_dir("microservice")
-    store = SQLiteStore(private_store or settings.store)
+    store = (
+        SQLiteStore(private_store)
+        if private_store is not None
+        else open_store(
+            settings.store, s3_endpoint=settings.s3_endpoint, cache_dir=settings.store_cache
+        )
+    )
     token = None if microservice else resolve_token(settings.token, store.root)
     if engine is not None and engine.token is not None:
         engine.token(token)
@@ -183,7 +187,7 @@ def serve(
         management_url=(
             url(settings.management_host, mgmt_socket.getsockname()[1], tls) if mgmt_socket else ""
         ),
-        store=store.root,
+        store=store.url,
         token_source=_token_source(settings, store.root) if token is not None else "",
         models=models,
         seconds_to_ready=0.0,
@@ -252,7 +256,7 @@ def serve(
                 )
             )
         background = [
-            asyncio.create_task(_refresh(registry, stopped)),
+            asyncio.create_task(_refresh(registry, stopped, settings.store_poll_s)),
             asyncio.create_task(_sample(live, stopped)),
         ]
         try:
@@ -311,10 +315,10 @@ def _token_source(settings: Settings, store_root: Path) -> str:
     return "TORCHPORT_TOKEN" if settings.token else str(store_root / TOKEN_FILE)
 
 
-async def _refresh(registry: Registry, stopped: asyncio.Event) -> None:
-    # Another process (`torchport store promote`, a second server) may change the store.
+async def _refresh(registry: Registry, stopped: asyncio.Event, every_s: float) -> None:
+    # Another process (`torchport store promote`, another replica) may change the store.
     while not stopped.is_set():
-        await asyncio.sleep(REFRESH_SECONDS)
+        await asyncio.sleep(every_s)
         try:
             await asyncio.to_thread(registry.refresh)
         except Exception:

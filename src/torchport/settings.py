@@ -43,7 +43,30 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TORCHPORT_", extra="forbid")
 
-    store: Path = Field(default_factory=default_store_dir)
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_location(cls, value: Any) -> Any:
+        # `s3://bucket/prefix` stays a URL (a Path would fold its `//`); the rest are paths.
+        if isinstance(value, str) and "://" in value:
+            if not value.startswith("s3://"):
+                raise ValueError("give a directory or s3://bucket/prefix")
+            return value
+        return Path(value).expanduser() if isinstance(value, str | Path) else value
+
+    store: Path | str = Field(default_factory=default_store_dir)
+    """A local directory (SQLite and package files), or `s3://bucket/prefix`: a store on
+    S3-compatible object storage that every replica naming it shares."""
+    s3_endpoint: str | None = None
+    """The URL of an S3-compatible service (MinIO, Ceph, a local server) for an `s3://`
+    store; none: `AWS_ENDPOINT_URL_S3`, else AWS itself. Region and credentials come from
+    the usual variables (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE` …)."""
+    store_cache: Path | None = None
+    """Where an `s3://` store's packages are cached, verified (each blob downloaded once);
+    none: `$XDG_CACHE_HOME/torchport/s3/<bucket>-<prefix hash>`."""
+    store_poll_s: float = Field(default=2.0, gt=0, le=60)
+    """How often the server re-reads the store for changes made elsewhere (another
+    replica, `torchport store`): a new version, a promote or rollback, a config change, a
+    delete is served within this plus the new version's load time."""
     host: str = "127.0.0.1"
     """Where inference listens (HTTP and gRPC)."""
     management_host: str = "127.0.0.1"

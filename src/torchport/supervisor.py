@@ -193,7 +193,7 @@ def serve_supervised(
                     inference_url=url(settings.host, http_port, tls),
                     grpc_address=address(settings.host, grpc_port),
                     management_url=ready["management_url"],
-                    store=Path(ready["store"]),
+                    store=str(ready["store"]),
                     token_source=ready["token_source"],
                     models=[(name, version) for name, version in ready["models"]],
                     seconds_to_ready=time.perf_counter() - started,

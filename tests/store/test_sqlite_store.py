@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from torchport.errors import Conflict, InsufficientStorage, InvalidInput, NotFound
+from torchport.errors import InsufficientStorage
 from torchport.store import SQLiteStore
 
 
@@ -28,65 +28,6 @@ def store(store_dir: Path) -> SQLiteStore:
     return SQLiteStore(store_dir)
 
 
-def test_versions_are_numbered_1_2_3_and_the_first_is_default(
-    store: SQLiteStore, tmp_path: Path
-) -> None:
-    versions = [store.add_version("m", blob(tmp_path, f"v{i}".encode())).version for i in range(3)]
-    assert versions == [1, 2, 3]
-    model = store.get_model("m")
-    assert model.default == 1
-    assert model.previous is None
-    assert store.get_version("m").version == 1
-    assert store.package_path(store.get_version("m", 2)).read_bytes() == b"v1"
-
-
-def test_promote_and_rollback_move_default_and_previous(store: SQLiteStore, tmp_path: Path) -> None:
-    for i in range(3):
-        store.add_version("m", blob(tmp_path, f"v{i}".encode()))
-    model = store.promote("m", 3)
-    assert (model.default, model.previous) == (3, 1)
-    model = store.rollback("m")
-    assert (model.default, model.previous) == (1, 3)
-    model = store.rollback("m")  # a second rollback undoes the first
-    assert (model.default, model.previous) == (3, 1)
-    assert store.add_version("m", blob(tmp_path, b"v3"), promote=True).version == 4
-    assert store.get_model("m").default == 4
-
-
-def test_rollback_without_a_previous_version_is_a_conflict(
-    store: SQLiteStore, tmp_path: Path
-) -> None:
-    store.add_version("m", blob(tmp_path, b"a"))
-    with pytest.raises(Conflict, match="no previous version"):
-        store.rollback("m")
-
-
-def test_the_default_version_cannot_be_deleted(store: SQLiteStore, tmp_path: Path) -> None:
-    store.add_version("m", blob(tmp_path, b"a"))
-    store.add_version("m", blob(tmp_path, b"b"))
-    with pytest.raises(Conflict, match="is the default"):
-        store.delete_version("m", 1)
-    store.delete_version("m", 2)
-    assert [v.version for v in store.get_model("m").versions] == [1]
-    # Numbers are never reused.
-    assert store.add_version("m", blob(tmp_path, b"c")).version == 3
-
-
-def test_deleting_a_models_last_version_removes_the_model_but_not_its_numbers(
-    store: SQLiteStore, tmp_path: Path
-) -> None:
-    store.add_version("m", blob(tmp_path, b"a"))
-    store.add_version("keep", blob(tmp_path, b"k"))
-    store.delete_version("m", 1, actor="dan")
-    assert [m.name for m in store.list_models()] == ["keep"]
-    with pytest.raises(NotFound, match="model 'm' not found"):
-        store.get_model("m")
-    assert store.audit("m")[0].detail.get("model_removed") is True
-    again = store.add_version("m", blob(tmp_path, b"b"))
-    assert again.version == 2
-    assert store.get_model("m").default == 2
-
-
 def test_deleting_a_version_removes_its_blob_unless_shared(
     store: SQLiteStore, tmp_path: Path
 ) -> None:
@@ -98,39 +39,6 @@ def test_deleting_a_version_removes_its_blob_unless_shared(
     assert store.package_path(again).exists()
     store.delete_version("m", again.version)
     assert not store.blobs.path(again.digest).exists()
-
-
-def test_unknown_models_and_versions_are_not_found(store: SQLiteStore, tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="model 'nope' not found"):
-        store.get_version("nope")
-    store.add_version("m", blob(tmp_path, b"a"))
-    with pytest.raises(NotFound, match="no version 7"):
-        store.promote("m", 7)
-
-
-def test_bad_model_names_are_refused(store: SQLiteStore, tmp_path: Path) -> None:
-    for name in ("", "../x", "a b", "-x", "x" * 200):
-        with pytest.raises(InvalidInput, match="model name"):
-            store.add_version(name, blob(tmp_path, b"a"))
-    assert store.list_models() == []
-
-
-def test_every_change_is_in_the_audit_log(store: SQLiteStore, tmp_path: Path) -> None:
-    store.add_version("m", blob(tmp_path, b"a"), actor="alice")
-    store.add_version("m", blob(tmp_path, b"b"), actor="alice")
-    store.promote("m", 2, actor="bob")
-    store.rollback("m", actor="bob")
-    store.set_config("m", 2, {"workers": 2}, actor="carol")
-    store.delete_version("m", 2, actor="carol")
-    actions = [(e.action, e.version, e.actor) for e in reversed(store.audit("m"))]
-    assert actions == [
-        ("upload", 1, "alice"),
-        ("upload", 2, "alice"),
-        ("promote", 2, "bob"),
-        ("rollback", 1, "bob"),
-        ("config", 2, "carol"),
-        ("delete", 2, "carol"),
-    ]
 
 
 def test_everything_survives_closing_and_reopening(store_dir: Path, tmp_path: Path) -> None:

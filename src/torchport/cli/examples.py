@@ -31,7 +31,8 @@ def build_cmd(
 @app.command("register")
 def register_cmd(
     store: Annotated[
-        Path | None, typer.Option("--store", envvar="TORCHPORT_STORE", help="Store directory.")
+        str | None,
+        typer.Option("--store", envvar="TORCHPORT_STORE", help="A store directory or s3://…."),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o")] = Path("build/examples"),
 ) -> None:
@@ -39,7 +40,7 @@ def register_cmd(
     from torchport.examples import register_examples
     from torchport.service import Management
     from torchport.settings import default_store_dir
-    from torchport.store import SQLiteStore
+    from torchport.store import open_store
 
-    management = Management(SQLiteStore(store or default_store_dir()))
+    management = Management(open_store(store or default_store_dir()))
     register_examples(management, out_dir, lambda message: out.print(message, markup=False))

@@ -31,17 +31,22 @@ Token = Annotated[
     ),
 ]
 Store = Annotated[
-    Path | None,
+    str | None,
     typer.Option("--store", envvar="TORCHPORT_STORE", help="Where to find the token file."),
 ]
 DEFAULT_URL = "http://127.0.0.1:8082"
 
 
-def _client(url: str, token: str | None, store: Path | None) -> ManagementClient:
+def _client(url: str, token: str | None, store: str | None) -> ManagementClient:
     if not token:
         from torchport.settings import default_store_dir
+        from torchport.store.location import S3Location, default_cache_dir, is_remote
 
-        path = (store or default_store_dir()) / "token"
+        if store is not None and is_remote(store):
+            # A server on an object store keeps its token beside its cache.
+            path = default_cache_dir(S3Location.parse(store)) / "token"
+        else:
+            path = Path(store or default_store_dir()) / "token"
         try:
             token = path.read_text().strip()
         except OSError:
@@ -280,7 +285,7 @@ def _rules(text: str) -> dict[str, Any]:
     return parsed
 
 
-def _end(action: str, model: str, url: str, token: str | None, store: Path | None) -> None:
+def _end(action: str, model: str, url: str, token: str | None, store: str | None) -> None:
     with _client(url, token, store) as client:
         ended = client.end_rollout(model, action)
     out.print(f"{model}: rollout of v{ended['candidate']} {ended['state'].replace('_', ' ')}")

@@ -20,7 +20,14 @@ def serve_cmd(
     packages: Annotated[
         list[Path] | None, typer.Argument(help="Packages to register at start (skipped if held).")
     ] = None,
-    store: Annotated[Path | None, Opt(help="Store directory [env TORCHPORT_STORE].")] = None,
+    store: Annotated[
+        str | None,
+        Opt(help="A store directory, or s3://BUCKET/PREFIX [env TORCHPORT_STORE]."),
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        Opt(help="URL of an S3-compatible service for an s3:// store (default: AWS)."),
+    ] = None,
     host: Annotated[
         str | None, Opt(help="Address inference binds, HTTP and gRPC (default 127.0.0.1).")
     ] = None,
@@ -111,6 +118,7 @@ def serve_cmd(
         from_torchserve = {**read.settings, "torchserve_config": torchserve_config}
     flags = {
         "store": store,
+        "s3_endpoint": s3_endpoint,
         "host": host,
         "management_host": management_host,
         "tls_cert": tls_cert,

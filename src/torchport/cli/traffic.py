@@ -23,7 +23,8 @@ def replay_cmd(
         Opt("--from", help="Recorded JSON Lines (repeatable; default: the store's recordings)."),
     ] = None,
     store: Annotated[
-        Path | None, Opt(envvar="TORCHPORT_STORE", help="The store (default: the local one).")
+        str | None,
+        Opt(envvar="TORCHPORT_STORE", help="The store: a directory or s3://… (default: local)."),
     ] = None,
     package: Annotated[
         Path | None, Opt(help="The version's package file, instead of the store's copy.")
@@ -38,28 +39,23 @@ def replay_cmd(
     default gave when they were recorded."""
     from torchport import traffic
     from torchport.settings import default_store_dir
+    from torchport.store import open_store
 
-    root = store or default_store_dir()
-    files = list(from_files or []) or traffic.recorded_files(root, model)
-    with status(f"replaying {model} on v{version}"):
-        if server is not None:
-            signature = traffic.server_signature(server, model, version)
-            run = traffic.on_server(server, model, version, signature)
-        else:
-            run, signature = traffic.in_process(package or _stored(root, model, version))
-        result = traffic.replay(model, version, traffic.read_records(files), run, signature)
+    opened = open_store(store or default_store_dir())
+    try:
+        files = list(from_files or []) or traffic.recorded_files(opened.root, model)
+        with status(f"replaying {model} on v{version}"):
+            if server is not None:
+                signature = traffic.server_signature(server, model, version)
+                run = traffic.on_server(server, model, version, signature)
+            else:
+                stored = package or opened.package_path(opened.get_version(model, version))
+                run, signature = traffic.in_process(stored)
+            result = traffic.replay(model, version, traffic.read_records(files), run, signature)
+    finally:
+        opened.close()
     for line in traffic.report_lines(result):
         out.print(line, markup=False, highlight=False)
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
         out.print(f"wrote {report}")
-
-
-def _stored(root: Path, model: str, version: int) -> Path:
-    from torchport.store import SQLiteStore
-
-    opened = SQLiteStore(root)
-    try:
-        return opened.package_path(opened.get_version(model, version))
-    finally:
-        opened.close()

@@ -7,6 +7,7 @@ local disk); an object-store backend implements the same `ModelStore` interface.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,20 @@ class Rollout:
     """Why it ended, with the figures behind it."""
 
 
+@dataclass(frozen=True)
+class ModelHistory:
+    """Everything a store holds of one model, as `torchport store copy` moves it."""
+
+    info: ModelInfo
+    next_version: int
+    """The number its next upload gets (deleted versions' numbers are never reused)."""
+    audit: list[AuditEntry]
+    """Oldest first."""
+    rollouts: list[Rollout]
+    """Oldest first."""
+    recording: dict[str, Any] | None
+
+
 class ModelStore(abc.ABC):
     """Models, their numbered versions, the `default` and `previous` aliases, an audit log.
 
@@ -79,6 +94,9 @@ class ModelStore(abc.ABC):
     root: Path
     """A local directory of the store's own (the token file, recorded traffic; a cache
     for a remote store)."""
+
+    url: str
+    """Where the store is, as a user names it (a directory, or `s3://bucket/prefix`)."""
 
     @abc.abstractmethod
     def add_version(
@@ -164,6 +182,20 @@ class ModelStore(abc.ABC):
     @abc.abstractmethod
     def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The most recent changes first."""
+
+    @abc.abstractmethod
+    def history(self, name: str) -> ModelHistory:
+        """Everything of one model: versions, aliases, configs, audit, rollouts."""
+
+    @abc.abstractmethod
+    def restore(self, history: ModelHistory, package: Callable[[VersionInfo], Path]) -> None:
+        """Register a model as `history` says, with the same version numbers, aliases and
+        audit, reading each version's package from `package(version)`; `Conflict` if this
+        store has the model already. All of it or nothing is registered."""
+
+    @abc.abstractmethod
+    def gc(self) -> int:
+        """Remove package files no version names (left by a crash or a delete); how many."""
 
     @abc.abstractmethod
     def verify(self) -> list[str]:

@@ -19,7 +19,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,14 @@ from typing import Any
 from torchport.archive import check_model_name
 from torchport.archive.hashing import sha256_file
 from torchport.errors import Conflict, InsufficientStorage, NotFound, StoreError, TorchportError
-from torchport.store.base import AuditEntry, ModelInfo, ModelStore, Rollout, VersionInfo
+from torchport.store.base import (
+    AuditEntry,
+    ModelHistory,
+    ModelInfo,
+    ModelStore,
+    Rollout,
+    VersionInfo,
+)
 from torchport.store.blobs import LocalBlobs
 
 SCHEMA_VERSION = 1
@@ -101,6 +108,7 @@ class SQLiteStore(ModelStore):
 
     def __init__(self, root: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.root = Path(root)
+        self.url = str(self.root)
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             _private(self.root)
@@ -458,6 +466,106 @@ class SQLiteStore(ModelStore):
             )
             for r in rows
         ]
+
+    # -- copy ------------------------------------------------------------------------------
+
+    def history(self, name: str) -> ModelHistory:
+        with self._read() as db:
+            info = self._model_info(db, name)
+            next_version = self._model_row(db, name)["next_version"]
+            rollouts = db.execute(
+                "SELECT * FROM rollouts WHERE model=? ORDER BY id", (name,)
+            ).fetchall()
+            recording = db.execute(
+                "SELECT config FROM recordings WHERE model=?", (name,)
+            ).fetchone()
+        return ModelHistory(
+            info=info,
+            next_version=int(next_version),
+            audit=list(reversed(self.audit(name, limit=-1))),
+            rollouts=[_rollout(r) for r in rollouts],
+            recording=json.loads(recording["config"]) if recording else None,
+        )
+
+    def restore(self, history: ModelHistory, package: Callable[[VersionInfo], Path]) -> None:
+        info = history.info
+        check_model_name(info.name)
+        staged: list[tuple[Path, str]] = []
+        try:
+            for v in info.versions:
+                path, digest, _ = self.blobs.stage(package(v))
+                staged.append((path, digest))
+                if digest != v.digest:
+                    raise StoreError(
+                        f"the package of {info.name} v{v.version} does not match its digest"
+                    )
+            with self._write() as db:
+                row = db.execute(
+                    "SELECT next_version FROM models WHERE name=?", (info.name,)
+                ).fetchone()
+                if (
+                    row is not None
+                    and db.execute(
+                        "SELECT 1 FROM versions WHERE model=? LIMIT 1", (info.name,)
+                    ).fetchone()
+                ):
+                    raise Conflict(f"model '{info.name}' is in {self.url} already", field="model")
+                next_version = max(history.next_version, row["next_version"] if row else 1)
+                db.execute("DELETE FROM models WHERE name=?", (info.name,))
+                db.execute(
+                    "INSERT INTO models(name, created_at, default_version, previous_version,"
+                    " next_version) VALUES (?, ?, ?, ?, ?)",
+                    (info.name, info.created_at, info.default, info.previous, next_version),
+                )
+                for (path, digest), v in zip(staged, info.versions, strict=True):
+                    self.blobs.publish(path, digest)
+                    db.execute(
+                        "INSERT INTO versions(model, version, digest, size, created_at,"
+                        " metadata, config) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            info.name,
+                            v.version,
+                            v.digest,
+                            v.size,
+                            v.created_at,
+                            json.dumps(v.metadata),
+                            json.dumps(v.config),
+                        ),
+                    )
+                for r in history.rollouts:
+                    db.execute(
+                        "INSERT INTO rollouts(model, candidate, baseline, mode, share,"
+                        " sticky_header, rules, state, started_at, ended_at, decision)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            info.name,
+                            r.candidate,
+                            r.baseline,
+                            r.mode,
+                            r.share,
+                            r.sticky_header,
+                            json.dumps(r.rules),
+                            r.state,
+                            r.started_at,
+                            r.ended_at,
+                            json.dumps(r.decision),
+                        ),
+                    )
+                if history.recording is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO recordings(model, config, updated_at)"
+                        " VALUES (?, ?, ?)",
+                        (info.name, json.dumps(history.recording), _now()),
+                    )
+                for e in history.audit:
+                    db.execute(
+                        "INSERT INTO audit(at, actor, action, model, version, detail)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (e.at, e.actor, e.action, info.name, e.version, json.dumps(e.detail)),
+                    )
+        finally:
+            for path, _ in staged:
+                path.unlink(missing_ok=True)
 
     def verify(self) -> list[str]:
         problems: list[str] = []
