@@ -35,9 +35,12 @@ class ServerProcess:
         *,
         microservice: bool = False,
         prefix: tuple[str, ...] = (),
+        location: str | None = None,
         **env: str,
     ) -> None:
         self.store = store
+        self.location = location
+        """The store to serve when not `store` (`s3://…`; `store` is then its cache)."""
         self.prefix = prefix
         """A command the server runs under (`unshare …`), which must exec it in place."""
         self.packages = packages or []
@@ -85,14 +88,17 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0, until: str = "ready") -> ServerProcess:
+        """Start the server and wait until it is `ready` (or only `live`)."""
         env = {**os.environ, "TORCHPORT_TOKEN": TOKEN, **self.env}
+        if self.location is not None:
+            env["TORCHPORT_STORE_CACHE"] = str(self.store)
         if self.microservice:  # as a SageMaker container is started: the port from the env
             env["SAGEMAKER_BIND_TO_PORT"] = str(self.http_port)
             where = ["--microservice"]
         else:
             where = [
-                "--store", str(self.store),
+                "--store", self.location or str(self.store),
                 "--http-port", str(self.http_port),
                 "--management-port", str(self.management_port),
             ]  # fmt: skip
@@ -106,7 +112,7 @@ class ServerProcess:
             command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, text=True
         )
         try:
-            wait_ready(self.proc, self.url, self.log, timeout, self.verify)
+            wait_ready(self.proc, self.url, self.log, timeout, self.verify, until)
         except RuntimeError:
             self.stop()
             raise
@@ -134,15 +140,16 @@ def wait_ready(
     log: Path,
     timeout: float = 120.0,
     verify: ssl.SSLContext | bool = True,
+    until: str = "ready",
 ) -> None:
-    """Wait until `url/v2/health/ready` answers 200; fail with the process's log if it
-    exits first or is not ready in `timeout` seconds."""
+    """Wait until `url/v2/health/ready` (or `live`) answers 200; fail with the process's log
+    if it exits first or is not ready in `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited early:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1, verify=verify).status_code == 200:
+            if httpx.get(f"{url}/v2/health/{until}", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -108,6 +108,11 @@ class Recorder:
             )
         )
 
+    def config(self, model: str) -> RecordingConfig | None:
+        """What the model records now (None: nothing)."""
+        known = self._models.get(model)
+        return None if known is None else known.config
+
     def wants(self, model: str) -> bool:
         """Whether the model records its traffic (one look-up: the hot path asks)."""
         return model in self._models

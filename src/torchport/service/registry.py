@@ -23,7 +23,7 @@ from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner
 from torchport.service.inference import VersionState
 from torchport.service.recording import Recorder, RecordingConfig
 from torchport.service.rollouts import Rollouts
-from torchport.store import ModelStore, VersionInfo
+from torchport.store import ModelInfo, ModelStore, VersionInfo
 from torchport.types import Signature
 
 log = logging.getLogger("torchport.registry")
@@ -83,6 +83,10 @@ class _Routes:
     """Versions a request loaded (`RequestLoads`), until unloaded or made the default."""
     unloaded: set[str] = field(default_factory=set)
     """Models unloaded on purpose (OIP repository `unload`): they stay so until loaded."""
+    pending: dict[str, int] = field(default_factory=dict)
+    """Models whose default in the store is not the one served here yet (being loaded, or
+    failing to): requests are served by the old default meanwhile, and the model reports
+    not ready."""
 
 
 class Registry:
@@ -112,6 +116,8 @@ class Registry:
         stay together, so a stale read never undoes a newer promote or rollback."""
         self._routes = _Routes()
         self._load_locks: dict[Key, threading.Lock] = {}
+        self._configs: dict[Key, dict[str, Any]] = {}
+        """The store's config of each loaded version as last applied here."""
         self._listeners: list[Callable[[], None]] = []
         self.started = False
         self.draining = False
@@ -175,19 +181,74 @@ class Registry:
             version.close()
 
     def refresh(self) -> None:
-        """Re-read the aliases from the store (it may be changed by another process)."""
-        for info in self.store.list_models():
+        """Follow what another process (another replica, `torchport store`) changed in the
+        store: defaults (the new one loaded and warmed before requests switch to it), models
+        and versions deleted, configs, rollouts and recordings."""
+        models = {info.name: info for info in self.store.list_models()}
+        with self._lock:
+            held = set(self._routes.defaults) | {m for m, _ in self._routes.loaded}
+        for name in held - models.keys():
+            with suppress(NotFound):
+                self.store.get_model(name)  # listed before an upload here committed
+                continue
+            log.info("%s was deleted from the store: no longer served", name)
+            self.forget(name)
+        for info in models.values():
+            self._follow_versions(info)
             if info.default is None:
                 continue
             with self._lock:
                 if info.name in self._routes.unloaded:
                     continue
                 known = self._routes.defaults.get(info.name)
-            if known != info.default:
+                failure = self._routes.errors.get((info.name, info.default))
+            with self._lock:
+                if known == info.default:  # e.g. rolled back to what is served here
+                    self._routes.pending.pop(info.name, None)
+                    continue
+                self._routes.pending[info.name] = info.default
+            if failure is not None and time.monotonic() < failure.retry_at:
+                continue  # tried and failed recently: not ready for the model meanwhile
+            try:
+                self._follow_store(info.name, info.default)
+            except TorchportError as exc:
+                log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
+        self._follow_rollouts()
+        self._follow_recordings(models)
+
+    def _follow_versions(self, info: ModelInfo) -> None:
+        """Versions deleted elsewhere are unloaded; configs changed elsewhere applied."""
+        stored = {v.version: v for v in info.versions}
+        with self._lock:
+            loaded = [v for m, v in self._routes.loaded if m == info.name]
+        for version in loaded:
+            now = stored.get(version)
+            if now is None:
+                with suppress(NotFound):
+                    self.store.get_version(info.name, version)
+                    continue
+                log.info("%s v%s was deleted from the store: unloaded", info.name, version)
+                self.unload(info.name, version)
+            elif self._configs.get((info.name, version)) != now.config:
                 try:
-                    self._follow_store(info.name, info.default)
+                    self.apply_config(info.name, version)
                 except TorchportError as exc:
-                    log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
+                    log.error("cannot apply the config of %s v%s: %s", info.name, version, exc)
+
+    def _follow_rollouts(self) -> None:
+        running = {r.model for r in self.store.rollouts(running=True)}
+        for stats in self.rollouts.running():
+            if stats.rollout.model not in running:  # decided or stopped elsewhere
+                self.rollouts.forget(stats.rollout.model)
+        self.resume_rollouts()
+
+    def _follow_recordings(self, models: dict[str, ModelInfo]) -> None:
+        stored = self.store.recordings()
+        for model in models:
+            config = stored.get(model)
+            wanted = RecordingConfig.model_validate(config) if config is not None else None
+            if self.recorder.config(model) != wanted:
+                self.recorder.configure(model, wanted)
 
     def _follow_store(self, model: str, version: int) -> None:
         """`switch_default` for a refresh, whose list of the store may predate a promote or
@@ -199,6 +260,7 @@ class Registry:
             with self._lock:
                 if current == version and model not in self._routes.unloaded:
                     self._routes.defaults[model] = version
+                    self._routes.pending.pop(model, None)
         self._changed()
 
     # -- loading -------------------------------------------------------------------------
@@ -252,6 +314,8 @@ class Registry:
             on_restart=self.metrics.worker_restarts.labels(*labels).inc,
         )
         self.metrics.load_seconds.labels(*labels).set(load_seconds)
+        with self._lock:
+            self._configs[(model, version)] = dict(info.config)
         batcher = Batcher(
             deployment,
             plan.policy,
@@ -273,6 +337,8 @@ class Registry:
         if loaded is None:
             return
         info = self.store.get_version(model, version)
+        with self._lock:
+            self._configs[(model, version)] = dict(info.config)
         plan = self.backend.plan(self._settings(info, loaded.runner))
         compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
         # Thread workers change live; worker processes are started anew for a new count,
@@ -322,6 +388,7 @@ class Registry:
             if make_default:
                 self._routes.defaults[loaded.model] = loaded.version
                 self._routes.unloaded.discard(loaded.model)
+                self._routes.pending.pop(loaded.model, None)
             close_old = old is not None and _retire(old)
         self._changed()
         if close_old and old is not None:
@@ -334,6 +401,7 @@ class Registry:
             self._routes.defaults[model] = version
             self._routes.unloaded.discard(model)
             self._routes.on_request.discard((model, version))
+            self._routes.pending.pop(model, None)
         self._changed()
 
     def unload(self, model: str, version: int | None = None) -> None:
@@ -344,6 +412,7 @@ class Registry:
             if version is None:
                 routes.unloaded.add(model)
                 routes.defaults.pop(model, None)
+                routes.pending.pop(model, None)
             idle = [item for item in map(routes.loaded.pop, keys) if _retire(item)]
             routes.on_request.difference_update(keys)
         self._changed()
@@ -483,11 +552,14 @@ class Registry:
         return resolved, Signature.model_validate(info.metadata["signature"])
 
     def is_ready(self, model: str, version: int | None = None) -> bool:
+        """Whether the version (the default the store names, when None) is served here."""
         try:
             resolved = self.resolve(model, version)
         except Unavailable:
             return False
         with self._lock:
+            if version is None and model in self._routes.pending:
+                return False
             return (model, resolved) in self._routes.loaded
 
     def server_ready(self) -> bool:
