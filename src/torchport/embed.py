@@ -15,7 +15,7 @@ from torchport.archive import Manifest
 from torchport.errors import InvalidInput
 from torchport.runtime import LocalRunner, open_runner
 from torchport.settings import Limits
-from torchport.store import SQLiteStore
+from torchport.store import open_store
 from torchport.tensors import as_numpy
 from torchport.types import Signature, Tensors
 
@@ -94,7 +94,8 @@ def load(
     warm_up: bool = True,
     compile: bool | None = None,
 ) -> EmbeddedModel:
-    """Load a package file, or with `store=` a model by name (its `default` unless `version`).
+    """Load a package file, or with `store=` (a directory or `s3://bucket/prefix`) a model by
+    name (its `default` unless `version`).
 
     `compile` runs the model through `torch.compile` (default: as the package says).
 
@@ -105,7 +106,7 @@ def load(
         if version is not None:
             raise InvalidInput("version= needs store=: a package file has no versions")
         return EmbeddedModel(open_runner(Path(package), limits, warm_up=warm_up, compile=compile))
-    repo = SQLiteStore(Path(store))
+    repo = open_store(store)
     try:
         info = repo.get_version(str(package), version)
         runner = open_runner(repo.package_path(info), limits, warm_up=warm_up, compile=compile)

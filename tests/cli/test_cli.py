@@ -160,10 +160,11 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(
     assert not (tmp_path / "m.tpa").exists()
 
 
+@pytest.mark.parametrize("kind", ["directory", "s3"])
 def test_store_commands_register_promote_rollback_and_audit(
-    mlp_package: Path, tmp_path: Path
+    mlp_package: Path, tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    store = tmp_path / "store"
+    store = tmp_path / "store" if kind == "directory" else request.getfixturevalue("s3_url")
     for _ in range(2):
         added = cli("store", "add", mlp_package, "--store", store)
         assert added.returncode == 0, added.stderr
@@ -180,6 +181,25 @@ def test_store_commands_register_promote_rollback_and_audit(
     assert "consistent" in cli("store", "verify", "--store", store).stdout
     predicted = cli("predict", "mlp", "--store", store, "--input", "-", stdin='{"input": [[0.0]]}')
     assert_one_line_error(predicted, "expected shape [-1, 32]")
+
+
+def test_store_copy_moves_a_local_store_to_a_bucket_and_refuses_a_second_copy(
+    mlp_package: Path, tmp_path: Path, s3_url: str
+) -> None:
+    local = tmp_path / "store"
+    for _ in range(2):
+        assert cli("store", "add", mlp_package, "--store", local).returncode == 0
+    assert cli("store", "promote", "mlp", "2", "--store", local).returncode == 0
+    copied = cli("store", "copy", local, s3_url)
+    assert copied.returncode == 0, copied.stderr
+    assert "copied 1 models (2 versions" in copied.stdout
+    listed = json.loads(cli("store", "list", "--store", s3_url, "--json").stdout)
+    assert listed == [{"name": "mlp", "default": 2, "previous": 1, "versions": [1, 2]}]
+    assert "consistent" in cli("store", "verify", "--store", s3_url).stdout
+    assert_one_line_error(cli("store", "copy", local, s3_url), "has mlp already", "nothing")
+    assert_one_line_error(
+        cli("store", "list", "--store", "s3://Not_A_Bucket/x"), "not an S3 bucket name"
+    )
 
 
 def test_examples_register_fills_an_empty_store_once(

@@ -138,7 +138,9 @@ def predict_cmd(
     input_path: Annotated[
         Path, Opt("--input", "-i", help="JSON object: input name → nested list ('-' for stdin).")
     ],
-    store: Annotated[Path | None, Opt(help="Look the model up in this store.")] = None,
+    store: Annotated[
+        str | None, Opt(help="Look the model up in this store (a directory or s3://…).")
+    ] = None,
     version: Annotated[int | None, Opt(help="A version (default: the model's default).")] = None,
 ) -> None:
     """Run one prediction in process and print the outputs as JSON."""
