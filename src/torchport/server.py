@@ -296,6 +296,7 @@ def open_services(
         cores=cores,
         torch_threads=settings.torch_threads,
         request_timeout_s=settings.request_timeout_s,
+        weights_dir=store.root / "weights",
     )
     loads = RequestLoads(
         settings.load_on_request, settings.max_loaded_on_request, settings.load_retry_seconds

@@ -44,8 +44,12 @@ class Backend:
         cores: int = 1,
         torch_threads: int = 0,
         request_timeout_s: float | None = None,
+        weights_dir: Path | None = None,
     ) -> None:
         self.name = name
+        self.weights_dir = weights_dir
+        """Where each weights file is kept once, mapped by every version and worker process
+        that uses it (None: each maps its own unpacked copy)."""
         self.limits = limits or Limits()
         self.request_timeout_s = request_timeout_s
         """How long a batch may run (None: as long as it takes)."""
@@ -111,6 +115,7 @@ class Backend:
                     compile=local.compiled,
                     on_restart=on_restart,
                     batch_timeout_s=self.request_timeout_s,
+                    weights_dir=self.weights_dir,
                 )
             from torchport.runtime.ray_backend import RayServeRunner  # only with Ray
 

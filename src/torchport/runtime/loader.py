@@ -16,20 +16,29 @@ from safetensors.torch import load_file
 from torchport.archive import HandlerEntry, Manifest, ModelEntry, ModelKind
 from torchport.errors import ModelLoadError, UnsafeContent
 from torchport.runtime.handler import Handler, HandlerContext
+from torchport.runtime.weights import assign_weights, shared_file
 
 
-def load_model(entry: ModelEntry, files: Path) -> Any:
+def load_model(
+    entry: ModelEntry,
+    files: Path,
+    digests: dict[str, str] | None = None,
+    weights_dir: Path | None = None,
+) -> Any:
     """The callable model described by `entry`, on CPU, in eval mode.
 
     Nothing is unpickled: weights are safetensors, programs are read by torch's own
     exported-program, AOTInductor and TorchScript loaders, ONNX files by ONNX Runtime.
+    Safetensors weights are mapped, not copied: from the one copy of that file in
+    `weights_dir` (by its sha256 in `digests`) when given, shared with every process and
+    version that maps it.
     """
     path = files / entry.file
     if entry.kind is ModelKind.HANDLER:
         return None  # the handler loads it (a SageMaker script's model_fn)
     try:
         if entry.kind is ModelKind.CODE:
-            return _load_code(entry, files)
+            return _load_code(entry, files, digests or {}, weights_dir)
         if entry.kind is ModelKind.EXPORTED:
             return torch.export.load(str(path)).module()
         if entry.kind is ModelKind.TORCHSCRIPT:
@@ -64,7 +73,9 @@ def compile_model(model: Any) -> Any:
     return torch.compile(model)
 
 
-def _load_code(entry: ModelEntry, files: Path) -> torch.nn.Module:
+def _load_code(
+    entry: ModelEntry, files: Path, digests: dict[str, str], weights_dir: Path | None
+) -> torch.nn.Module:
     if not entry.factory:
         raise ModelLoadError("a code model needs a factory (FILE.py:FACTORY)")
     module = import_file(files / entry.file)
@@ -77,7 +88,10 @@ def _load_code(entry: ModelEntry, files: Path) -> torch.nn.Module:
             f"{entry.file}:{entry.factory}() returned {type(model).__name__}, not a torch.nn.Module"
         )
     if entry.weights:
-        model.load_state_dict(read_safetensors(files / entry.weights), strict=True)
+        path = files / entry.weights
+        digest = digests.get(entry.weights)
+        mapped = shared_file(path, digest, weights_dir) if digest else path
+        assign_weights(model, read_safetensors(mapped))
     return model.eval()
 
 

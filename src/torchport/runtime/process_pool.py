@@ -55,7 +55,12 @@ def _recv(conn: Connection) -> dict[str, Any]:
 
 
 def _worker_main(
-    package: str, limits: dict[str, Any], torch_threads: int, compile: bool, conn: Connection
+    package: str,
+    limits: dict[str, Any],
+    torch_threads: int,
+    compile: bool,
+    weights_dir: str | None,
+    conn: Connection,
 ) -> None:
     """The worker process: load the package, then answer predict messages until told to stop."""
     import torch
@@ -65,7 +70,12 @@ def _worker_main(
     if torch_threads:
         torch.set_num_threads(torch_threads)
     try:
-        runner = open_runner(Path(package), Limits(**limits), compile=compile)
+        runner = open_runner(
+            Path(package),
+            Limits(**limits),
+            compile=compile,
+            weights_dir=Path(weights_dir) if weights_dir else None,
+        )
     except Exception as exc:
         _send(conn, {"kind": "error", "error": str(exc)})
         return
@@ -119,7 +129,12 @@ class WorkerProcess:
     """One worker process and the pipe to it; `predict` runs one batch there."""
 
     def __init__(
-        self, package: Path, limits: Limits, torch_threads: int = 0, compile: bool = False
+        self,
+        package: Path,
+        limits: Limits,
+        torch_threads: int = 0,
+        compile: bool = False,
+        weights_dir: Path | None = None,
     ) -> None:
         self.package = package
         self.limits = limits
@@ -127,7 +142,14 @@ class WorkerProcess:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_worker_main,
-            args=(str(package), limits.model_dump(), torch_threads, compile, child),
+            args=(
+                str(package),
+                limits.model_dump(),
+                torch_threads,
+                compile,
+                str(weights_dir) if weights_dir else None,
+                child,
+            ),
             daemon=True,
             name="torchport-worker",
         )
@@ -210,6 +232,7 @@ class ProcessPoolRunner:
         on_restart: Callable[[], None] | None = None,
         batch_timeout_s: float | None = None,
         watchdog_s: float = WATCHDOG_S,
+        weights_dir: Path | None = None,
     ) -> None:
         self.on_restart = on_restart
         self.batch_timeout_s = batch_timeout_s
@@ -218,7 +241,9 @@ class ProcessPoolRunner:
         self.compiled = compile
         self.placement = Placement("process", processes=workers)
         # How every worker, first or replacement, is started (torch_threads 0: torch's).
-        self._spawn = functools.partial(WorkerProcess, package, limits, torch_threads, compile)
+        self._spawn = functools.partial(
+            WorkerProcess, package, limits, torch_threads, compile, weights_dir
+        )
         self.manifest: Manifest = read_package(package, limits).manifest
         self._idle: queue.Queue[WorkerProcess] = queue.Queue()
         self._all: list[WorkerProcess] = []

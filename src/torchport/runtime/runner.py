@@ -19,6 +19,7 @@ from torchport.errors import InvalidInput, ModelLoadError, TorchportError
 from torchport.runtime.handler import Handler
 from torchport.runtime.loader import compile_model, handler_context, load_handler, load_model
 from torchport.runtime.placement import Placement, Workers
+from torchport.runtime.weights import resident_bytes
 from torchport.scratch import remove, scratch_dir
 from torchport.settings import Limits
 from torchport.tensors import json_to_arrays, to_array
@@ -78,6 +79,9 @@ class LocalRunner:
         self.handler = handler
         self.compiled = compiled
         """Whether the model runs through `torch.compile`."""
+        self.resident_bytes = 0
+        """What holding the model costs: its tensors' bytes (mapped weights included), or
+        its unpacked files' for a model that is not a torch module."""
         self._unpacked = unpacked  # the directory the model's files live in, owned here
 
     @property
@@ -126,6 +130,10 @@ class UnpackedPackage:
     def files(self) -> Path:
         return self.dir / "files"
 
+    def size(self) -> int:
+        """Bytes of the unpacked files."""
+        return sum(p.stat().st_size for p in self.files.rglob("*") if p.is_file())
+
     def close(self) -> None:
         self._cleanup()
 
@@ -136,8 +144,12 @@ def open_runner(
     *,
     warm_up: bool = True,
     compile: bool | None = None,
+    weights_dir: Path | None = None,
 ) -> LocalRunner:
     """Verify, unpack and load the package at `path` into a `LocalRunner`.
+
+    Weights are mapped from the one copy of their file in `weights_dir` when given (see
+    `runtime/weights.py`), so processes and versions with the same weights share them.
 
     With `warm_up`, the package's first example runs once, so the first real request
     does not pay for lazy initialisation. `compile` (default: the package's runtime
@@ -148,11 +160,13 @@ def open_runner(
     try:
         manifest = unpacked.package.manifest
         compiled = manifest.runtime.compile if compile is None else compile
-        model = load_model(manifest.model, unpacked.files)
+        model = load_model(manifest.model, unpacked.files, manifest.files, weights_dir)
+        size = resident_bytes(model)
         if compiled:
             model = compile_model(model)
         handler = load_handler(manifest.handler, model, handler_context(manifest, unpacked.files))
         runner = LocalRunner(manifest, handler, unpacked, compiled=compiled)
+        runner.resident_bytes = size if size is not None else unpacked.size()
         if compiled:
             _compile_by_warming_up(runner)
         elif warm_up and manifest.examples:

@@ -136,7 +136,12 @@ class Management:
                 signer = check_signature(private, self.trusted)
                 log.info("upload signed by trusted key %s", signer)
             started = time.perf_counter()
-            runner: LocalRunner | None = open_runner(private, self.limits, warm_up=False)
+            # On a server, mapped from the shared weights copy: the runner it keeps (adopt)
+            # shares pages with the version's other copies.
+            weights = self.registry.backend.weights_dir if self.registry is not None else None
+            runner: LocalRunner | None = open_runner(
+                private, self.limits, warm_up=False, weights_dir=weights
+            )
             try:
                 assert runner is not None
                 manifest = runner.manifest

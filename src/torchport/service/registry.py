@@ -298,7 +298,12 @@ class Registry:
 
     def _open(self, info: VersionInfo) -> LocalRunner:
         compile = info.config.get("compile")  # None: as the package says
-        return open_runner(self.store.package_path(info), self.backend.limits, compile=compile)
+        return open_runner(
+            self.store.package_path(info),
+            self.backend.limits,
+            compile=compile,
+            weights_dir=self.backend.weights_dir,
+        )
 
     def _serve(self, info: VersionInfo, runner: LocalRunner, load_seconds: float) -> LoadedVersion:
         """Deploy a runner loaded (and verified) here as its settings say, batcher in front."""
