@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import handler_package
+from tests.helpers import handler_package, scaled_packages
 from tests.inprocess import InProcess, in_process
 from tests.s3server import S3Server, s3_env
 
@@ -180,3 +180,14 @@ def s3_url(
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     bucket = s3_server.bucket(f"t-{os.urandom(6).hex()}")
     return f"s3://{bucket}/store"
+
+
+@pytest.fixture(scope="session")
+def fifty_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Fifty small packages `s00` … `s49`: model i answers its input times i + 1 and holds
+    1 MiB of weights of its own."""
+    return scaled_packages(tmp_path_factory.mktemp("scaled"), 50, MODEL_FLOATS)
+
+
+MODEL_FLOATS = 1 << 18
+MODEL_BYTES = 4 * MODEL_FLOATS

@@ -60,3 +60,52 @@ def handler_package(work: Path, name: str, handler: str, **options: Any) -> Path
         **options,
     )  # fmt: skip
     return out
+
+
+SCALED_MODEL = """
+import torch
+
+
+class Scaled(torch.nn.Module):
+    # Multiplies its input by its first weight; the rest of the weights only take memory.
+    def __init__(self, floats: int = 1) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(floats))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight[0]
+
+
+def build() -> torch.nn.Module:
+    return Scaled(FLOATS)
+"""
+
+
+def scaled_packages(work: Path, count: int, floats: int, **runtime: Any) -> list[Path]:
+    """`count` packages `s00`, `s01`, … of a model whose answer is its input × (i + 1),
+    each with `floats` float32 weights of its own (distinct bytes: no two share pages)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    import torchport
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "model.py").write_text(SCALED_MODEL.replace("FLOATS", str(floats)))
+    out = []
+    for i in range(count):
+        weights = torch.full((floats,), float(i + 1))
+        weights[1:] += torch.arange(floats - 1, dtype=torch.float32) * 1e-6 * (i + 1)
+        save_file({"weight": weights}, work / f"s{i:02d}.safetensors")
+        path = work / f"s{i:02d}.tpa"
+        torchport.package(
+            name=f"s{i:02d}",
+            code=f"{work / 'model.py'}:build",
+            weights=work / f"s{i:02d}.safetensors",
+            example={"x": np.ones((1, 4), dtype=np.float32)},
+            runtime=runtime or None,
+            out=path,
+        )
+        (work / f"s{i:02d}.safetensors").unlink()
+        out.append(path)
+    return out

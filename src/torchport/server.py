@@ -35,6 +35,7 @@ from torchport.service.auth import TOKEN_FILE, resolve_token
 from torchport.service.compare import RecentRequests
 from torchport.service.intake import Intake
 from torchport.service.management import LocalRepository
+from torchport.service.residency import Residency
 from torchport.settings import Settings, available_cores
 from torchport.store import ModelStore, SQLiteStore, open_store
 from torchport.transports.grpc import GrpcServer
@@ -299,9 +300,14 @@ def open_services(
         weights_dir=store.root / "weights",
     )
     loads = RequestLoads(
-        settings.load_on_request, settings.max_loaded_on_request, settings.load_retry_seconds
+        settings.load_on_request,
+        settings.max_loaded_on_request,
+        settings.load_retry_seconds,
+        settings.load_wait_s,
     )
-    registry = Registry(store, backend, request_loads=loads)
+    residency = Residency(settings.max_resident_bytes, settings.residency)
+    registry = Registry(store, backend, request_loads=loads, residency=residency)
+    registry.metrics.resident_budget.set(settings.max_resident_bytes or 0)
     recent = RecentRequests()
     trusted = load_trusted_keys(settings.trusted_keys) if settings.trusted_keys else []
     return (

@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     changes what is loaded, and such requests get 503 naming the version."""
     max_loaded_on_request: int = Field(default=4, ge=1, le=1000)
     """With `load_on_request`: versions loaded that way at once (503 past it)."""
+    max_resident_bytes: int | None = Field(default=None, gt=0)
+    """Memory the loaded versions may hold together (their tensors, as `/metrics`'
+    `torchport_resident_bytes` counts them); a load that needs room evicts on-demand
+    versions, least recently used first, never one a request holds. None: no budget."""
+    residency: Literal["always", "on_demand"] = "always"
+    """The residency of a model whose default version's config (or package) names none:
+    `always` (loaded at start, kept) or `on_demand` (loaded by its first request, evicted
+    when the budget needs room)."""
+    load_wait_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long a request waits for the version it needs to load (an on-demand model that
+    is not resident) before it gets 503."""
     load_retry_seconds: float = Field(default=30.0, ge=0, le=3600)
     """After a failed load: 503 for this long (doubling per failure, up to 10 minutes)
     before a request may try again."""

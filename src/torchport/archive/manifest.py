@@ -97,6 +97,10 @@ class RuntimeDefaults(_Strict):
     """How long load must call for more Ray replicas before one is added."""
     scale_down_delay_s: float = Field(default=300.0, ge=0, le=86_400)
     """How long load must allow fewer Ray replicas before one is removed."""
+    residency: Literal["always", "on_demand"] | None = None
+    """`always`: loaded at start and kept; `on_demand`: loaded by the first request and
+    evicted (least recently used) when another load needs room within the server's
+    `max_resident_bytes`. None: the server's `residency` setting."""
 
     @model_validator(mode="after")
     def _max_workers_at_least_workers(self) -> RuntimeDefaults:

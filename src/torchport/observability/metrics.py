@@ -41,6 +41,10 @@ class VersionGauges:
     handler_metrics: tuple[tuple[str, str, str, float], ...] = ()
     """What the version's handler recorded itself (a TorchServe handler's
     `context.metrics`): (name, unit, dimensions as `Name:value,…`, value)."""
+    resident_bytes: int = 0
+    last_used: float = 0.0
+    """Unix time of the last request that took the version (or of its load)."""
+    residency: str = "always"
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,23 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.evictions = Counter(
+            "torchport_evictions",
+            "On-demand versions evicted to make room within max_resident_bytes.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.on_demand_loads = Counter(
+            "torchport_on_demand_loads",
+            "Loads of an on-demand version (its first request, or one after an eviction).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.resident_budget = Gauge(
+            "torchport_resident_budget_bytes",
+            "max_resident_bytes: what loaded versions may hold together (0: no limit).",
+            registry=r,
+        )
         self.management = Counter(
             "torchport_management_operations",
             "Management operations, by outcome (ok, or the error code).",
@@ -169,14 +190,27 @@ class _VersionCollector(Collector):
             "context.metrics): the latest value of a gauge, the running sum of a counter.",
             labels=["model", "version", "metric", "unit", "dimensions"],
         )
+        resident = GaugeMetricFamily(
+            "torchport_resident_bytes",
+            "Memory a loaded version holds (its tensors, mapped weights included), by its "
+            "residency policy (always, on_demand).",
+            labels=["model", "version", "residency"],
+        )
+        last_used = GaugeMetricFamily(
+            "torchport_last_used_timestamp_seconds",
+            "When a request last took the loaded version (Unix time).",
+            labels=["model", "version"],
+        )
         for v in self._versions():
             labels = [v.model, str(v.version)]
             queued.add_metric(labels, v.queued)
             running.add_metric(labels, v.running)
             workers.add_metric([*labels, v.worker_kind], v.workers)
+            resident.add_metric([*labels, v.residency], v.resident_bytes)
+            last_used.add_metric(labels, v.last_used)
             for name, unit, dimensions, value in v.handler_metrics:
                 handler.add_metric([*labels, name, unit, dimensions], value)
-        yield from (queued, running, workers, handler)
+        yield from (queued, running, workers, handler, resident, last_used)
 
 
 class _RolloutCollector(Collector):

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from torchport.errors import NotFound, TorchportError
+from torchport.errors import NotFound, TorchportError, Unavailable
 from torchport.observability.logs import new_request_id, request_id
 from torchport.observability.requests import RequestCounter, Tracked, tracked
 from torchport.service.compare import RecentRequests
@@ -32,7 +32,7 @@ from torchport.service.inference import (
     wanted_outputs,
 )
 from torchport.service.labels import torchserve_name
-from torchport.service.registry import Registry
+from torchport.service.registry import LoadedVersion, Registry
 from torchport.service.rollouts import CLIENT_ERRORS, RolloutStats, pick
 from torchport.types import Signature
 
@@ -68,15 +68,7 @@ class DataPlane:
             return await self._infer_in_rollout(request, rollout)
         loaded = registry.acquire_loaded(request.model, request.version)
         if loaded is None:
-            # Refused at once unless requests may load versions (`RequestLoads`); then one
-            # load at a time, on threads of its own: waiting requests hold none, and the
-            # management and health routes keep theirs.
-            registry.check_request_load(
-                request.model, registry.resolve(request.model, request.version)
-            )
-            loaded = await anyio.to_thread.run_sync(
-                registry.acquire, request.model, request.version, limiter=self._loads
-            )
+            loaded = await self._load(request.model, request.version)
         try:
             signature = loaded.signature
             signature.check_inputs(request.inputs)
@@ -101,6 +93,37 @@ class DataPlane:
             outputs={name: outputs[name] for name in wanted},
             id=request.id,
         )
+
+    async def _load(self, model: str, version: int | None) -> LoadedVersion:
+        """The version a request needs, loaded for it: refused at once unless it may be
+        (an on-demand model, or `RequestLoads`); then one load at a time, on threads of its
+        own (waiting requests hold none, and the management and health routes keep
+        theirs), for at most `RequestLoads.wait_seconds`, then 503."""
+        registry = self.registry
+        wait = registry.request_loads.wait_seconds
+        try:
+            with anyio.fail_after(wait):
+                while True:
+                    resolved = registry.resolve(model, version)
+                    registry.check_request_load(model, resolved)
+                    await anyio.to_thread.run_sync(
+                        registry.load_for_request,
+                        model,
+                        resolved,
+                        limiter=self._loads,
+                        abandon_on_cancel=True,
+                    )
+                    # Taken on the loop: a load left behind by a request that gave up
+                    # holds no reference; one evicted meanwhile is loaded again.
+                    loaded = registry.acquire_loaded(model, version)
+                    if loaded is not None:
+                        return loaded
+        except TimeoutError:
+            raise Unavailable(
+                f"model '{model}' is loading and was not ready within {wait:g} s "
+                "(load_wait_s); try again",
+                field="model",
+            ) from None
 
     async def _infer_in_rollout(self, request: InferRequest, stats: RolloutStats) -> InferResponse:
         """A request for a model whose candidate is proving itself: answered by the candidate

@@ -9,6 +9,7 @@ an unloaded version is closed only when its last request is done.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -20,8 +21,10 @@ from typing import Any
 from torchport.errors import NotFound, TorchportError, Unavailable
 from torchport.observability.metrics import Metrics, VersionGauges
 from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner, open_runner
+from torchport.runtime.weights import give_back_memory
 from torchport.service.inference import VersionState
 from torchport.service.recording import Recorder, RecordingConfig
+from torchport.service.residency import Policy, Residency
 from torchport.service.rollouts import Rollouts
 from torchport.store import ModelInfo, ModelStore, VersionInfo
 from torchport.types import Signature
@@ -44,6 +47,10 @@ class LoadedVersion:
     retired: bool = False
 
     @property
+    def resident_bytes(self) -> int:
+        return int(getattr(self.runner, "resident_bytes", 0))
+
+    @property
     def signature(self) -> Signature:
         return self.runner.signature
 
@@ -63,6 +70,9 @@ class RequestLoads:
     retry_seconds: float = 30.0
     """After a failed load, requests get 503 for this long (doubling with each failure,
     up to 10 minutes) instead of loading it again."""
+    wait_seconds: float = 30.0
+    """How long a request waits for the load of the version it needs (an on-demand model
+    not resident, or one `allowed` here) before it gets 503."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class Registry:
         backend: Backend | None = None,
         metrics: Metrics | None = None,
         request_loads: RequestLoads | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.store = store
         self.backend = backend or Backend()
@@ -118,6 +129,10 @@ class Registry:
         self._load_locks: dict[Key, threading.Lock] = {}
         self._configs: dict[Key, dict[str, Any]] = {}
         """The store's config of each loaded version as last applied here."""
+        self.residency = residency or Residency()
+        """What the loaded versions hold, and which to evict when a load needs room."""
+        self._on_demand: set[str] = set()
+        """Models whose default is `on_demand`: loaded by their first request, evictable."""
         self._listeners: list[Callable[[], None]] = []
         self.started = False
         self.draining = False
@@ -141,8 +156,9 @@ class Registry:
         A version that fails to load is reported (state UNAVAILABLE) and the rest start.
         """
         for info in self.store.list_models():
+            on_demand = self._note_policy(info)
             for version in (info.default, info.previous):
-                if version is None or (info.name, version) in self._routes.loaded:
+                if on_demand or version is None or (info.name, version) in self._routes.loaded:
                     continue
                 try:
                     loaded = self._ensure_loaded(info.name, version)
@@ -150,6 +166,8 @@ class Registry:
                         progress(f"loaded {info.name} v{version} in {loaded.load_seconds:.2f} s")
                 except TorchportError as exc:
                     log.error("cannot load %s v%s: %s", info.name, version, exc)
+            if on_demand and progress:
+                progress(f"{info.name}: loaded on its first request (residency on_demand)")
             if info.default is not None:
                 with self._lock:
                     self._routes.defaults[info.name] = info.default
@@ -171,6 +189,26 @@ class Registry:
             self.rollouts.follow(rollout, signature)
             if progress:
                 progress(f"resumed the {rollout.mode} of {rollout.model} v{rollout.candidate}")
+
+    def policy(self, info: VersionInfo) -> Policy:
+        """A version's residency: its config, else its package's, else the server's."""
+        named = info.config.get("residency") or info.metadata.get("runtime", {}).get("residency")
+        return (
+            "on_demand"
+            if named == "on_demand"
+            else ("always" if named == "always" else self.residency.default)
+        )
+
+    def _note_policy(self, info: ModelInfo) -> bool:
+        """Record whether the model's default is on demand; return it."""
+        default = next((v for v in info.versions if v.version == info.default), None)
+        on_demand = default is not None and self.policy(default) == "on_demand"
+        with self._lock:
+            if on_demand:
+                self._on_demand.add(info.name)
+            else:
+                self._on_demand.discard(info.name)
+        return on_demand
 
     def close(self) -> None:
         self.recorder.close()
@@ -194,6 +232,7 @@ class Registry:
             log.info("%s was deleted from the store: no longer served", name)
             self.forget(name)
         for info in models.values():
+            on_demand = self._note_policy(info)
             self._follow_versions(info)
             if info.default is None:
                 continue
@@ -210,7 +249,7 @@ class Registry:
             if failure is not None and time.monotonic() < failure.retry_at:
                 continue  # tried and failed recently: not ready for the model meanwhile
             try:
-                self._follow_store(info.name, info.default)
+                self._follow_store(info.name, info.default, load=not on_demand)
             except TorchportError as exc:
                 log.error("cannot switch %s to v%s: %s", info.name, info.default, exc)
         self._follow_rollouts()
@@ -250,11 +289,13 @@ class Registry:
             if self.recorder.config(model) != wanted:
                 self.recorder.configure(model, wanted)
 
-    def _follow_store(self, model: str, version: int) -> None:
+    def _follow_store(self, model: str, version: int, *, load: bool = True) -> None:
         """`switch_default` for a refresh, whose list of the store may predate a promote or
         rollback made here since (which has switched already): only the store's default
-        now is set, and not for a model unloaded meanwhile."""
-        self._ensure_loaded(model, version)
+        now is set, and not for a model unloaded meanwhile. An on-demand model's new
+        default is not loaded until a request asks for it."""
+        if load:
+            self._ensure_loaded(model, version)
         with self._switching, suppress(NotFound):
             current = self.store.get_model(model).default
             with self._lock:
@@ -276,6 +317,8 @@ class Registry:
                 if key in self._routes.loaded:
                     return self._routes.loaded[key]
             info = self.store.get_version(model, version)
+            policy = self.policy(info)
+            self._make_room(key, self.residency.sizes.get(key, info.size), policy)
             started = time.perf_counter()
             try:
                 runner = self._open(info)
@@ -293,8 +336,58 @@ class Registry:
             with self._lock:
                 self._routes.loaded[key] = loaded
                 self._routes.errors.pop(key, None)
+                self.residency.admit(key, loaded.resident_bytes, policy)
+            if policy == "on_demand":
+                self.metrics.on_demand_loads.labels(model, str(version)).inc()
+            self._make_room(key, 0, policy)  # the estimate may have been short
             log.info("loaded %s v%s in %.2f s", model, version, loaded.load_seconds)
             return loaded
+
+    def _make_room(self, key: Key, needed: int, policy: Policy, *, wait: bool = True) -> None:
+        """Evict idle on-demand versions, least recently used first, until `needed` more
+        bytes fit `max_resident_bytes`. An on-demand load waits (up to the request-load
+        bound) for versions in use to come free; an `always` one (or one that may not
+        `wait`: a version uploaded here, already loaded) is kept regardless."""
+        if self.residency.budget is None:
+            return
+        # Short of the request's own bound, so that the request hears why.
+        deadline = time.monotonic() + 0.9 * self.request_loads.wait_seconds
+        while True:
+            with self._lock:
+                idle = {k for k, v in self._routes.loaded.items() if v.inflight == 0 and k != key}
+                victims = self.residency.victims(needed, idle)
+                evicted = [self._routes.loaded.pop(k) for k in victims or []]
+                for k in victims or []:
+                    self.residency.drop(k)
+                    self._routes.on_request.discard(k)
+                for item in evicted:
+                    item.retired = True
+            if evicted:
+                for item in evicted:
+                    log.info("evicted %s v%s (least recently used)", item.model, item.version)
+                    self.metrics.evictions.labels(item.model, str(item.version)).inc()
+                    item.close()
+                gc.collect()
+                give_back_memory()
+                self._changed()
+            if victims is not None:
+                return
+            if policy == "always" or not wait:
+                log.warning(
+                    "%s v%s is loaded past max_resident_bytes (%d): the versions held are "
+                    "in use or always resident",
+                    *key,
+                    self.residency.budget,
+                )
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"model '{key[0]}' version {key[1]} needs {needed:,} bytes and "
+                    f"max_resident_bytes ({self.residency.budget:,}) is held by versions in "
+                    "use; try again",
+                    field="model",
+                )
+            time.sleep(0.02)
 
     def _open(self, info: VersionInfo) -> LocalRunner:
         compile = info.config.get("compile")  # None: as the package says
@@ -337,6 +430,8 @@ class Registry:
 
     def apply_config(self, model: str, version: int) -> None:
         """Apply a version's changed config to live traffic (if it is loaded)."""
+        with suppress(NotFound):
+            self._note_policy(self.store.get_model(model))
         with self._lock:
             loaded = self._routes.loaded.get((model, version))
         if loaded is None:
@@ -387,14 +482,20 @@ class Registry:
     def _install(self, loaded: LoadedVersion, *, make_default: bool = False) -> None:
         """Put `loaded` in service in place of any older copy, which retires when idle."""
         key = (loaded.model, loaded.version)
+        info = self.store.get_version(*key)
+        self._make_room(key, loaded.resident_bytes, self.policy(info), wait=False)
         with self._lock:
             old = self._routes.loaded.get(key)
             self._routes.loaded[key] = loaded
+            self.residency.admit(key, loaded.resident_bytes, self.policy(info))
             if make_default:
                 self._routes.defaults[loaded.model] = loaded.version
                 self._routes.unloaded.discard(loaded.model)
                 self._routes.pending.pop(loaded.model, None)
             close_old = old is not None and _retire(old)
+        if make_default:
+            with suppress(NotFound):
+                self._note_policy(self.store.get_model(loaded.model))
         self._changed()
         if close_old and old is not None:
             old.close()
@@ -402,6 +503,8 @@ class Registry:
     def switch_default(self, model: str, version: int) -> None:
         """Route new requests for `model` to `version` (loaded first, so none fail)."""
         self._ensure_loaded(model, version)
+        with suppress(NotFound):
+            self._note_policy(self.store.get_model(model))
         with self._switching, self._lock:
             self._routes.defaults[model] = version
             self._routes.unloaded.discard(model)
@@ -420,6 +523,8 @@ class Registry:
                 routes.pending.pop(model, None)
             idle = [item for item in map(routes.loaded.pop, keys) if _retire(item)]
             routes.on_request.difference_update(keys)
+            for key in keys:
+                self.residency.drop(key)
         self._changed()
         for item in idle:
             item.close()
@@ -475,12 +580,17 @@ class Registry:
                 self.preload(model, resolved)
             else:
                 self.check_request_load(model, resolved)
-                self._ensure_loaded(model, resolved)
-                with self._lock:
-                    if self._routes.defaults.get(model) != resolved:
-                        self._routes.on_request.add((model, resolved))
+                self.load_for_request(model, resolved)
             loaded = self.acquire_loaded(model, version)
         return loaded
+
+    def load_for_request(self, model: str, version: int) -> None:
+        """Load a version a request needs (blocking; `check_request_load` first): an
+        on-demand model's default, or a version `RequestLoads` lets requests load."""
+        self._ensure_loaded(model, version)
+        with self._lock:
+            if self._routes.defaults.get(model) != version:
+                self._routes.on_request.add((model, version))
 
     def check_request_load(self, model: str, version: int) -> None:
         """Raise `Unavailable` unless a request may load `version` now (`RequestLoads`)."""
@@ -491,13 +601,19 @@ class Registry:
                 return
             failure = self._routes.errors.get(key)
             loaded_so = len(self._routes.on_request)
-        if failure is not None and (not policy.allowed or time.monotonic() < failure.retry_at):
+            # An on-demand model's default is loaded by the requests for it, whatever
+            # `load_on_request` says.
+            on_demand = model in self._on_demand and self._routes.defaults.get(model) == version
+        allowed = policy.allowed or on_demand
+        if failure is not None and (not allowed or time.monotonic() < failure.retry_at):
             wait = max(0.0, failure.retry_at - time.monotonic())
-            retry = f"; the next try is in {wait:.0f} s" if policy.allowed else ""
+            retry = f"; the next try is in {wait:.0f} s" if allowed else ""
             raise Unavailable(
                 f"model '{model}' version {version} failed to load: {failure.reason}{retry}",
                 field="version",
             )
+        if on_demand:
+            return
         if not policy.allowed:
             raise Unavailable(
                 f"model '{model}' version {version} is not loaded: promote it, or load it on "
@@ -525,6 +641,8 @@ class Registry:
             loaded = self._routes.loaded.get((model, resolved))
             if loaded is not None:
                 loaded.inflight += 1
+                if self.residency.budget is not None:
+                    self.residency.touch((model, resolved))
             return loaded
 
     def release(self, loaded: LoadedVersion) -> None:
@@ -565,7 +683,14 @@ class Registry:
         with self._lock:
             if version is None and model in self._routes.pending:
                 return False
-            return (model, resolved) in self._routes.loaded
+            if (model, resolved) in self._routes.loaded:
+                return True
+            # An on-demand model is ready to load on a request unless its load failed.
+            return (
+                model in self._on_demand
+                and self._routes.defaults.get(model) == resolved
+                and (model, resolved) not in self._routes.errors
+            )
 
     def server_ready(self) -> bool:
         with self._lock:
@@ -573,7 +698,11 @@ class Registry:
             return (
                 self.started
                 and not self.draining
-                and all(key in routes.loaded for key in routes.defaults.items())
+                and all(
+                    key in routes.loaded
+                    for key in routes.defaults.items()
+                    if key[0] not in self._on_demand
+                )
             )
 
     def states(self) -> list[VersionState]:
@@ -594,8 +723,10 @@ class Registry:
     def _gauges(self) -> list[VersionGauges]:
         with self._lock:
             loaded = list(self._routes.loaded.values())
+            held = {k: self.residency.get(k) for k in self._routes.loaded}
         out = []
         for v in loaded:
+            resident = held.get((v.model, v.version))
             live = v.runner.live_workers()
             handler = getattr(v.runner, "handler", None)  # a version run in this process
             recorded = handler.recorded_metrics() if isinstance(handler, Handler) else []
@@ -608,6 +739,9 @@ class Registry:
                     v.runner.placement.kind,
                     v.batcher.policy.workers if live is None else live,
                     tuple(recorded),
+                    resident_bytes=v.resident_bytes,
+                    last_used=resident.last_used if resident else 0.0,
+                    residency=resident.policy if resident else "always",
                 )
             )
         return out
