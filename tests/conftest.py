@@ -185,9 +185,9 @@ def s3_url(
 @pytest.fixture(scope="session")
 def fifty_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Fifty small packages `s00` … `s49`: model i answers its input times i + 1 and holds
-    1 MiB of weights of its own."""
+    4 MiB of weights of its own."""
     return scaled_packages(tmp_path_factory.mktemp("scaled"), 50, MODEL_FLOATS)
 
 
-MODEL_FLOATS = 1 << 18
+MODEL_FLOATS = 1 << 20
 MODEL_BYTES = 4 * MODEL_FLOATS

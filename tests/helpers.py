@@ -67,13 +67,14 @@ import torch
 
 
 class Scaled(torch.nn.Module):
-    # Multiplies its input by its first weight; the rest of the weights only take memory.
+    # Multiplies its input by its first weight; the rest only take memory, but are read
+    # on every call (as a real model's are), so they are in memory while it is loaded.
     def __init__(self, floats: int = 1) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(floats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight[0]
+        return x * self.weight[0] + 0.0 * self.weight[1:].sum()
 
 
 def build() -> torch.nn.Module:
@@ -82,7 +83,7 @@ def build() -> torch.nn.Module:
 
 
 def scaled_packages(work: Path, count: int, floats: int, **runtime: Any) -> list[Path]:
-    """`count` packages `s00`, `s01`, … of a model whose answer is its input × (i + 1),
+    """`count` packages `s00`, `s01`, … of a model whose answer is its input times i + 1,
     each with `floats` float32 weights of its own (distinct bytes: no two share pages)."""
     import numpy as np
     import torch

@@ -145,6 +145,8 @@ def test_the_page_lists_the_example_models_with_no_console_errors(watched: Watch
     expect(page.locator("#versions tbody tr")).to_have_count(1)
     expect(page.locator("#versions tbody tr td").nth(1)).to_have_text("READY")
     expect(page.locator("#versions tbody tr td").nth(2)).to_contain_text("thread")
+    # What the loaded version holds in memory, and when it was last used.
+    expect(page.locator("#versions tbody tr td.resident")).to_contain_text("KiB")
     expect(page.locator("#audit tbody tr").first).to_contain_text("upload")
     expect(page.locator("#charts .chart")).to_have_count(5)
     expect(page.locator("#status")).to_contain_text("live")

@@ -60,16 +60,21 @@ def _client(url: str, token: str | None, store: str | None) -> ManagementClient:
 
 
 def _versions_table(models: list[dict[str, Any]]) -> Table:
-    table = Table("model", "version", "alias", "state", "size", "created (UTC)")
+    table = Table(
+        "model", "version", "alias", "state", "size", "resident", "last used (UTC)", "created (UTC)"
+    )
     for m in models:
         for v in m["versions"]:
             alias = {m["default"]: "default", m["previous"]: "previous"}.get(v["version"], "")
+            held = v.get("resident")
             table.add_row(
                 m["name"],
                 str(v["version"]),
                 alias,
                 v.get("state", ""),
                 human_size(v["size"]),
+                f"{human_size(held['bytes'])} {held['policy']}" if held else "-",
+                held["last_used"][11:19] if held else "-",
                 v["created_at"][:16].replace("T", " "),
             )
     return table

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -393,8 +394,10 @@ class Management:
 
     @_counted("unload")
     def unload_version(self, name: str, version: int) -> None:
-        """Stop serving one version (requests in flight finish); not the default."""
-        if self.store.get_model(name).default == version:
+        """Stop serving one version (requests in flight finish); not the default, unless
+        the model is on demand (its next request loads it again: an eviction by hand)."""
+        on_demand = self.registry is not None and self.registry.on_demand(name)
+        if self.store.get_model(name).default == version and not on_demand:
             raise Conflict(
                 f"version {version} is the default of '{name}': promote another version "
                 f"first, or unload the model (POST /v2/repository/models/{name}/unload)",
@@ -438,6 +441,22 @@ class Management:
     def states(self, model: str | None = None) -> dict[tuple[str, int], str]:
         """READY, UNAVAILABLE or UNLOADED for each version (on a server)."""
         return {(s.model, s.version): s.state for s in self.index() if model in (None, s.model)}
+
+    def residents(self, model: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+        """What each resident version holds (on a server): bytes, last use, policy."""
+        if self.registry is None:
+            return {}
+        return {
+            key: {
+                "bytes": held.bytes,
+                "last_used": datetime.fromtimestamp(held.last_used, UTC).isoformat(
+                    timespec="milliseconds"
+                ),
+                "policy": held.policy,
+            }
+            for key, held in self.registry.residents().items()
+            if model in (None, key[0])
+        }
 
     def workers(self, model: str, version: int) -> dict[str, Any] | None:
         """What runs a loaded version's batches (on a server; may ask remote replicas)."""

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torchport.errors import NotFound, TorchportError, Unavailable
@@ -24,7 +24,7 @@ from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner
 from torchport.runtime.weights import give_back_memory
 from torchport.service.inference import VersionState
 from torchport.service.recording import Recorder, RecordingConfig
-from torchport.service.residency import Policy, Residency
+from torchport.service.residency import Policy, Residency, Resident
 from torchport.service.rollouts import Rollouts
 from torchport.store import ModelInfo, ModelStore, VersionInfo
 from torchport.types import Signature
@@ -198,6 +198,11 @@ class Registry:
             if named == "on_demand"
             else ("always" if named == "always" else self.residency.default)
         )
+
+    def on_demand(self, model: str) -> bool:
+        """Whether the model's default is loaded on demand (and may be evicted)."""
+        with self._lock:
+            return model in self._on_demand
 
     def _note_policy(self, info: ModelInfo) -> bool:
         """Record whether the model's default is on demand; return it."""
@@ -704,6 +709,15 @@ class Registry:
                     if key[0] not in self._on_demand
                 )
             )
+
+    def residents(self) -> dict[Key, Resident]:
+        """The loaded versions' memory accounts (copies)."""
+        with self._lock:
+            return {
+                key: replace(held)
+                for key in self.residency.order()
+                if (held := self.residency.get(key)) is not None
+            }
 
     def states(self) -> list[VersionState]:
         out = []

@@ -242,6 +242,10 @@ function renderModel(detail) {
       el("td", {}, batching),
       el("td", {}, when(v.created_at)),
       el("td", {}, bytes(v.size)),
+      el("td", {
+        class: "resident",
+        title: v.resident ? `${v.resident.policy}; last used ${when(v.resident.last_used)}` : "not in memory",
+      }, v.resident ? `${bytes(v.resident.bytes)} · ${when(v.resident.last_used)}` : "–"),
       el("td", {}, el("code", {}, v.digest.slice(0, 12))),
       el("td", {}, action));
   });

@@ -69,7 +69,11 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def model_json(info: ModelInfo, states: dict[tuple[str, int], str] | None = None) -> dict[str, Any]:
+def model_json(
+    info: ModelInfo,
+    states: dict[tuple[str, int], str] | None = None,
+    residents: dict[tuple[str, int], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
         "name": info.name,
         "default": info.default,
@@ -83,6 +87,7 @@ def model_json(info: ModelInfo, states: dict[tuple[str, int], str] | None = None
                 "created_at": v.created_at,
                 "config": v.config,
                 "state": (states or {}).get((info.name, v.version), "UNLOADED"),
+                "resident": (residents or {}).get((info.name, v.version)),
                 **{k: v.metadata.get(k) for k in ("signature", "model_kind", "description")},
             }
             for v in info.versions
@@ -110,13 +115,15 @@ def build_management_app(
     async def list_models(_request: Request) -> Response:
         models = await run_in_threadpool(management.list_models)
         known = await run_in_threadpool(management.states)
-        return json_response({"models": [model_json(m, known) for m in models]})
+        held = management.residents()
+        return json_response({"models": [model_json(m, known, held) for m in models]})
 
     async def show_model(request: Request) -> Response:
         model, _ = model_and_version(request)
         info = await run_in_threadpool(management.get_model, model)
         audit = await run_in_threadpool(management.audit, model, 20)
-        body = model_json(info, await run_in_threadpool(management.states, model))
+        states = await run_in_threadpool(management.states, model)
+        body = model_json(info, states, management.residents(model))
         for v in body["versions"]:  # Ray replicas are asked: not on the event loop
             workers = await run_in_threadpool(management.workers, model, v["version"])
             if workers is not None:
