@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python benchmarks/import_to_serving.py
 	$(BIN)/python benchmarks/rollout_overhead.py
 	$(BIN)/python benchmarks/store.py
+	$(BIN)/python benchmarks/residency.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/latency_target.py

@@ -61,6 +61,9 @@ T = TypeVar("T")
 BLOB_GRACE = timedelta(hours=1)
 """`gc` removes an unreferenced blob only when it is older than this: an upload names its
 blob within it (an upload that finds its blob there already refreshes it first)."""
+LIST_TTL_S = 0.5
+"""A listing of the models is reused this long: a server's poll reads models, rollouts and
+recordings together, with one LIST. This process's own writes are in it at once."""
 MAX_TRIES = 64
 """Conditional writes retried after a conflict before the store reports itself busy."""
 
@@ -90,6 +93,8 @@ class S3Store(ModelStore):
         self._docs: dict[str, tuple[str, ModelDocument]] = {}
         """The last version read of each model's document, by its ETag."""
         self._downloads: dict[str, threading.Lock] = {}
+        self._listed: tuple[float, dict[str, str]] = (0.0, {})
+        """When the models were last listed, and their documents' ETags then."""
         self._call("head_bucket", lambda: self._s3.head_bucket(Bucket=location.bucket))
         self.blobs.sweep_tmp()
 
@@ -199,6 +204,7 @@ class S3Store(ModelStore):
                 ) from None
             with self._lock:
                 self._docs[name] = (answer["ETag"], doc)
+                self._listed[1][name] = answer["ETag"]
             return result
         raise StoreError(
             f"model '{name}' in {self.url} is being changed by too many writers at once; try again"
@@ -217,6 +223,16 @@ class S3Store(ModelStore):
 
     def _names(self) -> dict[str, str]:
         """Every model document in the bucket, with its ETag (one LIST a thousand models)."""
+        with self._lock:
+            at, names = self._listed
+            if time.monotonic() - at < LIST_TTL_S:
+                return dict(names)
+        names = self._list()
+        with self._lock:
+            self._listed = (time.monotonic(), names)
+        return dict(names)
+
+    def _list(self) -> dict[str, str]:
         prefix = f"{self.location.prefix}models/"
         names: dict[str, str] = {}
         pages = self._s3.get_paginator("list_objects_v2").paginate(
