@@ -89,7 +89,7 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 120.0, until: str = "ready") -> ServerProcess:
-        """Start the server and wait until it is `ready` (or only `live`)."""
+        """Start the server and wait until it is `ready` (or only `live`; "": no wait)."""
         env = {**os.environ, "TORCHPORT_TOKEN": TOKEN, **self.env}
         if self.location is not None:
             env["TORCHPORT_STORE_CACHE"] = str(self.store)
@@ -111,6 +111,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, text=True
         )
+        if not until:
+            return self
         try:
             wait_ready(self.proc, self.url, self.log, timeout, self.verify, until)
         except RuntimeError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 import torchport
 from tests.e2e.server import ServerProcess, oip_body, upload
-from tests.s3server import S3Server
+from tests.s3server import S3Server, s3_env
 from torchport.store import S3Location
 
 BOUND_S = 5.0
@@ -178,3 +179,34 @@ class _Stopper:
 
     def close(self) -> None:
         self.server.stop()
+
+
+def test_a_replica_killed_in_the_middle_of_a_download_recovers(
+    tmp_path: Path, mlp_package: Path, mlp_input: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = S3Server(slow_blobs=20_000)  # the package takes seconds to download
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", slow.endpoint)
+        for key, value in s3_env().items():
+            if key.startswith("AWS_"):
+                monkeypatch.setenv(key, value)
+        url = f"s3://{slow.bucket('slow-' + os.urandom(4).hex())}/store"
+        a = ServerProcess(tmp_path / "a" / "cache", location=url)
+        a.store.parent.mkdir(parents=True)
+        with contextlib.closing(_Stopper(a.start())):
+            upload(a, mlp_package, "mlp")
+        b = ServerProcess(tmp_path / "b" / "cache", location=url)
+        b.store.parent.mkdir(parents=True)
+        b.start(until="")  # it downloads the package before it serves
+        parts = b.store / "blobs" / "tmp"
+        within(60, lambda: any(parts.glob("*.part")))
+        time.sleep(1)  # well into the download
+        assert b.proc is not None
+        b.proc.kill()  # SIGKILL: no clean-up of its own
+        b.proc.wait(10)
+        b.proc = None
+        assert not list((b.store / "blobs").glob("sha256/*/*"))  # nothing half-written kept
+        with contextlib.closing(_Stopper(b.start())):
+            assert answered_by(b, mlp_input, 1)
+    finally:
+        slow.stop()

@@ -60,21 +60,23 @@ def _client(url: str, token: str | None, store: str | None) -> ManagementClient:
 
 
 def _versions_table(models: list[dict[str, Any]]) -> Table:
-    table = Table(
-        "model", "version", "alias", "state", "size", "resident", "last used (UTC)", "created (UTC)"
-    )
+    table = Table()
+    table.add_column("model", no_wrap=True)  # names are never folded
+    for header in ("version", "alias", "state", "size", "in memory", "created (UTC)"):
+        table.add_column(header)
     for m in models:
         for v in m["versions"]:
             alias = {m["default"]: "default", m["previous"]: "previous"}.get(v["version"], "")
             held = v.get("resident")
+            # What the version holds, and when a request last took it (on-demand models).
+            memory = f"{human_size(held['bytes'])} {held['last_used'][11:19]}" if held else "-"
             table.add_row(
                 m["name"],
                 str(v["version"]),
                 alias,
                 v.get("state", ""),
                 human_size(v["size"]),
-                f"{human_size(held['bytes'])} {held['policy']}" if held else "-",
-                held["last_used"][11:19] if held else "-",
+                memory,
                 v["created_at"][:16].replace("T", " "),
             )
     return table
