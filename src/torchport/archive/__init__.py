@@ -15,7 +15,7 @@ from torchport.archive.manifest import (
     check_model_name,
     parse_manifest,
 )
-from torchport.archive.reader import Package, read_package, unpack_package
+from torchport.archive.reader import Package, read_manifest, read_package, unpack_package
 from torchport.archive.writer import write_package
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "RuntimeDefaults",
     "check_model_name",
     "parse_manifest",
+    "read_manifest",
     "read_package",
     "unpack_package",
     "write_package",

@@ -50,6 +50,13 @@ def read_package(path: Path, limits: Limits | None = None) -> Package:
     return Package(path=path, manifest=manifest)
 
 
+def read_manifest(path: Path, limits: Limits | None = None) -> Manifest:
+    """The manifest of the package at `path`, its structure checked (its files' hashes
+    are not: `read_package` checks those)."""
+    with _open(path, limits or Limits()) as (_zf, manifest):
+        return manifest
+
+
 def unpack_package(path: Path, dest: Path, limits: Limits | None = None) -> Package:
     """Verify the package at `path` and write its files under `dest` (created, must be empty).
 

@@ -6,9 +6,11 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from torchport.errors import StoreError, out_of_space
+from torchport.archive import read_manifest
+from torchport.errors import StoreError, TorchportError, out_of_space
 
 
 class LocalBlobs:
@@ -101,3 +103,23 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def prune_weights(weights: Path, packages: Iterable[Path]) -> int:
+    """Remove the shared weights files (`<store>/weights/<sha256>.…`, written by servers
+    that map them) that no package in `packages` holds; how many. A file a process still
+    maps stays readable to it until it unmaps it."""
+    if not weights.is_dir():
+        return 0
+    used: set[str] = set()
+    for package in packages:
+        try:
+            used.update(read_manifest(package).files.values())
+        except TorchportError:
+            continue  # a damaged blob is `verify`'s to report
+    removed = 0
+    for path in weights.iterdir():
+        if path.name.split(".", 1)[0] not in used:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -47,7 +47,7 @@ from torchport.store.base import (
     Rollout,
     VersionInfo,
 )
-from torchport.store.blobs import LocalBlobs
+from torchport.store.blobs import LocalBlobs, prune_weights
 from torchport.store.documents import ModelDocument
 from torchport.store.location import S3Location
 
@@ -405,7 +405,8 @@ class S3Store(ModelStore):
                     removed += 1
         for digest in self.blobs.digests() - used:  # the cache keeps only what is named
             self.blobs.remove(digest)
-        return removed
+        packages = [self.blobs.path(d) for d in self.blobs.digests()]
+        return removed + prune_weights(self.root / "weights", packages)
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from torchport.store.base import (
     Rollout,
     VersionInfo,
 )
-from torchport.store.blobs import LocalBlobs
+from torchport.store.blobs import LocalBlobs, prune_weights
 
 SCHEMA_VERSION = 1
 
@@ -282,11 +282,13 @@ class SQLiteStore(ModelStore):
         return self.get_version(name, version)
 
     def gc(self) -> int:
-        """Remove blobs no version names (left by a crash) and stale staged files."""
+        """Remove blobs no version names (left by a crash), stale staged files, and shared
+        weights files no stored package holds."""
         removed = self.blobs.sweep_tmp()
         for digest in self.blobs.digests():
             removed += self._remove_if_unreferenced(digest)
-        return removed
+        packages = [self.blobs.path(d) for d in self.blobs.digests()]
+        return removed + prune_weights(self.root / "weights", packages)
 
     def _remove_if_unreferenced(self, digest: str) -> int:
         with self._write() as db:
