@@ -30,23 +30,32 @@ class LocalBlobs:
 
         Slow work (copy, hash) happens here, outside any lock; `publish` is then cheap.
         """
+        try:
+            with source.open("rb") as src:
+                return self.stage_chunks(iter(lambda: src.read(1 << 20), b""))
+        except OSError as exc:
+            full = out_of_space(exc, self.root, source.stat().st_size)
+            raise full or StoreError(
+                f"cannot write to the store at {self.root}: {exc.strerror}"
+            ) from None
+
+    def stage_chunks(self, chunks: Iterable[bytes]) -> tuple[Path, str, int]:
+        """`stage` for bytes that arrive in pieces (a download); the file is removed if
+        they stop coming (the error is the caller's to name)."""
         fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
         digest = hashlib.sha256()
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                while chunk := src.read(1 << 20):
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-        except OSError as exc:
+        except BaseException:
             Path(name).unlink(missing_ok=True)
-            full = out_of_space(exc, self.root, source.stat().st_size)
-            raise full or StoreError(
-                f"cannot write to the store at {self.root}: {exc.strerror}"
-            ) from None
+            raise
         return Path(name), digest.hexdigest(), size
 
     def publish(self, staged: Path, digest: str) -> Path:

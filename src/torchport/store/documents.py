@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -312,28 +313,18 @@ class ModelDocument:
         raise NotFound(f"model '{self.name}' has no version {version}", field="version")
 
     def _version_info(self, row: dict[str, Any]) -> VersionInfo:
-        return VersionInfo(
-            model=self.name,
-            version=row["version"],
-            digest=row["digest"],
-            size=row["size"],
-            created_at=row["created_at"],
-            metadata=copy.deepcopy(row["metadata"]),
-            config=copy.deepcopy(row["config"]),
-        )
+        return VersionInfo(model=self.name, **copy.deepcopy(row))
 
     def _rollout(self, row: dict[str, Any]) -> Rollout:
-        return Rollout(
-            model=self.name,
-            id=row["id"],
-            candidate=row["candidate"],
-            baseline=row["baseline"],
-            mode=row["mode"],
-            share=row["share"],
-            sticky_header=row["sticky_header"],
-            rules=copy.deepcopy(row["rules"]),
-            state=row["state"],
-            started_at=row["started_at"],
-            ended_at=row["ended_at"],
-            decision=copy.deepcopy(row["decision"]),
-        )
+        return Rollout(model=self.name, **copy.deepcopy(row))
+
+
+def rollout_row(rollout: Rollout, id: int) -> dict[str, Any]:
+    """A rollout as a document keeps it (under a new id)."""
+    row = {k: v for k, v in asdict(rollout).items() if k != "model"}
+    return {**row, "id": id}
+
+
+def version_row(info: VersionInfo) -> dict[str, Any]:
+    """A version as a document keeps it."""
+    return {k: v for k, v in asdict(info).items() if k != "model"}

@@ -19,11 +19,9 @@ the digest it was registered with; a corrupt object is refused and reported, nev
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +46,7 @@ from torchport.store.base import (
     VersionInfo,
 )
 from torchport.store.blobs import LocalBlobs, prune_weights
-from torchport.store.documents import ModelDocument
+from torchport.store.documents import ModelDocument, rollout_row, version_row
 from torchport.store.location import S3Location
 
 if TYPE_CHECKING:
@@ -435,41 +433,29 @@ class S3Store(ModelStore):
     def _download(self, info: VersionInfo) -> None:
         key = self._blob_key(info.digest)
         where = f"the package of {info.model} v{info.version}"
-        fd, name = tempfile.mkstemp(dir=self.blobs.tmp, suffix=".part")
-        staged = Path(name)
-        digest = hashlib.sha256()
-        size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
-                answer = self._s3.get_object(Bucket=self.location.bucket, Key=key)
-                for chunk in _chunks(answer["Body"]):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            answer = self._s3.get_object(Bucket=self.location.bucket, Key=key)
+            staged, digest, size = self.blobs.stage_chunks(_chunks(answer["Body"]))
         except ClientError as exc:
-            staged.unlink(missing_ok=True)
             if _code(exc) in ("NoSuchKey", "404"):
                 raise StoreError(f"{where} is missing from {self.url}") from None
             raise self._failed(f"read {key}", exc) from None
         except (OSError, BotoCoreError) as exc:
-            staged.unlink(missing_ok=True)
             raise StoreError(f"{where} could not be downloaded from {self.url}: {exc}") from None
-        if digest.hexdigest() != info.digest or size != info.size:
+        if digest != info.digest or size != info.size:
             staged.unlink(missing_ok=True)
             log.error(
                 "%s in %s is corrupt (sha256 %s, %d bytes; registered %s, %d bytes): "
                 "refused, not served",
                 where,
                 self.url,
-                digest.hexdigest()[:12],
+                digest[:12],
                 size,
                 info.digest[:12],
                 info.size,
             )
             raise StoreError(
-                f"{where} in {self.url} is corrupt: its sha256 is {digest.hexdigest()[:12]}…, "
+                f"{where} in {self.url} is corrupt: its sha256 is {digest[:12]}…, "
                 f"registered as {info.digest[:12]}…; it is not served"
             )
         self.blobs.publish(staged, info.digest)
@@ -545,35 +531,11 @@ class S3Store(ModelStore):
                 next_version=max(history.next_version, d["next_version"]),
                 default=info.default,
                 previous=info.previous,
-                versions=[
-                    {
-                        "version": v.version,
-                        "digest": v.digest,
-                        "size": v.size,
-                        "created_at": v.created_at,
-                        "metadata": v.metadata,
-                        "config": v.config,
-                    }
-                    for v in info.versions
-                ],
+                versions=[version_row(v) for v in info.versions],
                 recording=history.recording,
             )
             for r in history.rollouts:
-                d["rollouts"].append(
-                    {
-                        "id": d["next_rollout"],
-                        "candidate": r.candidate,
-                        "baseline": r.baseline,
-                        "mode": r.mode,
-                        "share": r.share,
-                        "sticky_header": r.sticky_header,
-                        "rules": r.rules,
-                        "state": r.state,
-                        "started_at": r.started_at,
-                        "ended_at": r.ended_at,
-                        "decision": r.decision,
-                    }
-                )
+                d["rollouts"].append(rollout_row(r, d["next_rollout"]))
                 d["next_rollout"] += 1
             for e in history.audit:
                 d["audit"].append(
