@@ -45,14 +45,23 @@ def test_runners_of_one_package_map_one_shared_weights_file(
         second.close()
 
 
-def test_without_a_weights_directory_the_unpacked_file_is_mapped(mlp_package: Path) -> None:
-    runner = open_runner(mlp_package)
+def test_every_parameter_starts_aligned_shared_or_not(mlp_package: Path, tmp_path: Path) -> None:
+    # A shared file lays tensors out on 64-byte boundaries; an unpacked package's file,
+    # whose tensors may start anywhere, is copied into fresh (aligned) memory instead.
+    shared = open_runner(mlp_package, weights_dir=tmp_path / "weights")
+    alone = open_runner(mlp_package)
     try:
-        files = mapped_files(runner.handler.model)
-        assert len(files) == 1
-        assert next(iter(files)).endswith("weights.safetensors")
+        for runner in (shared, alone):
+            for p in runner.handler.model.parameters():
+                assert p.data_ptr() % 64 == 0
+        assert not any(f.endswith(".safetensors") for f in mapped_files(alone.handler.model))
+        x = torch.randn(5, 32)
+        torch.testing.assert_close(  # bit for bit: the same kernels run
+            shared.handler.model(x), alone.handler.model(x), rtol=0, atol=0
+        )
     finally:
-        runner.close()
+        shared.close()
+        alone.close()
 
 
 def test_gc_removes_weights_files_no_stored_package_holds(

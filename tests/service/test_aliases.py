@@ -138,3 +138,19 @@ def test_a_refresh_follows_rollouts_and_recordings_started_elsewhere(served: Ser
     served.registry.refresh()
     assert served.registry.rollouts.active("mlp") is None
     assert not served.registry.recorder.wants("mlp")
+
+
+def test_a_refresh_with_nothing_changed_elsewhere_changes_nothing(served: Served) -> None:
+    registry = served.registry
+    registry.refresh()
+    before = {key: registry.acquire_loaded(*key) for key in (("mlp", 1), ("mlp", 2))}
+    for loaded in before.values():
+        assert loaded is not None
+        registry.release(loaded)
+    for _ in range(3):
+        registry.refresh()
+    for key, loaded in before.items():
+        again = registry.acquire_loaded(*key)
+        assert again is loaded  # the same deployment and batcher: nothing reloaded
+        assert again is not None
+        registry.release(again)

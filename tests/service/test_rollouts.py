@@ -30,7 +30,9 @@ class Handler(Base):
             __import__("time").sleep({slow})
         if {fail} and float(x[0, 0]) > 1.2816:  # about one request in ten
             raise RuntimeError("the candidate fails on this input")
-        return {{"scores": x @ WEIGHTS}}
+        # Row by row: an answer does not depend on the batch it ran in (a BLAS call's
+        # bits do), so a client's answer is comparable bit for bit whatever the load.
+        return {{"scores": np.stack([row @ WEIGHTS for row in x])}}
 """
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torchport.archive import HandlerEntry, Manifest, ModelEntry, ModelKind
 from torchport.errors import ModelLoadError, UnsafeContent
 from torchport.runtime.handler import Handler, HandlerContext
-from torchport.runtime.weights import assign_weights, shared_file
+from torchport.runtime.weights import assign_weights, loaded_weights, shared_file
 
 
 def load_model(
@@ -91,7 +91,7 @@ def _load_code(
         path = files / entry.weights
         digest = digests.get(entry.weights)
         mapped = shared_file(path, digest, weights_dir) if digest else path
-        assign_weights(model, read_safetensors(mapped))
+        assign_weights(model, loaded_weights(read_safetensors(mapped)))
     return model.eval()
 
 

@@ -15,6 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,18 +236,23 @@ class Management:
             )
         if self.registry is not None:
             self.registry.preload(name, spec.candidate)
-        rollout = self.store.start_rollout(
-            name,
-            candidate=spec.candidate,
-            mode=spec.mode,
-            share=spec.share,
-            sticky_header=spec.sticky_header,
-            rules=spec.rules.model_dump() if spec.rules is not None else {},
-            actor=actor,
-        )
-        if self.registry is not None:
-            self.registry.rollouts.follow(rollout, signature)
+        with self._rollout_change():
+            rollout = self.store.start_rollout(
+                name,
+                candidate=spec.candidate,
+                mode=spec.mode,
+                share=spec.share,
+                sticky_header=spec.sticky_header,
+                rules=spec.rules.model_dump() if spec.rules is not None else {},
+                actor=actor,
+            )
+            if self.registry is not None:
+                self.registry.rollouts.follow(rollout, signature)
         return rollout
+
+    def _rollout_change(self) -> AbstractContextManager[object]:
+        """The registry's rollout lock (a store write and the following of it, together)."""
+        return self.registry.rollout_lock if self.registry is not None else nullcontext()
 
     def rollout(self, name: str) -> dict[str, Any]:
         """The model's rollout (running, else the last one) and its figures."""
@@ -290,11 +296,12 @@ class Management:
             info = self.store.promote(name, rollout.candidate, actor=actor)
             self._go_live(info)
         state = {"promote": "promoted", "roll_back": "rolled_back", "stop": "stopped"}[action]
-        ended = self.store.end_rollout(name, state, decision, actor=actor)
-        if self.registry is not None:
-            self.registry.rollouts.forget(name)
-            if action != "promote":
-                self.registry.unload(name, rollout.candidate)
+        with self._rollout_change():
+            ended = self.store.end_rollout(name, state, decision, actor=actor)
+            if self.registry is not None:
+                self.registry.rollouts.forget(name)
+        if self.registry is not None and action != "promote":
+            self.registry.unload(name, rollout.candidate)
         return ended
 
     # -- recorded traffic ----------------------------------------------------------------

@@ -116,6 +116,10 @@ class Registry:
         self.request_loads = request_loads or RequestLoads()
         self.rollouts = Rollouts(store, changed=self._changed)
         """The models whose candidate version is proving itself on their traffic."""
+        self.rollout_lock = threading.Lock()
+        """Held while a rollout's state in the store and its following here change
+        together (management's start and end, a refresh's re-read): a refresh's stale read
+        never forgets a rollout just started here, nor follows one just ended."""
         self.metrics.watch_rollouts(lambda: [s.gauges() for s in self.rollouts.running()])
         self.recorder = Recorder(store.root / "recordings")
         """Samples of models' traffic written for replay."""
@@ -280,11 +284,12 @@ class Registry:
                     log.error("cannot apply the config of %s v%s: %s", info.name, version, exc)
 
     def _follow_rollouts(self) -> None:
-        running = {r.model for r in self.store.rollouts(running=True)}
-        for stats in self.rollouts.running():
-            if stats.rollout.model not in running:  # decided or stopped elsewhere
-                self.rollouts.forget(stats.rollout.model)
-        self.resume_rollouts()
+        with self.rollout_lock:
+            running = {r.model for r in self.store.rollouts(running=True)}
+            for stats in self.rollouts.running():
+                if stats.rollout.model not in running:  # decided or stopped elsewhere
+                    self.rollouts.forget(stats.rollout.model)
+            self.resume_rollouts()
 
     def _follow_recordings(self, models: dict[str, ModelInfo]) -> None:
         stored = self.store.recordings()
