@@ -14,6 +14,8 @@ from typing import Any
 from torchport.archive import Manifest
 from torchport.errors import InvalidInput
 from torchport.runtime import LocalRunner, open_runner
+from torchport.runtime.devices import parse_device, place, visible_devices
+from torchport.runtime.precision import Precision
 from torchport.settings import Limits
 from torchport.store import open_store
 from torchport.tensors import as_numpy
@@ -93,23 +95,35 @@ def load(
     limits: Limits | None = None,
     warm_up: bool = True,
     compile: bool | None = None,
+    device: str = "cpu",
+    precision: Precision | None = None,
 ) -> EmbeddedModel:
     """Load a package file, or with `store=` (a directory or `s3://bucket/prefix`) a model by
     name (its `default` unless `version`).
 
     `compile` runs the model through `torch.compile` (default: as the package says).
+    `device` (`cpu`, `cuda`, `cuda:N`, `auto`: the GPU with the most free memory, else the
+    CPU) and `precision` (`fp32`, `fp16`, `bf16`; default: the package's) place the model
+    as a server does: weights moved and cast once, inputs and outputs converted per call.
 
     Every file's hash is verified before anything is loaded, and weights are never
     unpickled. Raises `torchport.errors.TorchportError` subclasses with one-line messages.
     """
+    where = place(parse_device(device), 0, visible_devices() if device != "cpu" else [])
+    options: dict[str, Any] = {
+        "warm_up": warm_up,
+        "compile": compile,
+        "device": where,
+        "precision": precision,
+    }
     if store is None:
         if version is not None:
             raise InvalidInput("version= needs store=: a package file has no versions")
-        return EmbeddedModel(open_runner(Path(package), limits, warm_up=warm_up, compile=compile))
+        return EmbeddedModel(open_runner(Path(package), limits, **options))
     repo = open_store(store)
     try:
         info = repo.get_version(str(package), version)
-        runner = open_runner(repo.package_path(info), limits, warm_up=warm_up, compile=compile)
+        runner = open_runner(repo.package_path(info), limits, **options)
     finally:
         repo.close()
     return EmbeddedModel(runner, version=info.version)

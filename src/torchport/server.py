@@ -298,6 +298,7 @@ def open_services(
         torch_threads=settings.torch_threads,
         request_timeout_s=settings.request_timeout_s,
         weights_dir=store.root / "weights",
+        device=settings.device,
     )
     loads = RequestLoads(
         settings.load_on_request,

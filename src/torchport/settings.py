@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     """The residency of a model whose default version's config (or package) names none:
     `always` (loaded at start, kept) or `on_demand` (loaded by its first request, evicted
     when the budget needs room)."""
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d{1,2})?)$")
+    """Where a version runs when its config (or package) names no device: `cpu`, `cuda`,
+    `cuda:N`, or `auto` (the GPU with the most free memory that fits it, else the CPU)."""
     load_wait_s: float = Field(default=30.0, gt=0, le=3600)
     """How long a request waits for the version it needs to load (an on-demand model that
     is not resident) before it gets 503."""

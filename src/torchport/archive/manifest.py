@@ -101,6 +101,14 @@ class RuntimeDefaults(_Strict):
     """`always`: loaded at start and kept; `on_demand`: loaded by the first request and
     evicted (least recently used) when another load needs room within the server's
     `max_resident_bytes`. None: the server's `residency` setting."""
+    device: str | None = Field(default=None, pattern=r"^(cpu|auto|cuda(:\d{1,2})?)$")
+    """`cpu`, `cuda` (the first GPU), `cuda:N`, or `auto` (the GPU with the most free
+    memory that fits the version; the CPU on a machine without one). None: the server's
+    `device` setting."""
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    """Weights cast at load and floating inputs cast on the way in; outputs come back as
+    float32. Checked against the package's examples when set (FP16's tolerance; bf16's is
+    5e-2)."""
 
     @model_validator(mode="after")
     def _max_workers_at_least_workers(self) -> RuntimeDefaults:

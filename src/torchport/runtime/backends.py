@@ -45,8 +45,11 @@ class Backend:
         torch_threads: int = 0,
         request_timeout_s: float | None = None,
         weights_dir: Path | None = None,
+        device: str = "cpu",
     ) -> None:
         self.name = name
+        self.device = device
+        """Where a version runs when its config and package name no device."""
         self.weights_dir = weights_dir
         """Where each weights file is kept once, mapped by every version and worker process
         that uses it (None: each maps its own unpacked copy)."""
@@ -116,6 +119,8 @@ class Backend:
                     on_restart=on_restart,
                     batch_timeout_s=self.request_timeout_s,
                     weights_dir=self.weights_dir,
+                    device=str(local.device),
+                    precision=local.precision,
                 )
             from torchport.runtime.ray_backend import RayServeRunner  # only with Ray
 

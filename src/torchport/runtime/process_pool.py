@@ -21,7 +21,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torchport import shm_tensors
 from torchport.archive import Manifest, read_package
@@ -32,7 +32,9 @@ from torchport.errors import (
     Unavailable,
     error_for,
 )
+from torchport.runtime.devices import Device
 from torchport.runtime.placement import Placement, Workers
+from torchport.runtime.precision import Precision
 from torchport.scratch import sweep
 from torchport.settings import Limits
 from torchport.types import Signature, Tensors
@@ -60,6 +62,8 @@ def _worker_main(
     torch_threads: int,
     compile: bool,
     weights_dir: str | None,
+    device: str,
+    precision: str,
     conn: Connection,
 ) -> None:
     """The worker process: load the package, then answer predict messages until told to stop."""
@@ -75,6 +79,8 @@ def _worker_main(
             Limits(**limits),
             compile=compile,
             weights_dir=Path(weights_dir) if weights_dir else None,
+            device=Device.parse(device),
+            precision=cast(Precision, precision),
         )
     except Exception as exc:
         _send(conn, {"kind": "error", "error": str(exc)})
@@ -135,6 +141,8 @@ class WorkerProcess:
         torch_threads: int = 0,
         compile: bool = False,
         weights_dir: Path | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self.package = package
         self.limits = limits
@@ -148,6 +156,8 @@ class WorkerProcess:
                 torch_threads,
                 compile,
                 str(weights_dir) if weights_dir else None,
+                device,
+                precision,
                 child,
             ),
             daemon=True,
@@ -233,6 +243,8 @@ class ProcessPoolRunner:
         batch_timeout_s: float | None = None,
         watchdog_s: float = WATCHDOG_S,
         weights_dir: Path | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self.on_restart = on_restart
         self.batch_timeout_s = batch_timeout_s
@@ -242,7 +254,7 @@ class ProcessPoolRunner:
         self.placement = Placement("process", processes=workers)
         # How every worker, first or replacement, is started (torch_threads 0: torch's).
         self._spawn = functools.partial(
-            WorkerProcess, package, limits, torch_threads, compile, weights_dir
+            WorkerProcess, package, limits, torch_threads, compile, weights_dir, device, precision
         )
         self.manifest: Manifest = read_package(package, limits).manifest
         self._idle: queue.Queue[WorkerProcess] = queue.Queue()

@@ -16,9 +16,11 @@ import torch
 from torchport.agreement import compare_outputs
 from torchport.archive import Manifest, Package, unpack_package
 from torchport.errors import InvalidInput, ModelLoadError, TorchportError
+from torchport.runtime.devices import CPU, Device
 from torchport.runtime.handler import Handler
 from torchport.runtime.loader import compile_model, handler_context, load_handler, load_model
 from torchport.runtime.placement import Placement, Workers
+from torchport.runtime.precision import PRECISION_TOLERANCES, Precision, place_model
 from torchport.runtime.weights import resident_bytes
 from torchport.scratch import remove, scratch_dir
 from torchport.settings import Limits
@@ -82,6 +84,8 @@ class LocalRunner:
         self.resident_bytes = 0
         """What holding the model costs: its tensors' bytes (mapped weights included), or
         its unpacked files' for a model that is not a torch module."""
+        self.device: Device = CPU
+        self.precision: Precision = "fp32"
         self._unpacked = unpacked  # the directory the model's files live in, owned here
 
     @property
@@ -145,8 +149,14 @@ def open_runner(
     warm_up: bool = True,
     compile: bool | None = None,
     weights_dir: Path | None = None,
+    device: Device = CPU,
+    precision: Precision | None = None,
 ) -> LocalRunner:
     """Verify, unpack and load the package at `path` into a `LocalRunner`.
+
+    The model runs on `device` (decided by `devices.place`) in `precision` (default: the
+    package's runtime setting): weights moved and cast once, inputs and outputs converted
+    on each call (`runtime/precision.py`).
 
     Weights are mapped from the one copy of their file in `weights_dir` when given (see
     `runtime/weights.py`), so processes and versions with the same weights share them.
@@ -161,12 +171,15 @@ def open_runner(
         manifest = unpacked.package.manifest
         compiled = manifest.runtime.compile if compile is None else compile
         model = load_model(manifest.model, unpacked.files, manifest.files, weights_dir)
+        chosen = precision or manifest.runtime.precision
+        model = place_model(model, device, chosen)
         size = resident_bytes(model)
         if compiled:
             model = compile_model(model)
         handler = load_handler(manifest.handler, model, handler_context(manifest, unpacked.files))
         runner = LocalRunner(manifest, handler, unpacked, compiled=compiled)
         runner.resident_bytes = size if size is not None else unpacked.size()
+        runner.device, runner.precision = device, chosen
         if compiled:
             _compile_by_warming_up(runner)
         elif warm_up and manifest.examples:
@@ -202,7 +215,8 @@ def example_inputs(manifest: Manifest, index: int) -> Tensors:
 
 def check_examples(runner: LocalRunner) -> list[str]:
     """Run every example of the package and compare with its recorded outputs, as every
-    comparison in torchport does (`torchport.agreement`).
+    comparison in torchport does (`torchport.agreement`); a runner in reduced precision
+    within that precision's tolerance (`PRECISION_TOLERANCES`).
 
     Returns one line per output that differs (empty when all agree).
     """
@@ -214,7 +228,9 @@ def check_examples(runner: LocalRunner) -> list[str]:
             for spec in manifest.signature.outputs
         }
         got = runner.predict(example_inputs(manifest, i))
-        for difference in compare_outputs(manifest.signature.outputs, [recorded], [got]):
+        override = PRECISION_TOLERANCES.get(runner.precision)
+        for difference in compare_outputs(manifest.signature.outputs, [recorded], [got], override):
             if not difference.agrees:
-                problems.append(f"example {i}, {difference.describe()}")
+                where = f" in {runner.precision}" if override else ""
+                problems.append(f"example {i}{where}, {difference.describe()}")
     return problems

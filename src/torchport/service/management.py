@@ -24,7 +24,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import anyio.to_thread
 from pydantic import ValidationError
 
-from torchport.archive import Manifest, RuntimeDefaults, check_model_name
+from torchport.archive import Manifest, RuntimeDefaults, check_model_name, read_manifest
 from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import describe_validation_error
 from torchport.archive.signing import TrustedKey, check_signature
@@ -39,6 +39,8 @@ from torchport.errors import (
     out_of_space,
 )
 from torchport.runtime import LocalRunner, check_examples, open_runner
+from torchport.runtime.devices import CPU
+from torchport.runtime.precision import Precision
 from torchport.scratch import scratch
 from torchport.service.compare import RecentRequests, compare_versions
 from torchport.service.inference import VersionState
@@ -141,8 +143,20 @@ class Management:
             # On a server, mapped from the shared weights copy: the runner it keeps (adopt)
             # shares pages with the version's other copies.
             weights = self.registry.backend.weights_dir if self.registry is not None else None
+            device, precision = (
+                self.registry.placement({}, read_manifest(private).runtime.model_dump(), 0)
+                if self.registry is not None
+                else (CPU, None)
+            )
+            # Loaded where and how it will run: its examples are checked there, in its
+            # precision (a reduced one within that precision's tolerance).
             runner: LocalRunner | None = open_runner(
-                private, self.limits, warm_up=False, weights_dir=weights
+                private,
+                self.limits,
+                warm_up=False,
+                weights_dir=weights,
+                device=device,
+                precision=precision,
             )
             try:
                 assert runner is not None
@@ -426,6 +440,15 @@ class Management:
             raise InvalidInput(
                 f"config: {describe_validation_error(exc)}", field="config"
             ) from None
+        if "precision" in config:
+            self._check_precision(name, version, checked.precision)
+        if "device" in config and self.registry is not None:
+            # A device this machine lacks (or that lacks room) is refused before it is
+            # stored: the version goes on running where it is.
+            info = self.store.get_version(name, version)
+            self.registry.placement(
+                {**info.config, **config}, info.metadata.get("runtime", {}), info.size
+            )
         info = self.store.set_config(
             name, version, checked.model_dump(include=set(config)), actor=actor
         )
@@ -448,6 +471,22 @@ class Management:
     def states(self, model: str | None = None) -> dict[tuple[str, int], str]:
         """READY, UNAVAILABLE or UNLOADED for each version (on a server)."""
         return {(s.model, s.version): s.state for s in self.index() if model in (None, s.model)}
+
+    def _check_precision(self, name: str, version: int, precision: Precision) -> None:
+        """Refuse a precision in which the version does not reproduce its examples (on
+        the CPU, within that precision's tolerance)."""
+        info = self.store.get_version(name, version)
+        runner = open_runner(self.store.package_path(info), self.limits, precision=precision)
+        try:
+            problems = check_examples(runner)
+        finally:
+            runner.close()
+        if problems:
+            raise InvalidInput(
+                f"config: {name} v{version} in {precision} does not reproduce its example: "
+                f"{problems[0]}",
+                field="precision",
+            )
 
     def residents(self, model: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
         """What each resident version holds (on a server): bytes, last use, policy."""

@@ -21,6 +21,8 @@ from typing import Any
 from torchport.errors import NotFound, TorchportError, Unavailable
 from torchport.observability.metrics import Metrics, VersionGauges
 from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner, open_runner
+from torchport.runtime.devices import Device, place, visible_devices
+from torchport.runtime.precision import Precision
 from torchport.runtime.weights import give_back_memory
 from torchport.service.inference import VersionState
 from torchport.service.recording import Recorder, RecordingConfig
@@ -401,12 +403,30 @@ class Registry:
 
     def _open(self, info: VersionInfo) -> LocalRunner:
         compile = info.config.get("compile")  # None: as the package says
+        device, precision = self._placement(info)
         return open_runner(
             self.store.package_path(info),
             self.backend.limits,
             compile=compile,
             weights_dir=self.backend.weights_dir,
+            device=device,
+            precision=precision,
         )
+
+    def _placement(self, info: VersionInfo) -> tuple[Device, Precision]:
+        need = self.residency.sizes.get((info.model, info.version), info.size)
+        return self.placement(info.config, info.metadata.get("runtime", {}), need)
+
+    def placement(
+        self, config: dict[str, Any], runtime: dict[str, Any], need: int
+    ) -> tuple[Device, Precision]:
+        """Where and how a version runs: its config's `device` and `precision`, else its
+        package's (`runtime`), else the server's device; the device chosen from what the
+        GPUs report now, for `need` bytes."""
+        wanted = config.get("device") or runtime.get("device") or self.backend.device
+        precision: Precision = config.get("precision") or runtime.get("precision") or "fp32"
+        devices = visible_devices() if wanted != "cpu" else []
+        return place(wanted, need, devices, spread=config.get("devices")), precision
 
     def _serve(self, info: VersionInfo, runner: LocalRunner, load_seconds: float) -> LoadedVersion:
         """Deploy a runner loaded (and verified) here as its settings say, batcher in front."""
@@ -452,8 +472,15 @@ class Registry:
         plan = self.backend.plan(self._settings(info, loaded.runner))
         compile = info.config.get("compile", loaded.runner.manifest.runtime.compile)
         # Thread workers change live; worker processes are started anew for a new count,
-        # Ray replicas for a new count or autoscaling range.
-        if plan.placement == loaded.runner.placement and compile == loaded.runner.compiled:
+        # Ray replicas for a new count or autoscaling range; another device or precision
+        # loads the version anew.
+        placed = (getattr(loaded.runner, "device", None), getattr(loaded.runner, "precision", None))
+        same_place = placed == self._placement(info) or placed == (None, None)
+        if (
+            plan.placement == loaded.runner.placement
+            and compile == loaded.runner.compiled
+            and same_place
+        ):
             loaded.batcher.set_policy(plan.policy)
             return
         # Other workers, or compiled or not: load the version anew beside the old, then

@@ -1,0 +1,95 @@
+"""Placement and precision: decisions from what the devices report (no GPU needed), models
+run in reduced precision on the CPU, and clear errors for a device that is not there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torchport
+from torchport.errors import InvalidInput, ModelLoadError
+from torchport.runtime.devices import CPU, Device, DeviceInfo, parse_device, place, visible_devices
+
+GiB = 2**30
+TWO_GPUS = [
+    DeviceInfo(0, "H200", 141 * GiB, 10 * GiB),
+    DeviceInfo(1, "H200", 141 * GiB, 40 * GiB),
+]
+NO_GPU = not torch.cuda.is_available()
+
+
+def test_auto_takes_the_gpu_with_the_most_free_memory_that_fits() -> None:
+    assert place("auto", 5 * GiB, TWO_GPUS) == Device("cuda", 1)
+    assert place("auto", 5 * GiB, []) == CPU  # a machine without a GPU
+    with pytest.raises(ModelLoadError, match=r"needs 50.00 GiB .* most free is 40.00 GiB"):
+        place("auto", 50 * GiB, TWO_GPUS)
+
+
+def test_a_named_device_is_used_if_it_is_there_and_has_room() -> None:
+    assert place("cpu", 10**15, TWO_GPUS) == CPU
+    assert place("cuda", GiB, TWO_GPUS) == Device("cuda", 0)
+    assert place("cuda:1", GiB, TWO_GPUS) == Device("cuda", 1)
+    with pytest.raises(ModelLoadError, match=r"needs 20.00 GiB .*free: cuda:0 10.00 GiB"):
+        place("cuda:0", 20 * GiB, TWO_GPUS)
+    with pytest.raises(ModelLoadError, match=r"cuda:2 is not available; this machine has cuda:0"):
+        place("cuda:2", GiB, TWO_GPUS)
+    with pytest.raises(ModelLoadError, match="has no GPU that torch can use"):
+        place("cuda", GiB, [])
+
+
+def test_workers_spread_over_the_listed_gpus() -> None:
+    chosen = [place("cuda", GiB, TWO_GPUS, spread=[0, 1], worker=i) for i in range(4)]
+    assert [str(d) for d in chosen] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    with pytest.raises(ModelLoadError, match="cuda:3 is not available"):
+        place("cuda", GiB, TWO_GPUS, spread=[0, 3])
+
+
+def test_device_names_are_checked() -> None:
+    assert parse_device(" CUDA:1 ") == "cuda:1"
+    assert Device.parse("cuda:1") == Device("cuda", 1)
+    assert Device.parse("cpu") == CPU
+    for bad in ("gpu", "cuda:x", "cpu:0", "auto:1", "tpu"):
+        with pytest.raises(InvalidInput, match="use cpu, cuda, cuda:N or auto"):
+            parse_device(bad)
+
+
+def test_reduced_precision_runs_the_model_in_that_dtype_and_answers_float32(
+    mlp_package: Path, mlp_input: np.ndarray
+) -> None:
+    with torchport.load(mlp_package) as full:
+        want = full.predict({"input": mlp_input})["output"]
+    for precision, tolerance in (("bf16", 5e-2), ("fp16", 1e-2)):
+        with torchport.load(mlp_package, precision=precision) as reduced:
+            model = reduced._runner.handler.model
+            assert {p.dtype for p in model.parameters()} == {
+                {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            }
+            got = reduced.predict({"input": mlp_input})["output"]
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=tolerance, rtol=tolerance)
+        assert not np.array_equal(got, want)  # it really ran in the other precision
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_a_gpu_asked_for_on_a_machine_without_one_is_a_clear_error(mlp_package: Path) -> None:
+    assert visible_devices() == []
+    with pytest.raises(
+        ModelLoadError, match="device cuda is not available: this machine has no GPU"
+    ):
+        torchport.load(mlp_package, device="cuda")
+    with torchport.load(mlp_package, device="auto") as model:  # auto: the CPU here
+        assert model.predict({"input": np.zeros((1, 32), np.float32)})["output"].shape == (1, 8)
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs a GPU (benchmarks/gpu_check.py runs the GPU path)")
+def test_a_model_on_the_gpu_answers_as_on_the_cpu(mlp_package: Path, mlp_input: np.ndarray) -> None:
+    with torchport.load(mlp_package) as cpu, torchport.load(mlp_package, device="cuda") as gpu:
+        np.testing.assert_allclose(
+            gpu.predict({"input": mlp_input})["output"],
+            cpu.predict({"input": mlp_input})["output"],
+            atol=1e-4,
+            rtol=1e-4,
+        )
