@@ -348,3 +348,58 @@ def test_padding_declarations_are_checked(
     outputs = outputs or [{"name": "y", "datatype": "FP32", "shape": [-1]}]
     with pytest.raises(ValidationError, match=problem):
         Signature.model_validate({"inputs": inputs, "outputs": outputs})
+
+
+OUT_OF_MEMORY_HANDLER = """
+import time
+
+import torch
+from torchport.runtime import Handler as Base
+
+
+class Handler(Base):
+    # A device with room for four rows: a larger batch fails as CUDA's allocator does.
+    def __call__(self, inputs):
+        x = inputs["x"]
+        time.sleep(0.05)
+        if len(x) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"y": x * 2}
+"""
+
+
+def test_a_batch_the_device_has_no_memory_for_answers_503_and_the_next_are_halved(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import handler_package
+    from torchport.errors import Unavailable
+
+    package = handler_package(
+        tmp_path, "oom", OUT_OF_MEMORY_HANDLER, example={"x": np.ones((1, 2), np.float32)}
+    )
+    batcher = Batcher(
+        open_runner(package), BatchPolicy(max_batch_size=16, max_batch_delay_ms=20, workers=1)
+    )
+
+    async def round_() -> list[object]:
+        return await asyncio.gather(
+            *(batcher.predict({"x": np.full((1, 2), i, np.float32)}) for i in range(16)),
+            return_exceptions=True,
+        )
+
+    failed_rounds = 0
+    for _ in range(5):
+        results = asyncio.run(round_())
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for error in errors:
+            assert isinstance(error, Unavailable)
+            assert "ran out of memory running a batch of" in str(error)
+        if not errors:
+            break
+        failed_rounds += 1
+    assert 1 <= failed_rounds < 5  # it failed, then fitted
+    assert batcher.cap <= 4
+    for i, result in enumerate(results):
+        assert isinstance(result, dict)
+        np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * i, np.float32))
+    batcher.close()

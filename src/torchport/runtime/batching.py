@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from torchport.errors import DeadlineExceeded, Overloaded, TorchportError
+import torch
+
+from torchport.errors import DeadlineExceeded, Overloaded, TorchportError, Unavailable
 from torchport.runtime.batch_times import BatchCost
 from torchport.runtime.latency_target import LatencyTarget
 from torchport.runtime.load import RecentPeak
@@ -35,6 +38,10 @@ from torchport.runtime.workers import ThreadBudget, WorkerPool
 from torchport.tensors import HEAVY_BYTES, weight
 from torchport.types import Tensors, batch_size
 
+log = logging.getLogger("torchport.batching")
+
+MEMORY_RECOVERY = 100
+"""Batches that fit before a batch cap lowered by an out-of-memory is doubled back."""
 LOAD_WINDOW = 0.25
 """Seconds over which the batcher remembers the most rows it has held (the load)."""
 
@@ -127,6 +134,10 @@ class Batcher:
         self._freed = 0.0  # when a worker last came free
         self._cost = BatchCost()  # what recent batches took
         self._packing = Packing(runner.signature)
+        self._memory_cap: int | None = None
+        """After the device ran out of memory: the most rows a batch takes, halved on each
+        failure and doubled back after `MEMORY_RECOVERY` batches that fit."""
+        self._fitted = 0
         self.set_policy(self.policy)
 
     def set_policy(self, policy: BatchPolicy) -> None:
@@ -144,8 +155,10 @@ class Batcher:
 
     @property
     def cap(self) -> int:
-        """The most rows a batch takes now: the latency target's size, else the policy's."""
-        return self.target.cap if self.target is not None else self.policy.max_batch_size
+        """The most rows a batch takes now: the latency target's size, else the policy's;
+        lower while the device's memory held less (`_memory_cap`)."""
+        cap = self.target.cap if self.target is not None else self.policy.max_batch_size
+        return cap if self._memory_cap is None else min(cap, self._memory_cap)
 
     @property
     def queued(self) -> int:
@@ -235,14 +248,42 @@ class Batcher:
             self._wakeup.set()
 
     async def _call(self, inputs: Tensors, *, alone: bool) -> Tensors:
-        ran = await self.pool.run(inputs, alone=alone)
         rows = batch_size(inputs)
+        try:
+            ran = await self.pool.run(inputs, alone=alone)
+        except torch.cuda.OutOfMemoryError:
+            raise self._out_of_memory(rows) from None
+        self._fitted_batch()
         self._cost.observe(ran.seconds, ran.cpu, ran.wall)
         if self.observer is not None:
             self.observer.batch(rows, ran.seconds)
         if self.target is not None:
             self.target.batch_ran(rows, ran.seconds)
         return ran.outputs
+
+    def _out_of_memory(self, rows: int) -> Unavailable:
+        """The device had no memory for a batch of `rows`: that batch answers 503, the cached
+        blocks go back to the device, and the next batches take half as many rows."""
+        self._memory_cap = max(1, min(rows, self.cap) // 2)
+        self._fitted = 0
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("out of device memory on a batch of %d rows: batches now at most %d",
+                    rows, self._memory_cap)  # fmt: skip
+        return Unavailable(
+            f"the device ran out of memory running a batch of {rows} rows; try again "
+            f"(batches are now at most {self._memory_cap} rows)"
+        )
+
+    def _fitted_batch(self) -> None:
+        if self._memory_cap is None:
+            return
+        self._fitted += 1
+        if self._fitted >= MEMORY_RECOVERY:
+            self._fitted = 0
+            doubled = self._memory_cap * 2
+            full = self.target.cap if self.target is not None else self.policy.max_batch_size
+            self._memory_cap = None if doubled >= full else doubled
 
     # -- the batching loop ------------------------------------------------------------
 

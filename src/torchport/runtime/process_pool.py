@@ -23,6 +23,8 @@ from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any, cast
 
+import torch
+
 from torchport import shm_tensors
 from torchport.archive import Manifest, read_package
 from torchport.errors import (
@@ -42,6 +44,9 @@ from torchport.types import Signature, Tensors
 log = logging.getLogger("torchport.workers")
 
 _START_TIMEOUT_S = 300.0
+OUT_OF_MEMORY = "device_out_of_memory"
+"""A worker's reply for a batch its device had no memory for (raised here as torch's own
+error, which the batcher answers with 503 and smaller batches)."""
 WATCHDOG_S = 10.0
 PING_TIMEOUT_S = 5.0
 
@@ -102,6 +107,8 @@ def _worker_main(
                 _send(conn, {"kind": "ok", "outputs": described, "block": block.name})
             except TorchportError as exc:
                 _send(conn, {"kind": "error", **exc.to_dict()})
+            except torch.cuda.OutOfMemoryError as exc:  # the batcher halves its batches
+                _send(conn, {"kind": "error", "code": OUT_OF_MEMORY, "error": str(exc)[:500]})
             except Exception as exc:
                 # The client gets what an in-process handler's crash gives: the exception's
                 # type only; the server's log gets the traceback.
@@ -203,6 +210,8 @@ class WorkerProcess:
         finally:
             shm_tensors.release(block)
         if reply["kind"] != "ok":
+            if reply.get("code") == OUT_OF_MEMORY:
+                raise torch.cuda.OutOfMemoryError(reply["error"])
             if "traceback" in reply:
                 log.error("worker process %s: %s", self.pid, reply["traceback"].rstrip())
             raise error_for(reply["code"], reply["error"], reply.get("field"))
