@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import torchport
+from tests.e2e.server import value
 from tests.inprocess import InProcess, in_process
 
 LARGE = """
@@ -60,6 +61,14 @@ def test_a_precision_that_reproduces_the_example_is_applied_live(served: InProce
     )
     assert answer.status_code == 200
     assert answer.json()["outputs"][0]["datatype"] == "FP32"
+    placed = value(
+        served.scrape(), "torchport_version_info", model="mlp", version="1", device="cpu",
+        precision="bf16",
+    )  # fmt: skip
+    assert placed == 1
+    shown = served.admin.get("/models/mlp", headers=served.auth).json()
+    assert shown["versions"][0]["resident"]["precision"] == "bf16"
+    assert shown["versions"][0]["workers"]["precision"] == "bf16"
 
 
 def test_a_precision_the_model_does_not_survive_is_refused(served: InProcess) -> None:

@@ -70,6 +70,11 @@ def _versions_table(models: list[dict[str, Any]]) -> Table:
             held = v.get("resident")
             # What the version holds, and when a request last took it (on-demand models).
             memory = f"{human_size(held['bytes'])} {held['last_used'][11:19]}" if held else "-"
+            if held and (held.get("device", "cpu"), held.get("precision", "fp32")) != (
+                "cpu",
+                "fp32",
+            ):
+                memory += f" {held['device']} {held['precision']}"
             table.add_row(
                 m["name"],
                 str(v["version"]),

@@ -45,6 +45,21 @@ class VersionGauges:
     last_used: float = 0.0
     """Unix time of the last request that took the version (or of its load)."""
     residency: str = "always"
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class DeviceGauges:
+    """What a GPU reports at scrape time."""
+
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int
+    allocated_bytes: int
+    reserved_bytes: int
+    utilization: float | None
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,10 @@ class Metrics:
         """Report queue depth and workers of the loaded versions at each scrape."""
         self.registry.register(_VersionCollector(versions))
 
+    def watch_devices(self, devices: Callable[[], Iterable[DeviceGauges]]) -> None:
+        """Report the GPUs' memory and utilisation at each scrape."""
+        self.registry.register(_DeviceCollector(devices))
+
     def watch_rollouts(self, rollouts: Callable[[], Iterable[RolloutGauges]]) -> None:
         """Report the running rollouts' figures at each scrape."""
         self.registry.register(_RolloutCollector(rollouts))
@@ -201,6 +220,11 @@ class _VersionCollector(Collector):
             "When a request last took the loaded version (Unix time).",
             labels=["model", "version"],
         )
+        placed = GaugeMetricFamily(
+            "torchport_version_info",
+            "Where and how each loaded version runs (always 1).",
+            labels=["model", "version", "device", "precision"],
+        )
         for v in self._versions():
             labels = [v.model, str(v.version)]
             queued.add_metric(labels, v.queued)
@@ -208,9 +232,50 @@ class _VersionCollector(Collector):
             workers.add_metric([*labels, v.worker_kind], v.workers)
             resident.add_metric([*labels, v.residency], v.resident_bytes)
             last_used.add_metric(labels, v.last_used)
+            placed.add_metric([*labels, v.device, v.precision], 1)
             for name, unit, dimensions, value in v.handler_metrics:
                 handler.add_metric([*labels, name, unit, dimensions], value)
-        yield from (queued, running, workers, handler, resident, last_used)
+        yield from (queued, running, workers, handler, resident, last_used, placed)
+
+
+class _DeviceCollector(Collector):
+    def __init__(self, devices: Callable[[], Iterable[DeviceGauges]]) -> None:
+        self._devices = devices
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["device", "name"]
+        total = GaugeMetricFamily(
+            "torchport_gpu_memory_total_bytes", "The GPU's memory.", labels=labels
+        )
+        used = GaugeMetricFamily(
+            "torchport_gpu_memory_used_bytes",
+            "GPU memory in use by every process (the driver's count).",
+            labels=labels,
+        )
+        allocated = GaugeMetricFamily(
+            "torchport_gpu_memory_allocated_bytes",
+            "GPU memory held by this server's tensors.",
+            labels=labels,
+        )
+        reserved = GaugeMetricFamily(
+            "torchport_gpu_memory_reserved_bytes",
+            "GPU memory held by this server's caching allocator (tensors and cache).",
+            labels=labels,
+        )
+        utilization = GaugeMetricFamily(
+            "torchport_gpu_utilization_ratio",
+            "Share of the last sample period a kernel ran on the GPU (NVML).",
+            labels=labels,
+        )
+        for d in self._devices():
+            names = [f"cuda:{d.index}", d.name]
+            total.add_metric(names, d.total_bytes)
+            used.add_metric(names, d.used_bytes)
+            allocated.add_metric(names, d.allocated_bytes)
+            reserved.add_metric(names, d.reserved_bytes)
+            if d.utilization is not None:
+                utilization.add_metric(names, d.utilization)
+        yield from (total, used, allocated, reserved, utilization)
 
 
 class _RolloutCollector(Collector):

@@ -128,3 +128,54 @@ def visible_devices() -> list[DeviceInfo]:
         free, total = torch.cuda.mem_get_info(index)
         found.append(DeviceInfo(index, torch.cuda.get_device_name(index), total, free))
     return found
+
+
+@dataclass(frozen=True)
+class DeviceFigures:
+    """A GPU's figures at scrape time."""
+
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int
+    """In use on the device by every process (the driver's count)."""
+    allocated_bytes: int
+    """Held by this process's tensors."""
+    reserved_bytes: int
+    """Held by this process's caching allocator (allocated and cached)."""
+    utilization: float | None
+    """Share of the last sample period a kernel ran (NVML), None where NVML is missing."""
+
+
+def device_figures() -> list[DeviceFigures]:
+    """Figures of every GPU torch can use (none on a CPU build, without asking the driver)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    figures = []
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        figures.append(
+            DeviceFigures(
+                index,
+                torch.cuda.get_device_name(index),
+                total,
+                total - free,
+                torch.cuda.memory_allocated(index),
+                torch.cuda.memory_reserved(index),
+                _utilization(index),
+            )
+        )
+    return figures
+
+
+def _utilization(index: int) -> float | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu) / 100.0
+    except Exception:  # no NVML library or driver: the figure is left out
+        return None

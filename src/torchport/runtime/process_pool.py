@@ -260,6 +260,8 @@ class ProcessPoolRunner:
         """A worker that has not answered a batch by then is hung: it is killed and
         replaced, and the batch fails with `DeadlineExceeded`."""
         self.compiled = compile
+        self.device = Device.parse(device)
+        self.precision = precision
         self.placement = Placement("process", processes=workers)
         # How every worker, first or replacement, is started (torch_threads 0: torch's).
         self._spawn = functools.partial(

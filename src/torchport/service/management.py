@@ -489,9 +489,11 @@ class Management:
             )
 
     def residents(self, model: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
-        """What each resident version holds (on a server): bytes, last use, policy."""
+        """What each resident version holds (on a server): bytes, last use, policy, and
+        where it runs (device, precision)."""
         if self.registry is None:
             return {}
+        registry = self.registry
         return {
             key: {
                 "bytes": held.bytes,
@@ -499,8 +501,15 @@ class Management:
                     timespec="milliseconds"
                 ),
                 "policy": held.policy,
+                **dict(
+                    zip(
+                        ("device", "precision"),
+                        registry.placed(*key) or ("cpu", "fp32"),
+                        strict=True,
+                    )
+                ),
             }
-            for key, held in self.registry.residents().items()
+            for key, held in registry.residents().items()
             if model in (None, key[0])
         }
 

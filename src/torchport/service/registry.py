@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torchport.errors import NotFound, TorchportError, Unavailable
-from torchport.observability.metrics import Metrics, VersionGauges
+from torchport.observability.metrics import DeviceGauges, Metrics, VersionGauges
 from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner, open_runner
-from torchport.runtime.devices import Device, place, visible_devices
+from torchport.runtime.devices import Device, device_figures, place, visible_devices
 from torchport.runtime.precision import Precision
 from torchport.runtime.weights import give_back_memory
 from torchport.service.inference import VersionState
@@ -144,6 +144,7 @@ class Registry:
         self.draining = False
         """Set when the server is shutting down: it reports not ready from then on."""
         self.metrics.watch(self._gauges)
+        self.metrics.watch_devices(lambda: [DeviceGauges(**asdict(d)) for d in device_figures()])
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` (from any thread) after what serves a model may have changed:
@@ -501,6 +502,8 @@ class Registry:
             "count": loaded.batcher.policy.workers if workers.count is None else workers.count,
             "pids": workers.pids,
             "compiled": loaded.runner.compiled,
+            "device": str(getattr(loaded.runner, "device", "cpu")),
+            "precision": getattr(loaded.runner, "precision", "fp32"),
         }
         if workers.most is not None:  # Ray: the replicas running now, within their range
             shown.update(min=workers.least, max=workers.most)
@@ -742,6 +745,15 @@ class Registry:
                 )
             )
 
+    def placed(self, model: str, version: int) -> tuple[str, str] | None:
+        """The device and precision of a loaded version (None when it is not loaded)."""
+        with self._lock:
+            loaded = self._routes.loaded.get((model, version))
+        if loaded is None:
+            return None
+        runner = loaded.runner
+        return str(getattr(runner, "device", "cpu")), str(getattr(runner, "precision", "fp32"))
+
     def residents(self) -> dict[Key, Resident]:
         """The loaded versions' memory accounts (copies)."""
         with self._lock:
@@ -788,6 +800,8 @@ class Registry:
                     resident_bytes=v.resident_bytes,
                     last_used=resident.last_used if resident else 0.0,
                     residency=resident.policy if resident else "always",
+                    device=str(getattr(v.runner, "device", "cpu")),
+                    precision=str(getattr(v.runner, "precision", "fp32")),
                 )
             )
         return out
