@@ -32,10 +32,11 @@ def test_victims_are_the_least_recently_used_idle_on_demand_versions() -> None:
     assert Residency(budget=None).victims(10**12, set()) == []
 
 
-@pytest.fixture
-def server(tmp_path: Path, fifty_models: list[Path]) -> InProcess:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fifty_models: list[Path]) -> InProcess:
+    # One server for the tests below: each sets up the recency it checks itself.
     with in_process(
-        tmp_path / "store",
+        tmp_path_factory.mktemp("residency") / "store",
         fifty_models,
         max_resident_bytes=BUDGET,
         residency="on_demand",
