@@ -38,11 +38,15 @@ class Replica:
     served by torchport's inference app."""
 
     def __init__(
-        self, package: str, torch_threads: int = 1, max_request_bytes: int | None = None
+        self,
+        package: str,
+        torch_threads: int = 1,
+        max_request_bytes: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import torch
 
-        settings = Settings(torch_threads=torch_threads)
+        settings = Settings(torch_threads=torch_threads, device=device)
         if max_request_bytes:
             settings = settings.model_copy(update={"max_request_bytes": max_request_bytes})
         torch.set_num_threads(torch_threads)
@@ -85,13 +89,18 @@ def build_app(args: dict[str, Any]) -> Application:
         settings["max_workers"] = int(args["max_replicas"])
     scaling = Scaling.of(settings, int(args.get("replicas") or runtime.workers or 1))
     threads = int(args.get("torch_threads", 1))
+    gpus = float(args.get("num_gpus", 0))
+    options: dict[str, Any] = {"num_cpus": max(1, threads)}
+    if gpus:  # Ray gives the replica its GPU(s): CUDA_VISIBLE_DEVICES names them
+        options["num_gpus"] = gpus
     deployment = serve.deployment(
         name=str(args.get("name", "torchport")),
-        ray_actor_options={"num_cpus": max(1, threads)},
+        ray_actor_options=options,
         max_ongoing_requests=4 * runtime.max_batch_size,
         # Scale on requests in flight: a replica is busy with one full batch.
         **scaling.serve_options(target_ongoing=runtime.max_batch_size),
     )(Replica)
     limit = args.get("max_request_bytes")
-    app: Application = deployment.bind(package, threads, int(limit) if limit else None)
+    device = "cuda" if gpus else "cpu"
+    app: Application = deployment.bind(package, threads, int(limit) if limit else None, device)
     return app

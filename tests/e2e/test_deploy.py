@@ -249,3 +249,56 @@ def test_build_ray_writes_a_kuberay_rayservice(mlp_package: Path, tmp_path: Path
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert_writable_tmp_and_shm(template["spec"], container)
     assert workers["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_build_for_gpus_asks_for_them_everywhere_and_installs_cuda_torch(
+    mlp_package: Path, tmp_path: Path
+) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "mlp-gpu"
+    done = cli("build", mlp_package, "-o", out, "--gpus", "1", "--ray", "--cuda", "cu126",
+               "--node-selector", "cloud.example/accelerator=h100")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cu126" in dockerfile
+    assert "whl/cpu" not in dockerfile
+    env, _ = parse_dockerfile(dockerfile)
+    assert env["TORCHPORT_DEVICE"] == "auto"
+    deployment = load(out / "k8s" / "deployment.yaml")
+    kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"cloud.example/accelerator": "h100"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    runtime = load(out / "kserve" / "servingruntime.yaml")
+    assert runtime["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    service = load(out / "ray" / "rayservice.yaml")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config)
+    assert config["applications"][0]["args"]["num_gpus"] == 1
+    [workers] = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert workers["rayStartParams"] == {"num-gpus": "1"}
+    worker = workers["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, **workers["template"]},
+        KUBERNETES,
+        strict=True,
+    )
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in head["containers"][0]["resources"]["limits"]
+    # A CPU build never pulls CUDA torch; GPU placement options need --gpus.
+    cpu_only = tmp_path / "cpu"
+    assert cli("build", mlp_package, "-o", cpu_only).returncode == 0
+    assert "whl/cpu" in (cpu_only / "Dockerfile").read_text()
+    assert_one_line_error(
+        cli("build", mlp_package, "-o", tmp_path / "x", "--node-selector", "a=b"), "add --gpus N"
+    )
+    assert_one_line_error(
+        cli("build", mlp_package, "-o", tmp_path / "y", "--gpus", "1", "--cuda", "12.8"),
+        "--cuda '12.8'",
+    )

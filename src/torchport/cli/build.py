@@ -33,13 +33,29 @@ def build_cmd(
     ray: Annotated[
         bool, Opt("--ray", help="Also write a KubeRay RayService (Ray Serve on Kubernetes).")
     ] = False,
+    gpus: Annotated[
+        int, Opt(help="GPUs per pod: the image gets torch's CUDA build and serves on the GPU.")
+    ] = 0,
+    cuda: Annotated[
+        str, Opt(help="With --gpus: the CUDA build of torch (PyTorch's index name).")
+    ] = "cu128",
+    node_selector: Annotated[
+        list[str] | None, Opt(help="With --gpus: KEY=VALUE the GPU nodes carry; repeatable.")
+    ] = None,
+    toleration: Annotated[
+        list[str] | None,
+        Opt(help="With --gpus: a taint key GPU nodes carry (default nvidia.com/gpu); repeatable."),
+    ] = None,
 ) -> None:
     """Write a Dockerfile (the microservice, non-root, read-only root filesystem),
     Kubernetes manifests (Deployment, Service, HPA, PodDisruptionBudget), KServe
     (ServingRuntime, InferenceService with protocol v2) and SageMaker requests."""
     from torchport.archive import read_package
     from torchport.deploy import BuildOptions, build
+    from torchport.deploy.gpus import GpuRequest
     from torchport.errors import InvalidInput
+
+    wanted = GpuRequest.of(gpus, cuda, node_selector or [], toleration or [])
 
     if not package.is_file():
         raise InvalidInput(f"package {package} does not exist", field="package")
@@ -56,6 +72,7 @@ def build_cmd(
             memory=memory,
             wheel=wheel,
             ray=ray,
+            gpus=wanted,
         ),
     )
     out.print(f"wrote {len(result.files)} files to {result.out} (image {result.image}):",

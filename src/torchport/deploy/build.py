@@ -13,6 +13,7 @@ import yaml
 
 from torchport.archive import ModelKind, read_package
 from torchport.deploy.container import SHM_SIZE_MIB, dockerfile, environment
+from torchport.deploy.gpus import GpuRequest
 from torchport.deploy.kserve import inference_service, serving_runtime
 from torchport.deploy.kubernetes import autoscaler, deployment, disruption_budget, dns_name, service
 from torchport.deploy.ray import ray_service
@@ -37,6 +38,9 @@ class BuildOptions:
     """A torchport wheel to install in the image instead of the release from PyPI."""
     ray: bool = False
     """Also write a KubeRay RayService (the image then installs torchport[ray])."""
+    gpus: GpuRequest | None = None
+    """GPUs per pod: the image installs torch's CUDA build and serves on the GPU
+    (`TORCHPORT_DEVICE=auto`); pods ask for `nvidia.com/gpu`."""
 
 
 @dataclass(frozen=True)
@@ -73,16 +77,27 @@ def build(package: Path, out: Path, options: BuildOptions | None = None) -> Buil
         wheel = opts.wheel.name
         shutil.copyfile(opts.wheel, out / wheel)
     env = environment(package_name)
+    gpus = opts.gpus
+    if gpus is not None:
+        env["TORCHPORT_DEVICE"] = "auto"
     written = {
-        "Dockerfile": dockerfile(package_name, env, extras, wheel),
+        "Dockerfile": dockerfile(
+            package_name, env, extras, wheel, torch_index=gpus.torch_index if gpus else None
+        ),
         ".dockerignore": "*\n!*.tpa\n!*.whl\n",
         "k8s/deployment.yaml": _yaml(
-            deployment(name, image, env, opts.replicas, opts.cpu, cpu_limit, memory)
+            _on_gpus(
+                deployment(name, image, env, opts.replicas, opts.cpu, cpu_limit, memory),
+                gpus,
+                ["spec", "template", "spec"],
+            )
         ),
         "k8s/service.yaml": _yaml(service(name)),
         "k8s/hpa.yaml": _yaml(autoscaler(name, opts.replicas, opts.max_replicas)),
         "k8s/pdb.yaml": _yaml(disruption_budget(name)),
-        "kserve/servingruntime.yaml": _yaml(serving_runtime(name, image, env, opts.cpu, memory)),
+        "kserve/servingruntime.yaml": _yaml(
+            _on_gpus(serving_runtime(name, image, env, opts.cpu, memory), gpus, ["spec"])
+        ),
         "kserve/inferenceservice.yaml": _yaml(
             inference_service(name, opts.replicas, opts.max_replicas)
         ),
@@ -93,7 +108,7 @@ def build(package: Path, out: Path, options: BuildOptions | None = None) -> Buil
     if opts.ray:
         written["ray/rayservice.yaml"] = _yaml(
             ray_service(name, image, package_name, opts.replicas, opts.max_replicas,
-                        opts.cpu, cpu_limit, memory)
+                        opts.cpu, cpu_limit, memory, gpus=gpus)
         )  # fmt: skip
     files = []
     for relative, text in written.items():
@@ -102,6 +117,20 @@ def build(package: Path, out: Path, options: BuildOptions | None = None) -> Buil
         path.write_text(text)
         files.append(path)
     return BuildResult(out, [out / package_name, *files], image)
+
+
+def _on_gpus(manifest: dict[str, Any], gpus: GpuRequest | None, pod: list[str]) -> dict[str, Any]:
+    """The manifest with its pod (at the path `pod`) on GPU nodes, each container asking
+    for the GPUs."""
+    if gpus is None:
+        return manifest
+    spec = manifest
+    for key in pod:
+        spec = spec[key]
+    gpus.pod(spec)
+    for container in spec["containers"]:
+        gpus.container(container)
+    return manifest
 
 
 def _memory_for(package_bytes: int) -> str:

@@ -18,6 +18,7 @@ SHM_SIZE_MIB = 4 * 64
 in flight, each in and out. Containers get 64 MiB by default, one request's worth."""
 TMP_SIZE = "1Gi"
 TORCH_VERSION = "2.13.0"
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def environment(package_name: str) -> dict[str, str]:
@@ -40,7 +41,15 @@ def command(package_name: str) -> list[str]:
     return ["torchport", "serve", f"{MODELS_DIR}/{package_name}", "--microservice"]
 
 
-def dockerfile(package_name: str, env: dict[str, str], extras: str, wheel: str | None) -> str:
+def dockerfile(
+    package_name: str,
+    env: dict[str, str],
+    extras: str,
+    wheel: str | None,
+    torch_index: str | None = None,
+) -> str:
+    """The image: torch from PyTorch's CPU index, or the CUDA build's (`torch_index`) for a
+    GPU image; then torchport, the package (verified), a non-root user."""
     if wheel:
         install = (
             f"COPY {wheel} /tmp/\n"
@@ -48,6 +57,11 @@ def dockerfile(package_name: str, env: dict[str, str], extras: str, wheel: str |
         )
     else:
         install = f"RUN pip install --no-cache-dir 'torchport{extras}=={__version__}'"
+    torch_note = (
+        "torch's CUDA build first (the GPU image), from its own index."
+        if torch_index
+        else "CPU torch first, from PyTorch's CPU index, so nothing pulls a CUDA build."
+    )
     env_lines = " \\\n    ".join(f"{k}={json.dumps(v)}" for k, v in env.items())
     probe = (
         "import urllib.request; "
@@ -56,8 +70,8 @@ def dockerfile(package_name: str, env: dict[str, str], extras: str, wheel: str |
     return f"""# The {package_name} microservice: `torchport build` wrote this file.
 FROM python:3.11-slim
 
-# CPU torch first, from PyTorch's CPU index, so nothing pulls a CUDA build.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \\
+# {torch_note}
+RUN pip install --no-cache-dir --index-url {torch_index or CPU_INDEX} \\
     torch=={TORCH_VERSION}
 {install}
 

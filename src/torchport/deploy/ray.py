@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from torchport.deploy.container import MODELS_DIR
+from torchport.deploy.gpus import GpuRequest
 from torchport.deploy.kubernetes import POD_SECURITY, labels, volume_mounts, volumes
 
 RAY_VERSION = "2.60.0"
@@ -25,6 +26,7 @@ def serve_config(
     max_request_bytes: int | None = None,
     route_prefix: str | None = None,
     http_port: int = 8000,
+    num_gpus: int = 0,
 ) -> dict[str, Any]:
     """A Serve config (`serve deploy` / KubeRay's `serveConfigV2`) for one package.
     Replicas and autoscaling left out come from the package's runtime config."""
@@ -43,6 +45,7 @@ def serve_config(
                     **{k: v for k, v in scale.items() if v is not None},
                     "torch_threads": torch_threads,
                     **({"max_request_bytes": max_request_bytes} if max_request_bytes else {}),
+                    **({"num_gpus": num_gpus} if num_gpus else {}),
                 },
             }
         ],
@@ -58,12 +61,16 @@ def ray_service(
     cpu: str,
     cpu_limit: str,
     memory: str,
+    *,
+    gpus: GpuRequest | None = None,
 ) -> dict[str, Any]:
     """A KubeRay `RayService`: a Ray cluster running this image, and the package as a
-    Ray Serve application on it (`torchport ray deploy`'s Serve config)."""
+    Ray Serve application on it (`torchport ray deploy`'s Serve config). With `gpus`, each
+    replica asks Ray for them (`num_gpus`) and the worker pods ask Kubernetes."""
     # Serve scales replicas between the bounds; KubeRay adds worker pods to hold them.
     config = serve_config(name, f"{MODELS_DIR}/{package_name}", replicas=replicas,
-                          max_replicas=max_replicas, http_port=SERVE_PORT)  # fmt: skip
+                          max_replicas=max_replicas, http_port=SERVE_PORT,
+                          num_gpus=gpus.count if gpus else 0)  # fmt: skip
 
     def pod(container: str, ports: list[tuple[str, int]], *, head: bool) -> dict[str, Any]:
         resources = {
@@ -96,6 +103,10 @@ def ray_service(
             }
         }
 
+    worker = pod("ray-worker", [], head=False)
+    if gpus is not None:  # the head runs no replicas: only workers need GPUs
+        gpus.pod(worker["spec"])
+        gpus.container(worker["spec"]["containers"][0])
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -123,8 +134,8 @@ def ray_service(
                         "replicas": replicas,
                         "minReplicas": replicas,
                         "maxReplicas": max_replicas,
-                        "rayStartParams": {},
-                        "template": pod("ray-worker", [], head=False),
+                        "rayStartParams": {"num-gpus": str(gpus.count)} if gpus else {},
+                        "template": worker,
                     }
                 ],
             },
