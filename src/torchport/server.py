@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import socket
 import time
@@ -29,6 +30,7 @@ from torchport.ports import (
     warn_if_clear,
 )
 from torchport.runtime import Backend
+from torchport.runtime.devices import allow_tf32
 from torchport.scratch import remove, scratch, scratch_dir, sweep
 from torchport.service import DataPlane, Management, Registry, RequestLoads
 from torchport.service.auth import TOKEN_FILE, resolve_token
@@ -92,6 +94,9 @@ def serve(
         import torch
 
         torch.set_num_threads(settings.torch_threads)  # once, for the process, at start
+    # Process-wide in torch: here, and in the worker processes this one starts.
+    os.environ["TORCHPORT_TF32"] = "1" if settings.tf32 else "0"
+    allow_tf32(settings.tf32)
     tls = Tls.of(settings)
     # Ports first: a port in use fails at once, before minutes of model loading.
     http_socket = None if engine else bind(settings.host, settings.http_port)

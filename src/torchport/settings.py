@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d{1,2})?)$")
     """Where a version runs when its config (or package) names no device: `cpu`, `cuda`,
     `cuda:N`, or `auto` (the GPU with the most free memory that fits it, else the CPU)."""
+    tf32: bool = False
+    """Let float32 matrix products and convolutions on NVIDIA GPUs use TF32 (faster, about
+    three significant digits fewer). torch holds this for the whole process, so it is a
+    server setting, not a version's."""
     load_wait_s: float = Field(default=30.0, gt=0, le=3600)
     """How long a request waits for the version it needs to load (an on-demand model that
     is not resident) before it gets 503."""

@@ -93,3 +93,17 @@ def test_a_model_on_the_gpu_answers_as_on_the_cpu(mlp_package: Path, mlp_input: 
             atol=1e-4,
             rtol=1e-4,
         )
+
+
+def test_tf32_is_set_for_the_process() -> None:
+    from torchport.runtime.devices import allow_tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        allow_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+        allow_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        allow_tf32(before)

@@ -117,6 +117,15 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def allow_tf32(on: bool) -> None:
+    """TF32 for float32 matrix products and convolutions on NVIDIA GPUs, for this process
+    (torch holds it process-wide; worker processes read `TORCHPORT_TF32`)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
 def visible_devices() -> list[DeviceInfo]:
     """The GPUs torch can use here, with their free memory now (none on a CPU build)."""
     import torch

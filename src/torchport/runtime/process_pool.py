@@ -34,7 +34,7 @@ from torchport.errors import (
     Unavailable,
     error_for,
 )
-from torchport.runtime.devices import Device
+from torchport.runtime.devices import Device, allow_tf32
 from torchport.runtime.placement import Placement, Workers
 from torchport.runtime.precision import Precision
 from torchport.scratch import sweep
@@ -78,6 +78,7 @@ def _worker_main(
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
+    allow_tf32(os.environ.get("TORCHPORT_TF32") == "1")  # as the server that started it
     try:
         runner = open_runner(
             Path(package),

@@ -221,8 +221,12 @@ function renderModel(detail) {
     const w = v.workers || {};
     // Ray versions that autoscale also carry their replica range.
     const range = w.max && w.max > w.min ? ` (${w.min}–${w.max})` : "";
+    // Where it runs, when that is not the CPU in float32.
+    const placed = [w.device && w.device !== "cpu" ? w.device : null,
+      w.precision && w.precision !== "fp32" ? w.precision : null].filter(Boolean).join(" ");
     const workers = w.count
-      ? `${w.count} × ${w.kind}${range}${w.compiled ? ", compiled" : ""}` : "–";
+      ? `${w.count} × ${w.kind}${range}${w.compiled ? ", compiled" : ""}` +
+        (placed ? ` · ${placed}` : "") : "–";
     const config = v.config || {};
     const batching = [
       config.max_batch_size ? `≤ ${config.max_batch_size} rows` : null,
