@@ -70,7 +70,8 @@ def test_process_workers_answer_like_the_embedded_model(
     )
     assert value(after, "torchport_workers", **mlp, kind="process") == 2
     back = configure(wserver, "mlp", worker_kind="thread", workers=1)
-    assert back == {"kind": "thread", "count": 1, "pids": [], "compiled": False}
+    assert back == {"kind": "thread", "count": 1, "pids": [], "compiled": False,
+                    "device": "cpu", "precision": "fp32"}  # fmt: skip
 
 
 def test_a_version_compiled_at_load_answers_like_the_embedded_model(

@@ -84,7 +84,7 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_a_clear_error(mlp_package: 
         assert model.predict({"input": np.zeros((1, 32), np.float32)})["output"].shape == (1, 8)
 
 
-@pytest.mark.skipif(NO_GPU, reason="needs a GPU (benchmarks/gpu_check.py runs the GPU path)")
+@pytest.mark.skipif(NO_GPU, reason="needs a GPU: CUDA paths run only where one is present")
 def test_a_model_on_the_gpu_answers_as_on_the_cpu(mlp_package: Path, mlp_input: np.ndarray) -> None:
     with torchport.load(mlp_package) as cpu, torchport.load(mlp_package, device="cuda") as gpu:
         np.testing.assert_allclose(
