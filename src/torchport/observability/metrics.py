@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,17 +50,23 @@ class VersionGauges:
     precision: str = "fp32"
 
 
-@dataclass(frozen=True)
-class DeviceGauges:
-    """What a GPU reports at scrape time."""
+class DeviceGauges(Protocol):
+    """What a GPU reports at scrape time (`runtime.devices.DeviceFigures` is one)."""
 
-    index: int
-    name: str
-    total_bytes: int
-    used_bytes: int
-    allocated_bytes: int
-    reserved_bytes: int
-    utilization: float | None
+    @property
+    def index(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def total_bytes(self) -> int: ...
+    @property
+    def used_bytes(self) -> int: ...
+    @property
+    def allocated_bytes(self) -> int: ...
+    @property
+    def reserved_bytes(self) -> int: ...
+    @property
+    def utilization(self) -> float | None: ...
 
 
 @dataclass(frozen=True)

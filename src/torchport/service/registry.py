@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torchport.errors import NotFound, TorchportError, Unavailable
-from torchport.observability.metrics import DeviceGauges, Metrics, VersionGauges
+from torchport.observability.metrics import Metrics, VersionGauges
 from torchport.runtime import Backend, Batcher, Deployment, Handler, LocalRunner, open_runner
 from torchport.runtime.devices import Device, device_figures, place, visible_devices
 from torchport.runtime.precision import Precision
@@ -144,7 +144,7 @@ class Registry:
         self.draining = False
         """Set when the server is shutting down: it reports not ready from then on."""
         self.metrics.watch(self._gauges)
-        self.metrics.watch_devices(lambda: [DeviceGauges(**asdict(d)) for d in device_figures()])
+        self.metrics.watch_devices(device_figures)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` (from any thread) after what serves a model may have changed:
