@@ -107,3 +107,27 @@ def test_tf32_is_set_for_the_process() -> None:
         assert not torch.backends.cuda.matmul.allow_tf32
     finally:
         allow_tf32(before)
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs a GPU: CUDA paths run only where one is present")
+def test_each_worker_thread_runs_on_a_stream_of_its_own(mlp_package: Path) -> None:
+    import threading
+
+    from torchport.runtime.precision import thread_stream
+
+    seen: list[object] = []
+    with torchport.load(mlp_package, device="cuda") as model:
+
+        def run() -> None:
+            model.predict({"input": np.ones((2, 32), np.float32)})
+            seen.append(torch.cuda.current_stream())
+            assert torch.cuda.current_stream() == thread_stream("cuda:0")
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(seen) == 2
+    assert seen[0] != seen[1]
+    assert torch.cuda.default_stream() not in seen

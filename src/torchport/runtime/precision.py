@@ -7,6 +7,7 @@ the package's handler runs unchanged: it calls its model as it always does.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Literal
 
 import torch
@@ -69,10 +70,28 @@ class _Placed(torch.nn.Module):
 
 
 def _inputs_hook(device: str, dtype: torch.dtype) -> Any:
+    cuda = device.startswith("cuda")
+
     def convert(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return _map(args, device, dtype), _map(kwargs, device, dtype)
+        if cuda:
+            # Each worker thread runs its batches on a CUDA stream of its own, so batches
+            # of several workers overlap on the GPU; inputs are staged in pinned memory
+            # and copied without blocking the thread.
+            torch.cuda.set_stream(thread_stream(device))
+        return _map(args, device, dtype, pin=cuda), _map(kwargs, device, dtype, pin=cuda)
 
     return convert
+
+
+_streams = threading.local()
+
+
+def thread_stream(device: str) -> torch.cuda.Stream:
+    """This thread's own CUDA stream on `device` (made on first use)."""
+    found: dict[str, torch.cuda.Stream] = _streams.__dict__.setdefault("by_device", {})
+    if device not in found:
+        found[device] = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
+    return found[device]
 
 
 def _outputs_hook(_module: Any, _args: Any, outputs: Any) -> Any:
@@ -80,17 +99,22 @@ def _outputs_hook(_module: Any, _args: Any, outputs: Any) -> Any:
     return _map(outputs, "cpu", torch.float32, non_blocking=False)
 
 
-def _map(value: Any, device: str, dtype: torch.dtype, non_blocking: bool = True) -> Any:
+def _map(
+    value: Any, device: str, dtype: torch.dtype, non_blocking: bool = True, pin: bool = False
+) -> Any:
     """Tensors in `value` (nested in tuples, lists, dicts) on `device`, floating ones as
-    `dtype`; anything else as it is."""
+    `dtype` (host tensors staged in pinned memory first with `pin`); anything else as it
+    is."""
     if isinstance(value, torch.Tensor):
+        if pin and value.device.type == "cpu":
+            value = value.pin_memory()
         if value.is_floating_point():
             return value.to(device=device, dtype=dtype, non_blocking=non_blocking)
         return value.to(device=device, non_blocking=non_blocking)
     if isinstance(value, tuple):
-        return tuple(_map(v, device, dtype, non_blocking) for v in value)
+        return tuple(_map(v, device, dtype, non_blocking, pin) for v in value)
     if isinstance(value, list):
-        return [_map(v, device, dtype, non_blocking) for v in value]
+        return [_map(v, device, dtype, non_blocking, pin) for v in value]
     if isinstance(value, dict):
-        return {k: _map(v, device, dtype, non_blocking) for k, v in value.items()}
+        return {k: _map(v, device, dtype, non_blocking, pin) for k, v in value.items()}
     return value
