@@ -131,3 +131,16 @@ def test_each_worker_thread_runs_on_a_stream_of_its_own(mlp_package: Path) -> No
     assert len(seen) == 2
     assert seen[0] != seen[1]
     assert torch.cuda.default_stream() not in seen
+
+
+def test_onnx_runtime_runs_on_the_gpu_with_its_cuda_provider_or_refuses() -> None:
+    from torchport.runtime.onnx_model import providers_for
+
+    assert providers_for("cpu", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cuda:1", both) == [
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(ModelLoadError, match="no CUDA provider .* install onnxruntime-gpu"):
+        providers_for("cuda:0", ["CPUExecutionProvider"])

@@ -24,6 +24,7 @@ def load_model(
     files: Path,
     digests: dict[str, str] | None = None,
     weights_dir: Path | None = None,
+    device: str = "cpu",
 ) -> Any:
     """The callable model described by `entry`, on CPU, in eval mode.
 
@@ -31,7 +32,8 @@ def load_model(
     exported-program, AOTInductor and TorchScript loaders, ONNX files by ONNX Runtime.
     Safetensors weights are mapped, not copied: from the one copy of that file in
     `weights_dir` (by its sha256 in `digests`) when given, shared with every process and
-    version that maps it.
+    version that maps it. An ONNX model is run by ONNX Runtime on `device` (its CUDA
+    provider for a GPU); other models are placed afterwards (`precision.place_model`).
     """
     path = files / entry.file
     if entry.kind is ModelKind.HANDLER:
@@ -48,7 +50,7 @@ def load_model(
         if entry.kind is ModelKind.ONNX:
             from torchport.runtime.onnx_model import OnnxModel
 
-            return OnnxModel(path)
+            return OnnxModel(path, device=device)
     except (ModelLoadError, UnsafeContent):
         raise
     except Exception as exc:

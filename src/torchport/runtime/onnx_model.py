@@ -13,8 +13,23 @@ import torch
 from torchport.errors import InvalidInput, ModelLoadError
 
 
+def providers_for(device: str, available: list[str]) -> list[Any]:
+    """ONNX Runtime's execution providers for `device` (`cpu`, `cuda:N`): CUDA's for a GPU,
+    with the CPU's for what it does not run, refused where this ONNX Runtime has none."""
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise ModelLoadError(
+            f"device {device}: this ONNX Runtime has no CUDA provider (it has "
+            f"{', '.join(available)}); install onnxruntime-gpu, or serve the model on cpu",
+            field="device",
+        )
+    index = int(device.partition(":")[2] or 0)
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
 class OnnxModel:
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(self, path: Path, threads: int = 0, device: str = "cpu") -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -31,7 +46,10 @@ class OnnxModel:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; they are raised, not logged
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        providers = providers_for(device, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.placed_on = device
+        """Where ONNX Runtime runs it (host arrays in and out, whatever the device)."""
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *args: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:

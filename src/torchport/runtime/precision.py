@@ -36,8 +36,10 @@ PRECISION_TOLERANCES: dict[str, Tolerance] = {
 def place_model(model: Any, device: Device, precision: Precision) -> Any:
     """`model` moved to `device` and cast to `precision`, with its inputs and outputs
     converted on each call; the model itself where nothing changes."""
-    if device == CPU and precision == "fp32":
-        return model
+    if (device == CPU or getattr(model, "placed_on", None) == str(device)) and (
+        precision == "fp32"
+    ):
+        return model  # where it runs already (ONNX Runtime on its device's provider)
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(
             f"device {device} / precision {precision}: this model is not a torch module "

@@ -170,7 +170,7 @@ def open_runner(
     try:
         manifest = unpacked.package.manifest
         compiled = manifest.runtime.compile if compile is None else compile
-        model = load_model(manifest.model, unpacked.files, manifest.files, weights_dir)
+        model = load_model(manifest.model, unpacked.files, manifest.files, weights_dir, str(device))
         chosen = precision or manifest.runtime.precision
         model = place_model(model, device, chosen)
         size = resident_bytes(model)
