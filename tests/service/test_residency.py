@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, fifty_models: list[Path]) -
         fifty_models,
         max_resident_bytes=BUDGET,
         residency="on_demand",
-        load_wait_s=1.0,
+        load_wait_s=10.0,
     ) as served:
         yield served
 
@@ -124,7 +124,7 @@ def test_a_load_with_no_room_waits_then_answers_503(
         fifty_models[:2],
         max_resident_bytes=MODEL_BYTES + MODEL_BYTES // 2,
         residency="on_demand",
-        load_wait_s=0.5,
+        load_wait_s=3.0,  # loads on a busy machine take their time; the refusal waits this
     ) as served:
         infer(served, 0)
         held = served.registry.acquire_loaded("s00", None)
