@@ -493,25 +493,21 @@ class Management:
         where it runs (device, precision)."""
         if self.registry is None:
             return {}
-        registry = self.registry
-        return {
-            key: {
+        residents = {}
+        for key, held in self.registry.residents().items():
+            if model not in (None, key[0]):
+                continue
+            device, precision = self.registry.placed(*key) or ("cpu", "fp32")
+            residents[key] = {
                 "bytes": held.bytes,
                 "last_used": datetime.fromtimestamp(held.last_used, UTC).isoformat(
                     timespec="milliseconds"
                 ),
                 "policy": held.policy,
-                **dict(
-                    zip(
-                        ("device", "precision"),
-                        registry.placed(*key) or ("cpu", "fp32"),
-                        strict=True,
-                    )
-                ),
+                "device": device,
+                "precision": precision,
             }
-            for key, held in registry.residents().items()
-            if model in (None, key[0])
-        }
+        return residents
 
     def workers(self, model: str, version: int) -> dict[str, Any] | None:
         """What runs a loaded version's batches (on a server; may ask remote replicas)."""

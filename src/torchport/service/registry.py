@@ -475,8 +475,9 @@ class Registry:
         # Thread workers change live; worker processes are started anew for a new count,
         # Ray replicas for a new count or autoscaling range; another device or precision
         # loads the version anew.
-        placed = (getattr(loaded.runner, "device", None), getattr(loaded.runner, "precision", None))
-        same_place = placed == self._placement(info) or placed == (None, None)
+        where = _where(loaded.runner)
+        device, precision = self._placement(info)
+        same_place = where is None or where == (str(device), precision)
         if (
             plan.placement == loaded.runner.placement
             and compile == loaded.runner.compiled
@@ -497,13 +498,14 @@ class Registry:
         if loaded is None:
             return {}
         workers = loaded.runner.workers()
+        device, precision = _where(loaded.runner) or CPU_FP32
         shown: dict[str, Any] = {
             "kind": workers.kind,
             "count": loaded.batcher.policy.workers if workers.count is None else workers.count,
             "pids": workers.pids,
             "compiled": loaded.runner.compiled,
-            "device": str(getattr(loaded.runner, "device", "cpu")),
-            "precision": getattr(loaded.runner, "precision", "fp32"),
+            "device": device,
+            "precision": precision,
         }
         if workers.most is not None:  # Ray: the replicas running now, within their range
             shown.update(min=workers.least, max=workers.most)
@@ -751,8 +753,7 @@ class Registry:
             loaded = self._routes.loaded.get((model, version))
         if loaded is None:
             return None
-        runner = loaded.runner
-        return str(getattr(runner, "device", "cpu")), str(getattr(runner, "precision", "fp32"))
+        return _where(loaded.runner) or CPU_FP32
 
     def residents(self) -> dict[Key, Resident]:
         """The loaded versions' memory accounts (copies)."""
@@ -785,6 +786,7 @@ class Registry:
         out = []
         for v in loaded:
             resident = held.get((v.model, v.version))
+            device, precision = _where(v.runner) or CPU_FP32
             live = v.runner.live_workers()
             handler = getattr(v.runner, "handler", None)  # a version run in this process
             recorded = handler.recorded_metrics() if isinstance(handler, Handler) else []
@@ -800,11 +802,23 @@ class Registry:
                     resident_bytes=v.resident_bytes,
                     last_used=resident.last_used if resident else 0.0,
                     residency=resident.policy if resident else "always",
-                    device=str(getattr(v.runner, "device", "cpu")),
-                    precision=str(getattr(v.runner, "precision", "fp32")),
+                    device=device,
+                    precision=precision,
                 )
             )
         return out
+
+
+CPU_FP32 = ("cpu", "fp32")
+
+
+def _where(runner: Deployment) -> tuple[str, str] | None:
+    """The device and precision a deployment runs its model in; None where it does not
+    say (Ray replicas place themselves)."""
+    device = getattr(runner, "device", None)
+    if device is None:
+        return None
+    return str(device), str(getattr(runner, "precision", "fp32"))
 
 
 def _retire(item: LoadedVersion) -> bool:

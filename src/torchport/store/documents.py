@@ -15,7 +15,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from torchport.errors import Conflict, NotFound, StoreError
+from torchport.errors import StoreError
+from torchport.store import refusals
 from torchport.store.base import AuditEntry, ModelInfo, Rollout, VersionInfo
 
 FORMAT = 1
@@ -104,7 +105,7 @@ class ModelDocument:
         if version is None:
             version = self.data["default"]
             if version is None:
-                raise NotFound(f"model '{self.name}' has no default version", field="version")
+                raise refusals.no_default(self.name)
         return self._version_info(self._version_row(version))
 
     def rollouts(self) -> list[Rollout]:
@@ -177,7 +178,7 @@ class ModelDocument:
         d = self.data
         previous, current = d["previous"], d["default"]
         if previous is None:
-            raise Conflict(f"model '{self.name}' has no previous version to roll back to")
+            raise refusals.no_previous(self.name)
         d["default"], d["previous"] = previous, current
         self.audit(actor, "rollback", previous, {"from": current})
 
@@ -188,11 +189,7 @@ class ModelDocument:
         row = self._version_row(version)
         last = len(d["versions"]) == 1
         if d["default"] == version and not last:
-            raise Conflict(
-                f"version {version} is the default of model '{self.name}'; "
-                "promote another version first",
-                field="version",
-            )
+            raise refusals.default_not_deleted(self.name, version)
         d["versions"] = [v for v in d["versions"] if v["version"] != version]
         if last:
             d["default"] = d["previous"] = None
@@ -222,16 +219,10 @@ class ModelDocument:
         self._version_row(candidate)
         running = [r for r in d["rollouts"] if r["state"] == "running"]
         if running:
-            raise Conflict(
-                f"model '{self.name}' has a rollout running already (of version "
-                f"{running[0]['candidate']}): end it first",
-                field="model",
-            )
+            raise refusals.rollout_running(self.name, running[0]["candidate"])
         baseline = d["default"]
         if baseline == candidate:
-            raise Conflict(
-                f"version {candidate} is the default of '{self.name}' already", field="candidate"
-            )
+            raise refusals.candidate_is_default(self.name, candidate)
         row = {
             "id": d["next_rollout"],
             "candidate": candidate,
@@ -258,7 +249,7 @@ class ModelDocument:
     def end_rollout(self, state: str, decision: dict[str, Any], actor: str) -> Rollout:
         running = [r for r in self.data["rollouts"] if r["state"] == "running"]
         if not running:
-            raise NotFound(f"model '{self.name}' has no rollout running", field="model")
+            raise refusals.no_rollout(self.name)
         row = running[0]
         row.update(state=state, ended_at=now(), decision=decision)
         self.audit(actor, f"rollout_{state}", row["candidate"], decision)
@@ -304,13 +295,13 @@ class ModelDocument:
 
     def check_live(self) -> None:
         if not self.live:  # never registered, or its last version deleted
-            raise NotFound(f"model '{self.name}' not found", field="model")
+            raise refusals.model_not_found(self.name)
 
     def _version_row(self, version: int) -> dict[str, Any]:
         for row in self.data["versions"]:
             if row["version"] == version:
                 return row  # type: ignore[no-any-return]
-        raise NotFound(f"model '{self.name}' has no version {version}", field="version")
+        raise refusals.version_not_found(self.name, version)
 
     def _version_info(self, row: dict[str, Any]) -> VersionInfo:
         return VersionInfo(model=self.name, **copy.deepcopy(row))

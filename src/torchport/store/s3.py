@@ -36,7 +36,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from torchport.archive import check_model_name
 from torchport.archive.hashing import sha256_file
-from torchport.errors import Conflict, NotFound, StoreError, TorchportError
+from torchport.errors import StoreError, TorchportError
+from torchport.store import refusals
 from torchport.store.base import (
     AuditEntry,
     ModelHistory,
@@ -170,7 +171,7 @@ class S3Store(ModelStore):
             etag, doc = self._fetch(name)
             if doc is None:
                 if not create:
-                    raise NotFound(f"model '{name}' not found", field="model")
+                    raise refusals.model_not_found(name)
                 doc = ModelDocument.new(name)
             result = change(doc)
             segment = doc.overflow()
@@ -258,7 +259,7 @@ class S3Store(ModelStore):
     def _doc(self, name: str) -> ModelDocument:
         doc = self._fetch(name)[1]
         if doc is None:
-            raise NotFound(f"model '{name}' not found", field="model")
+            raise refusals.model_not_found(name)
         return doc
 
     # -- writes ----------------------------------------------------------------------------
@@ -524,7 +525,7 @@ class S3Store(ModelStore):
 
         def restore(doc: ModelDocument) -> None:
             if doc.live:
-                raise Conflict(f"model '{info.name}' is in {self.url} already", field="model")
+                raise refusals.model_exists(info.name, self.url)
             d = doc.data
             d.update(
                 created_at=info.created_at,

@@ -27,7 +27,8 @@ from typing import Any
 
 from torchport.archive import check_model_name
 from torchport.archive.hashing import sha256_file
-from torchport.errors import Conflict, InsufficientStorage, NotFound, StoreError, TorchportError
+from torchport.errors import InsufficientStorage, StoreError, TorchportError
+from torchport.store import refusals
 from torchport.store.base import (
     AuditEntry,
     ModelHistory,
@@ -229,7 +230,7 @@ class SQLiteStore(ModelStore):
             model = self._model_row(db, name)
             previous, current = model["previous_version"], model["default_version"]
             if previous is None:
-                raise Conflict(f"model '{name}' has no previous version to roll back to")
+                raise refusals.no_previous(name)
             db.execute(
                 "UPDATE models SET default_version=?, previous_version=? WHERE name=?",
                 (previous, current, name),
@@ -248,11 +249,7 @@ class SQLiteStore(ModelStore):
                 == 0
             )
             if model["default_version"] == version and not last:
-                raise Conflict(
-                    f"version {version} is the default of model '{name}'; "
-                    "promote another version first",
-                    field="version",
-                )
+                raise refusals.default_not_deleted(name, version)
             db.execute("DELETE FROM versions WHERE model=? AND version=?", (name, version))
             if last:
                 # The model is gone; its row stays so that its version numbers are never
@@ -345,7 +342,7 @@ class SQLiteStore(ModelStore):
             if version is None:
                 version = self._model_row(db, name)["default_version"]
                 if version is None:
-                    raise NotFound(f"model '{name}' has no default version", field="version")
+                    raise refusals.no_default(name)
             return _version_info(self._version_row(db, name, version))
 
     def package_path(self, info: VersionInfo) -> Path:
@@ -374,16 +371,10 @@ class SQLiteStore(ModelStore):
                 "SELECT id, candidate FROM rollouts WHERE model=? AND state='running'", (name,)
             ).fetchone()
             if running is not None:
-                raise Conflict(
-                    f"model '{name}' has a rollout running already (of version "
-                    f"{running['candidate']}): end it first",
-                    field="model",
-                )
+                raise refusals.rollout_running(name, running["candidate"])
             baseline = model["default_version"]
             if baseline == candidate:
-                raise Conflict(
-                    f"version {candidate} is the default of '{name}' already", field="candidate"
-                )
+                raise refusals.candidate_is_default(name, candidate)
             cursor = db.execute(
                 "INSERT INTO rollouts(model, candidate, baseline, mode, share, sticky_header,"
                 " rules, state, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
@@ -403,7 +394,7 @@ class SQLiteStore(ModelStore):
                 "SELECT * FROM rollouts WHERE model=? AND state='running'", (name,)
             ).fetchone()
             if row is None:
-                raise NotFound(f"model '{name}' has no rollout running", field="model")
+                raise refusals.no_rollout(name)
             db.execute(
                 "UPDATE rollouts SET state=?, ended_at=?, decision=? WHERE id=?",
                 (state, _now(), json.dumps(decision), row["id"]),
@@ -511,7 +502,7 @@ class SQLiteStore(ModelStore):
                         "SELECT 1 FROM versions WHERE model=? LIMIT 1", (info.name,)
                     ).fetchone()
                 ):
-                    raise Conflict(f"model '{info.name}' is in {self.url} already", field="model")
+                    raise refusals.model_exists(info.name, self.url)
                 next_version = max(history.next_version, row["next_version"] if row else 1)
                 db.execute("DELETE FROM models WHERE name=?", (info.name,))
                 db.execute(
@@ -604,7 +595,7 @@ class SQLiteStore(ModelStore):
             (name,),
         ).fetchone()
         if row is None:  # never registered, or its last version deleted
-            raise NotFound(f"model '{name}' not found", field="model")
+            raise refusals.model_not_found(name)
         return row  # type: ignore[no-any-return]
 
     def _version_row(self, db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row:
@@ -613,7 +604,7 @@ class SQLiteStore(ModelStore):
             "SELECT * FROM versions WHERE model=? AND version=?", (name, version)
         ).fetchone()
         if row is None:
-            raise NotFound(f"model '{name}' has no version {version}", field="version")
+            raise refusals.version_not_found(name, version)
         return row  # type: ignore[no-any-return]
 
     def _model_info(self, db: sqlite3.Connection, name: str) -> ModelInfo:
