@@ -11,7 +11,10 @@ the CPU to check the script itself. Steps, each reported pass/fail with its figu
    fp32, fp16 and bf16: answers against the CPU's within that precision's tolerance;
 3. a batch too large for the device's memory: 503 naming it, then smaller batches served;
 4. in-process throughput of `minilm` on the device at batch sizes 1 to 128 (its best batch);
-5. a server with `TORCHPORT_DEVICE` set: `/metrics` shows the version's device and the
+5. `torchport bench` of `mlp` on the device: every runtime, AOTInductor compiled for it and
+   ONNX Runtime on its CUDA provider (or the reason it cannot), each export's parity
+   checked there, and the fastest chosen for that device;
+6. a server with `TORCHPORT_DEVICE` set: `/metrics` shows the version's device and the
    GPU's memory, and `minilm` served at 1, 8, 32 and 128 concurrent connections (wrk
    where installed, else an asyncio client, which saturates first; the report says which).
 
@@ -115,6 +118,20 @@ def best_batch(minilm: Path, device: str) -> dict[str, Any]:
     return {"rows_per_s": figures, "best_batch": best, "best_rows_per_s": figures[best]}
 
 
+def exports(mlp: Path, device: str, tmp: Path) -> dict[str, Any]:
+    """`torchport bench` on the device: which runtime is fastest there, each export checked."""
+    from torchport.export.bench import bench_package
+
+    started = time.perf_counter()
+    report = bench_package(mlp, device=device, seconds=0.3, batch_sizes=(1, 8, 32, 128),
+                           work=tmp)  # fmt: skip
+    results = report.to_dict()
+    ran = {r["runtime"]: r for r in results["results"]}
+    # The checks that matter on a GPU: eager and AOTInductor compiled for it both ran.
+    ok = ran["eager"]["ok"] and ran["aoti"]["ok"]
+    return {"ok": ok, "seconds": round(time.perf_counter() - started, 1), **results}
+
+
 def served(packages: dict[str, Path], device: str, tmp: Path) -> dict[str, Any]:
     from tests.e2e.server import ServerProcess, upload
 
@@ -130,12 +147,12 @@ def served(packages: dict[str, Path], device: str, tmp: Path) -> dict[str, Any]:
         placed = [
             line for line in metrics.splitlines() if line.startswith("torchport_version_info")
         ]
-        gpu = [line for line in metrics.splitlines() if line.startswith("torchport_gpu_memory")]
+        gpu = [line for line in metrics.splitlines() if line.startswith("torchport_gpu_")]
         table = {}
         if "minilm" in packages:
             for connections in (1, 8, 32, 128):
                 table[connections] = load(server.url, connections)
-        return {"version_info": placed, "gpu_metrics": gpu[:4], "minilm_served": table}
+        return {"version_info": placed, "gpu_metrics": gpu[:8], "minilm_served": table}
     finally:
         server.stop()
 
@@ -183,6 +200,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--examples", type=Path, default=ROOT / "build" / "examples")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_check.json")
+    parser.add_argument("--skip-exports", action="store_true", help="Leave out step 5.")
     args = parser.parse_args()
     packages = {
         name: args.examples / f"{name}.tpa"
@@ -201,10 +219,13 @@ def main() -> None:
             report["out_of_memory"] = out_of_memory(packages["mlp"], args.device)
         if "minilm" in packages:
             report["in_process"] = best_batch(packages["minilm"], args.device)
+        if "mlp" in packages and not args.skip_exports:
+            report["exports"] = exports(packages["mlp"], args.device, Path(tmp))
         report["served"] = served(packages, args.device, Path(tmp))
     failed = [p for p in report["parity"] if not p["ok"]]
-    if not report.get("out_of_memory", {"ok": True})["ok"]:
-        failed.append("out_of_memory")
+    for step in ("out_of_memory", "exports"):
+        if not report.get(step, {"ok": True})["ok"]:
+            failed.append(step)
     report["ok"] = not failed
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -58,3 +58,27 @@ def test_bench_shows_a_table_and_names_a_runtime_that_cannot_run(
     assert not exported["ok"]
     assert exported["reason"].startswith("torch.export failed")
     assert_one_line_error(cli("bench", mlp_package, "-r", "tensorrt"), "unknown runtime 'tensorrt'")
+
+
+def test_bench_measures_on_the_device_and_precision_asked_and_saves_them(
+    mlp_package: Path, tmp_path: Path
+) -> None:
+    fastest = tmp_path / "fastest.tpa"
+    done = cli("bench", mlp_package, "--quick", "--device", "cpu", "--precision", "bf16",
+               "-r", "eager", "-r", "onnx", "--save-fastest", fastest, "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["device"], report["precision"]) == ("cpu", "bf16")
+    eager, onnx = report["results"]
+    assert eager["ok"]
+    assert not onnx["ok"]
+    assert "runs in the precision it was exported in" in onnx["reason"]
+    assert report["fastest"] == "eager"
+    runtime = read_package(fastest).manifest.runtime
+    assert runtime.precision == "bf16"
+    assert runtime.device is None  # measured on the CPU: the server's device still decides
+    with torchport.load(fastest) as m:
+        assert m._runner.precision == "bf16"
+    assert_one_line_error(
+        cli("bench", mlp_package, "--precision", "fp8"), "--precision 'fp8': choose fp32"
+    )

@@ -234,3 +234,68 @@ def test_the_cli_prints_the_report_and_refuses_a_failing_export(
     assert not (tmp_path / "b.tpa").exists()
     assert_one_line_error(cli("export", mlp_package, "--to", "tflite"), "--to 'tflite'")
     assert_one_line_error(cli("export", tmp_path / "none.tpa", "--to", "onnx"), "does not exist")
+
+
+def test_an_aoti_export_records_its_device_and_runs_nowhere_else(
+    exported: Exporter, tmp_path: Path
+) -> None:
+    from torchport.archive import unpack_package, write_package
+    from torchport.errors import ModelLoadError
+
+    result = exported("mlp", "aoti")
+    manifest = read_package(result.out).manifest
+    assert manifest.model.compiled_for == "cpu"
+    assert manifest.export is not None
+    assert manifest.export.checked_on == "cpu"
+    # The same kernels said to be compiled for a GPU: refused on this CPU, naming what to do.
+    files = tmp_path / "files"
+    unpacked = unpack_package(result.out, files).manifest
+    entry = unpacked.model.model_copy(update={"compiled_for": "cuda"})
+    cuda_only = tmp_path / "cuda-only.tpa"
+    write_package(cuda_only, unpacked.model_copy(update={"model": entry}),
+                  {n: files / n for n in unpacked.files})  # fmt: skip
+    with pytest.raises(ModelLoadError, match=(
+        r"model_aoti.pt2 was compiled by AOTInductor for cuda and this version runs on cpu: "
+        r"set device to cuda, or export the package again for cpu "
+        r"\(torchport export --to aoti --device cpu\)"
+    )):  # fmt: skip
+        torchport.load(cuda_only)
+
+
+def test_export_for_a_device_this_machine_lacks_is_one_clear_line(
+    mlp_package: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    out = tmp_path / "x.tpa"
+    if not torch.cuda.is_available():
+        done = cli("export", mlp_package, "--to", "aoti", "--device", "cuda", "-o", out)
+        assert_one_line_error(done, "device cuda is not available", "no GPU")
+    assert_one_line_error(
+        cli("export", mlp_package, "--to", "aoti", "--device", "auto", "-o", out),
+        "device auto: export for a named device",
+    )
+    assert_one_line_error(
+        cli("export", mlp_package, "--to", "torchscript", "--device", "tpu", "-o", out),
+        "device 'tpu': use cpu, cuda, cuda:N or auto",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(),
+    reason="needs a GPU: CUDA paths run only where one is present",
+)
+def test_an_aoti_export_for_the_gpu_runs_there_and_answers_like_the_cpu(
+    mlp_package: Path, tmp_path: Path
+) -> None:
+    result = export_package(mlp_package, "aoti", tmp_path / "gpu.tpa", device="cuda")
+    manifest = read_package(result.out).manifest
+    assert manifest.model.compiled_for == "cuda"
+    assert manifest.runtime.device == "cuda"
+    assert manifest.export is not None
+    assert manifest.export.checked_on == "cuda:0"
+    x = {"input": np.random.default_rng(0).standard_normal((5, 32)).astype(np.float32)}
+    with torchport.load(mlp_package) as cpu, torchport.load(result.out, device="cuda") as gpu:
+        np.testing.assert_allclose(gpu.predict(x)["output"], cpu.predict(x)["output"],
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip

@@ -403,3 +403,40 @@ def test_a_batch_the_device_has_no_memory_for_answers_503_and_the_next_are_halve
         assert isinstance(result, dict)
         np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * i, np.float32))
     batcher.close()
+
+
+DEVICE_TIMED_HANDLER = """
+from torchport.runtime import Handler as Base
+from torchport.runtime.transfer import note_device_seconds
+
+
+class Handler(Base):
+    # Reports its batches' device time as a worker process's reply does: 100 ms a row.
+    def __call__(self, inputs):
+        x = inputs["x"]
+        note_device_seconds(0.1 * len(x))
+        return {"y": x * 2}
+"""
+
+
+def test_a_latency_target_plans_with_the_device_time_a_batch_reports(tmp_path: Path) -> None:
+    from tests.helpers import handler_package
+
+    package = handler_package(
+        tmp_path, "timed", DEVICE_TIMED_HANDLER, example={"x": np.ones((1, 2), np.float32)}
+    )
+    batcher = Batcher(open_runner(package), BatchPolicy(max_batch_size=16, target_p99_ms=1000))
+    assert batcher.target is not None
+
+    async def one() -> None:
+        out = await batcher.predict({"x": np.ones((1, 2), np.float32)})
+        assert out["y"].tolist() == [[2.0, 2.0]]
+
+    for _ in range(3):
+        asyncio.run(one())
+    # The call itself takes microseconds; the plan follows the 100 ms the device reported.
+    assert batcher.target.times.estimate(1) == pytest.approx(0.1)
+    assert batcher.target.times.estimate(4) == pytest.approx(0.4)
+    # Measured at one row; one size past what was measured is tried next.
+    assert batcher.cap == 2
+    batcher.close()

@@ -87,12 +87,49 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_a_clear_error(mlp_package: 
 @pytest.mark.skipif(NO_GPU, reason="needs a GPU: CUDA paths run only where one is present")
 def test_a_model_on_the_gpu_answers_as_on_the_cpu(mlp_package: Path, mlp_input: np.ndarray) -> None:
     with torchport.load(mlp_package) as cpu, torchport.load(mlp_package, device="cuda") as gpu:
+        model = gpu._runner.handler.model
+        assert {p.device.type for p in model.parameters()} == {"cuda"}
         np.testing.assert_allclose(
             gpu.predict({"input": mlp_input})["output"],
             cpu.predict({"input": mlp_input})["output"],
             atol=1e-4,
             rtol=1e-4,
         )
+
+
+def test_on_the_cpu_transfers_convert_dtypes_and_keep_no_device_clock() -> None:
+    from torchport.runtime.transfer import take_device_seconds, to_device, to_host
+
+    take_device_seconds()
+    x = torch.ones(2, 3)
+    ids = torch.arange(3)
+    moved = to_device({"x": x, "ids": [ids], "n": 3}, "cpu", torch.bfloat16)
+    assert moved["x"].dtype == torch.bfloat16
+    assert moved["ids"][0].dtype == torch.int64  # integers keep their type
+    assert moved["n"] == 3
+    kept = to_device((x,), "cpu", None)[0]
+    assert kept.dtype == torch.float32
+    back = to_host((moved["x"], ids))
+    assert back[0].dtype == torch.float32
+    assert back[1].dtype == torch.int64
+    assert take_device_seconds() is None  # nothing ran on a GPU
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs a GPU: CUDA paths run only where one is present")
+def test_on_a_gpu_inputs_go_through_pinned_memory_and_the_device_time_is_measured() -> None:
+    from torchport.runtime.transfer import take_device_seconds, to_device, to_host
+
+    take_device_seconds()
+    x = torch.randn(256, 256)
+    on_gpu = to_device((x,), "cuda:0", torch.float16)[0]
+    assert on_gpu.device.type == "cuda"
+    assert on_gpu.dtype == torch.float16
+    back = to_host(on_gpu @ on_gpu)
+    assert back.device.type == "cpu"
+    assert back.dtype == torch.float32
+    seconds = take_device_seconds()
+    assert seconds is not None
+    assert seconds > 0
 
 
 def test_tf32_is_set_for_the_process() -> None:
@@ -113,15 +150,20 @@ def test_tf32_is_set_for_the_process() -> None:
 def test_each_worker_thread_runs_on_a_stream_of_its_own(mlp_package: Path) -> None:
     import threading
 
-    from torchport.runtime.precision import thread_stream
+    from torchport.runtime.transfer import take_device_seconds, thread_stream
 
     seen: list[object] = []
     with torchport.load(mlp_package, device="cuda") as model:
 
         def run() -> None:
+            take_device_seconds()
             model.predict({"input": np.ones((2, 32), np.float32)})
             seen.append(torch.cuda.current_stream())
             assert torch.cuda.current_stream() == thread_stream("cuda:0")
+            device_seconds = take_device_seconds()  # CUDA events around the call
+            assert device_seconds is not None
+            assert 0 < device_seconds < 10
+            assert take_device_seconds() is None
 
         threads = [threading.Thread(target=run) for _ in range(2)]
         for t in threads:

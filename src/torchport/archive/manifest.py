@@ -61,6 +61,9 @@ class ModelEntry(_Strict):
     """For `code`: the function or class in `file` that builds the module (no arguments)."""
     weights: str | None = None
     """For `code`: the safetensors file loaded into the module with `strict=True`."""
+    compiled_for: Literal["cpu", "cuda"] | None = None
+    """For `aoti`: the device its kernels were compiled for (None: cpu); it runs only
+    there. Other kinds run on any device."""
 
 
 class HandlerEntry(_Strict):
@@ -155,6 +158,9 @@ class ExportInfo(_Strict):
     """sha256 of the package it was exported from."""
     source_kind: ModelKind
     parity: Parity
+    checked_on: str = "cpu"
+    """The device the export's parity was checked on (`cpu`, `cuda:N`), against the
+    source model on the CPU in float32."""
 
 
 class Manifest(_Strict):

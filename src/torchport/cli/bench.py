@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from torchport.cli.output import err, out, print_json
+
+if TYPE_CHECKING:
+    from torchport.runtime.precision import Precision
 
 Opt = typer.Option
 
@@ -28,11 +31,20 @@ def bench_cmd(
         Path | None,
         Opt("--save-fastest", help="Write the package as it ran fastest (export or settings)."),
     ] = None,
+    device: Annotated[
+        str,
+        Opt(help="Where to measure: cpu, cuda or cuda:N (AOTInductor compiles for it)."),
+    ] = "cpu",
+    precision: Annotated[
+        str | None,
+        Opt(help="fp32, fp16 or bf16 for the torch runtimes (default: the package's)."),
+    ] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Measure latency (p50/p99 at batch 1) and throughput (best batch size) of a package
     in every runtime that works for it: eager, compiled, TorchScript, exported,
-    AOTInductor, ONNX Runtime (exports pass their parity check first)."""
+    AOTInductor, ONNX Runtime (exports pass their parity check first), on one device; the
+    fastest is the choice for that device (--save-fastest writes it)."""
     import tempfile
 
     from torchport.errors import InvalidInput
@@ -40,6 +52,9 @@ def bench_cmd(
 
     if not package.is_file():
         raise InvalidInput(f"package {package} does not exist", field="package")
+    if precision is not None and precision not in ("fp32", "fp16", "bf16"):
+        raise InvalidInput(f"--precision {precision!r}: choose fp32, fp16 or bf16",
+                           field="precision")  # fmt: skip
     runtimes = tuple(runtime or bench.RUNTIMES)
     sizes = bench.QUICK_BATCH_SIZES if quick else bench.BATCH_SIZES
     if quick:
@@ -54,6 +69,8 @@ def bench_cmd(
                 seconds=seconds,
                 batch_sizes=sizes,
                 work=Path(tmp),
+                device=device,
+                precision=cast("Precision | None", precision),
                 progress=lambda what, done: bar.update(task, description=what, completed=done),
             )
         saved = (
@@ -79,7 +96,8 @@ def bench_cmd(
             f"{r.load_seconds:.1f}",
             "—" if r.parity_max_abs_error is None else f"{r.parity_max_abs_error:.2g}",
         )
-    out.print(f"{package.name} on {report.torch_threads} torch thread(s), "
+    out.print(f"{package.name} on {report.device} in {report.precision} "
+              f"({report.torch_threads} torch thread(s)), "
               f"{report.seconds_per_measure:g} s per measurement", markup=False)  # fmt: skip
     out.print(table)
     if saved:

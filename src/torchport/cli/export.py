@@ -42,6 +42,13 @@ def export_cmd(
             "(what examples/cpp's torchport-run reads).",
         ),
     ] = None,
+    device: Annotated[
+        str,
+        Opt(
+            help="Where the export will run: cpu, cuda or cuda:N. AOTInductor compiles for "
+            "it; parity is checked there.",
+        ),
+    ] = "cpu",
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a package's model (TorchScript, torch.export, AOTInductor, ONNX) into a new
@@ -60,7 +67,13 @@ def export_cmd(
     target = out_path or package.with_name(f"{package.stem}.{to}.tpa")
     with status(f"exporting {package.name} to {to}") as say:
         result = export_package(
-            package, to, target, tolerance=tolerance, keep_failed=keep_failed, progress=say
+            package,
+            to,
+            target,
+            tolerance=tolerance,
+            keep_failed=keep_failed,
+            device=device,
+            progress=say,
         )
     parity = result.parity
     if write_inputs is not None:
@@ -73,6 +86,7 @@ def export_cmd(
             {
                 "out": str(result.out),
                 "target": to,
+                "device": result.manifest.export.checked_on if result.manifest.export else device,
                 "export_seconds": result.export_seconds,
                 "parity_seconds": result.check_seconds,
                 "parity": parity.model_dump(mode="json"),
@@ -80,10 +94,11 @@ def export_cmd(
         )
     else:
         size = human_size(target.stat().st_size)
+        where = result.manifest.export.checked_on if result.manifest.export else device
         verdict = "passed" if parity.passed else "FAILED"
         out.print(
             f"wrote {target} ({size}): {to} export in {result.export_seconds:.1f} s, parity "
-            f"{verdict} on {parity.cases} batches (batch sizes "
+            f"{verdict} on {parity.cases} batches on {where} (batch sizes "
             f"{', '.join(map(str, parity.batch_sizes))})",
             markup=False,
         )

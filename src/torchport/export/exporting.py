@@ -23,10 +23,11 @@ from torchport.agreement import Tolerance
 from torchport.archive import ExportInfo, Manifest, Parity, write_package
 from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import now, referenced_files
-from torchport.errors import TorchportError
+from torchport.errors import InvalidInput, TorchportError
 from torchport.export.parity import BATCH_SIZES, compare, parity_cases
 from torchport.export.targets import ExportFailed, Target, cause, write_model
 from torchport.runtime import LocalRunner, example_inputs, open_runner
+from torchport.runtime.devices import Device, parse_device, place, visible_devices
 from torchport.types import Array, Tensors
 
 Progress = Callable[[str], None]
@@ -64,9 +65,15 @@ def export_package(
     tolerance: Tolerance | None = None,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     keep_failed: bool = False,
+    device: str = "cpu",
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export the package at `source` to `target`, check parity, and write `out`.
+
+    `device` (`cpu`, `cuda`, `cuda:N`) is where the export will run: AOTInductor compiles
+    its kernels for it, and every target's parity is checked there, against the source on
+    the CPU in float32. An AOTInductor export for a GPU is written with the runtime
+    setting `device: cuda` (it runs nowhere else).
 
     Raises `ExportFailed` (naming the cause, and which other targets work) or
     `ParityFailed` (with the report; nothing is written). With `keep_failed`, an export
@@ -74,22 +81,26 @@ def export_package(
     """
     target = Target(target)
     say = progress or (lambda _m: None)
+    on = export_device(device)
     say(f"loading {source.name}")
     with _open(source) as runner, tempfile.TemporaryDirectory(prefix="torchport-export-") as tmp:
         cases, expected, args, first = _reference(runner, batch_sizes)
         say(f"exporting to {target.value}")
         try:
             trial = _export_and_check(runner, target, Path(tmp), cases, expected, args,
-                                      tolerance, say)  # fmt: skip
+                                      tolerance, say, on)  # fmt: skip
         except ExportFailed as exc:
             say("trying the other targets")
-            works = _what_works(runner, target, cases, expected, args, tolerance)
+            works = _what_works(runner, target, cases, expected, args, tolerance, on)
             raise ExportFailed(f"{exc}. {works}") from exc
         parity = trial.parity
         if not parity.passed and not keep_failed:
             raise ParityFailed(describe_failure(parity, target), parity)
         info = ExportInfo(
-            source_digest=sha256_file(source), source_kind=runner.manifest.model.kind, parity=parity
+            source_digest=sha256_file(source),
+            source_kind=runner.manifest.model.kind,
+            parity=parity,
+            checked_on=str(on),
         )
         say(f"writing {out}")
         manifest = write_package(out, trial.manifest.model_copy(update={"export": info}),
@@ -97,6 +108,16 @@ def export_package(
     return ExportResult(
         target, out, manifest, parity, trial.export_seconds, trial.check_seconds, first
     )
+
+
+def export_device(device: str) -> Device:
+    """The device an export is for: `cpu`, or a GPU this machine has (`auto` is the
+    server's choice among GPUs, not a device to compile for)."""
+    if parse_device(device) == "auto":
+        raise InvalidInput(
+            "device auto: export for a named device (cpu, cuda or cuda:N)", field="device"
+        )
+    return place(device, 0, visible_devices())
 
 
 def describe_failure(parity: Parity, target: Target) -> str:
@@ -111,7 +132,7 @@ def describe_failure(parity: Parity, target: Target) -> str:
 
 @contextlib.contextmanager
 def _open(source: Path) -> Iterator[LocalRunner]:
-    runner = open_runner(source, warm_up=False, compile=False)
+    runner = open_runner(source, warm_up=False, compile=False, precision="fp32")
     try:
         handler = runner.manifest.handler
         if handler is not None and handler.api is not None:
@@ -179,19 +200,27 @@ def _export_and_check(
     args: tuple[Any, ...],
     tolerance: Tolerance | None,
     say: Progress,
+    device: Device,
 ) -> _Trial:
     """Write the model as `target` into `stage`, package it with the source's other
-    files, and compare its answers with the source's."""
+    files, and compare its answers (on `device`) with the source's."""
     manifest = runner.manifest
     files_dir = runner.files
     assert files_dir is not None
     started = time.perf_counter()
-    entry = write_model(target, runner.handler.model, args, stage)
+    entry = write_model(target, runner.handler.model, args, stage, str(device))
     export_seconds = time.perf_counter() - started
     dropped = {manifest.model.file, manifest.model.weights}
     files = {n: files_dir / n for n in manifest.files if n not in dropped}
     files[entry.file] = stage / entry.file
-    draft = manifest.model_copy(update={"model": entry, "created_at": now(), "export": None})
+    runtime: dict[str, Any] = {}
+    if entry.compiled_for == "cuda":
+        runtime["device"] = "cuda"
+    if target in (Target.AOTI, Target.ONNX):
+        runtime["precision"] = "fp32"  # they run in the precision they were exported in
+    placed = manifest.runtime.model_copy(update=runtime)
+    update = {"model": entry, "created_at": now(), "export": None, "runtime": placed}
+    draft = manifest.model_copy(update=update)
     for ref in referenced_files(draft):
         if ref not in files:
             raise ExportFailed(f"the package's handler needs {ref}, which the model held")
@@ -199,15 +228,21 @@ def _export_and_check(
     draft = write_package(trial, draft, files)
     say(f"checking parity on {len(cases)} batches")
     started = time.perf_counter()
-    parity = _parity(trial, cases, expected, tolerance)
+    parity = _parity(trial, cases, expected, tolerance, device)
     return _Trial(draft, files, parity, export_seconds, time.perf_counter() - started)
 
 
 def _parity(
-    package: Path, cases: list[Tensors], expected: list[Tensors], tolerance: Tolerance | None
+    package: Path,
+    cases: list[Tensors],
+    expected: list[Tensors],
+    tolerance: Tolerance | None,
+    device: Device,
 ) -> Parity:
     try:
-        runner = open_runner(package, warm_up=False, compile=False)
+        # In float32 whatever the package's precision: the export's own answers.
+        runner = open_runner(package, warm_up=False, compile=False, device=device,
+                             precision="fp32")  # fmt: skip
     except TorchportError as exc:
         raise ExportFailed(f"the exported model does not load: {exc}") from exc
     try:
@@ -228,6 +263,7 @@ def _what_works(
     expected: list[Tensors],
     args: tuple[Any, ...],
     tolerance: Tolerance | None,
+    device: Device,
 ) -> str:
     """Which of the quick targets export this model and match it (AOTInductor, which
     compiles for minutes, is left out: it needs torch.export to work anyway)."""
@@ -239,7 +275,7 @@ def _what_works(
         with tempfile.TemporaryDirectory(prefix="torchport-probe-") as tmp:
             try:
                 trial = _export_and_check(runner, other, Path(tmp), cases, expected, args,
-                                          tolerance, lambda _m: None)  # fmt: skip
+                                          tolerance, lambda _m: None, device)  # fmt: skip
             except ExportFailed:
                 continue
         (matching if trial.parity.passed else differing).append(other.value)

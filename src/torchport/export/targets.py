@@ -5,13 +5,14 @@ the package's handler passes its model) and returns the package's new model entr
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import io
 import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -48,9 +49,16 @@ class ExportFailed(TorchportError):
     code = "export_failed"
 
 
-def write_model(target: Target, model: Any, args: tuple[Any, ...], dest: Path) -> ModelEntry:
-    """Write `model` as `target` into directory `dest`; raises `ExportFailed` naming why."""
+def write_model(
+    target: Target, model: Any, args: tuple[Any, ...], dest: Path, device: str = "cpu"
+) -> ModelEntry:
+    """Write `model` as `target` into directory `dest`; raises `ExportFailed` naming why.
+
+    AOTInductor compiles kernels for one kind of device: `device`'s (the model and its
+    sample arguments are copied there to compile). The other targets are written from the
+    CPU and run on any device."""
     path = dest / target.file
+    compiled_for: Literal["cpu", "cuda"] | None = None
     try:
         with warnings.catch_warnings(), _quiet(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -59,16 +67,28 @@ def write_model(target: Target, model: Any, args: tuple[Any, ...], dest: Path) -
             elif target is Target.EXPORTED:
                 torch.export.save(_program(model, args), str(path))
             elif target is Target.AOTI:
+                compiled_for = "cuda" if device.startswith("cuda") else "cpu"
+                on_device, moved = _on(model, args, device)
                 torch._inductor.aoti_compile_and_package(
-                    _program(model, args), package_path=str(path)
+                    _program(on_device, moved), package_path=str(path)
                 )
             else:
                 _onnx(model, args, path)
     except ExportFailed:
         raise
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ExportFailed(f"{_label(target)} ran out of memory on {device}: {cause(exc)}") from exc
     except Exception as exc:
         raise ExportFailed(f"{_label(target)} failed: {cause(exc)}") from exc
-    return ModelEntry(kind=target.kind, file=target.file)
+    return ModelEntry(kind=target.kind, file=target.file, compiled_for=compiled_for)
+
+
+def _on(model: Any, args: tuple[Any, ...], device: str) -> tuple[Any, tuple[Any, ...]]:
+    """A copy of `model` and `args` on `device` (the originals, on the CPU, as they are)."""
+    if device == "cpu" or not isinstance(model, torch.nn.Module):
+        return model, args
+    moved = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    return copy.deepcopy(model).to(device), moved
 
 
 def _torchscript(model: Any, args: tuple[Any, ...], path: Path) -> None:

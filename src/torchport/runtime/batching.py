@@ -258,7 +258,10 @@ class Batcher:
         if self.observer is not None:
             self.observer.batch(rows, ran.seconds)
         if self.target is not None:
-            self.target.batch_ran(rows, ran.seconds)
+            # On a GPU, the device's own time on the batch (CUDA events); the end-to-end
+            # latencies the target also sees (`served`) correct for the host's share.
+            device = ran.device_seconds
+            self.target.batch_ran(rows, ran.seconds if device is None else device)
         return ran.outputs
 
     def _out_of_memory(self, rows: int) -> Unavailable:

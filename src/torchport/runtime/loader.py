@@ -26,27 +26,33 @@ def load_model(
     weights_dir: Path | None = None,
     device: str = "cpu",
 ) -> Any:
-    """The callable model described by `entry`, on CPU, in eval mode.
+    """The callable model described by `entry`, in eval mode: on the CPU, but for a code
+    model's weights (read from their file straight to `device`) and the models that run
+    where they were built (AOTInductor, ONNX), on `device`.
 
     Nothing is unpickled: weights are safetensors, programs are read by torch's own
     exported-program, AOTInductor and TorchScript loaders, ONNX files by ONNX Runtime.
     Safetensors weights are mapped, not copied: from the one copy of that file in
     `weights_dir` (by its sha256 in `digests`) when given, shared with every process and
     version that maps it. An ONNX model is run by ONNX Runtime on `device` (its CUDA
-    provider for a GPU); other models are placed afterwards (`precision.place_model`).
+    provider for a GPU), an AOTInductor model only on the kind of device it was compiled
+    for; other models are placed afterwards (`precision.place_model`).
     """
     path = files / entry.file
     if entry.kind is ModelKind.HANDLER:
         return None  # the handler loads it (a SageMaker script's model_fn)
     try:
         if entry.kind is ModelKind.CODE:
-            return _load_code(entry, files, digests or {}, weights_dir)
+            return _load_code(entry, files, digests or {}, weights_dir, device)
         if entry.kind is ModelKind.EXPORTED:
             return torch.export.load(str(path)).module()
         if entry.kind is ModelKind.TORCHSCRIPT:
             return torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
         if entry.kind is ModelKind.AOTI:
-            return torch._inductor.aoti_load_package(str(path))
+            from torchport.runtime.aoti_model import AotiModel, check_compiled_for
+
+            check_compiled_for(entry.compiled_for or "cpu", device, entry.file)
+            return AotiModel(path, device)
         if entry.kind is ModelKind.ONNX:
             from torchport.runtime.onnx_model import OnnxModel
 
@@ -76,7 +82,7 @@ def compile_model(model: Any) -> Any:
 
 
 def _load_code(
-    entry: ModelEntry, files: Path, digests: dict[str, str], weights_dir: Path | None
+    entry: ModelEntry, files: Path, digests: dict[str, str], weights_dir: Path | None, device: str
 ) -> torch.nn.Module:
     if not entry.factory:
         raise ModelLoadError("a code model needs a factory (FILE.py:FACTORY)")
@@ -93,14 +99,16 @@ def _load_code(
         path = files / entry.weights
         digest = digests.get(entry.weights)
         mapped = shared_file(path, digest, weights_dir) if digest else path
-        assign_weights(model, loaded_weights(read_safetensors(mapped)))
+        # Straight from the mapped file to the device: a GPU's weights keep no host copy.
+        assign_weights(model, loaded_weights(read_safetensors(mapped, device)))
     return model.eval()
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file; anything else (a pickle included) is refused."""
+def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, on `device`; anything else (a pickle included) is
+    refused."""
     try:
-        return load_file(str(path), device="cpu")
+        return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
         raise UnsafeContent(
             f"weights {path.name} are not a valid safetensors file ({one_line(exc)}); "

@@ -7,7 +7,6 @@ the package's handler runs unchanged: it calls its model as it always does.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Literal
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from torchport.agreement import TOLERANCES, Tolerance
 from torchport.errors import ModelLoadError
 from torchport.runtime.devices import CPU, Device
+from torchport.runtime.transfer import to_device, to_host
 from torchport.types import Datatype
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -39,18 +39,17 @@ def place_model(model: Any, device: Device, precision: Precision) -> Any:
     if (device == CPU or getattr(model, "placed_on", None) == str(device)) and (
         precision == "fp32"
     ):
-        return model  # where it runs already (ONNX Runtime on its device's provider)
+        return model  # where it runs already (ONNX Runtime, AOTInductor on their device)
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(
             f"device {device} / precision {precision}: this model is not a torch module "
             "(an AOTInductor or ONNX model runs where and how it was exported); export it "
             "for that device and precision, or serve it on cpu in fp32"
         )
-    dtype = DTYPES[precision]
     target = str(device)
-    model = model.to(device=target)
-    if precision != "fp32":
-        model = model.to(dtype=dtype)  # floating parameters and buffers only
+    dtype = DTYPES[precision]
+    # One step: a reduced-precision model never holds a float32 copy on the device.
+    model = model.to(device=target, dtype=dtype) if precision != "fp32" else model.to(target)
     if isinstance(model, torch.jit.ScriptModule):
         return _Placed(model, target, dtype)
     model.register_forward_pre_hook(_inputs_hook(target, dtype), with_kwargs=True)
@@ -72,51 +71,11 @@ class _Placed(torch.nn.Module):
 
 
 def _inputs_hook(device: str, dtype: torch.dtype) -> Any:
-    cuda = device.startswith("cuda")
-
     def convert(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if cuda:
-            # Each worker thread runs its batches on a CUDA stream of its own, so batches
-            # of several workers overlap on the GPU; inputs are staged in pinned memory
-            # and copied without blocking the thread.
-            torch.cuda.set_stream(thread_stream(device))
-        return _map(args, device, dtype, pin=cuda), _map(kwargs, device, dtype, pin=cuda)
+        return to_device(args, device, dtype), to_device(kwargs, device, dtype)
 
     return convert
 
 
-_streams = threading.local()
-
-
-def thread_stream(device: str) -> torch.cuda.Stream:
-    """This thread's own CUDA stream on `device` (made on first use)."""
-    found: dict[str, torch.cuda.Stream] = _streams.__dict__.setdefault("by_device", {})
-    if device not in found:
-        found[device] = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
-    return found[device]
-
-
 def _outputs_hook(_module: Any, _args: Any, outputs: Any) -> Any:
-    # Blocking: the answer is read as soon as this returns.
-    return _map(outputs, "cpu", torch.float32, non_blocking=False)
-
-
-def _map(
-    value: Any, device: str, dtype: torch.dtype, non_blocking: bool = True, pin: bool = False
-) -> Any:
-    """Tensors in `value` (nested in tuples, lists, dicts) on `device`, floating ones as
-    `dtype` (host tensors staged in pinned memory first with `pin`); anything else as it
-    is."""
-    if isinstance(value, torch.Tensor):
-        if pin and value.device.type == "cpu":
-            value = value.pin_memory()
-        if value.is_floating_point():
-            return value.to(device=device, dtype=dtype, non_blocking=non_blocking)
-        return value.to(device=device, non_blocking=non_blocking)
-    if isinstance(value, tuple):
-        return tuple(_map(v, device, dtype, non_blocking, pin) for v in value)
-    if isinstance(value, list):
-        return [_map(v, device, dtype, non_blocking, pin) for v in value]
-    if isinstance(value, dict):
-        return {k: _map(v, device, dtype, non_blocking, pin) for k, v in value.items()}
-    return value
+    return to_host(outputs)

@@ -37,6 +37,7 @@ from torchport.errors import (
 from torchport.runtime.devices import Device, allow_tf32
 from torchport.runtime.placement import Placement, Workers
 from torchport.runtime.precision import Precision
+from torchport.runtime.transfer import note_device_seconds, take_device_seconds
 from torchport.scratch import sweep
 from torchport.settings import Limits
 from torchport.types import Signature, Tensors
@@ -103,9 +104,11 @@ def _worker_main(
             block: SharedMemory | None = None
             try:
                 inputs = shm_tensors.take(message["inputs"], message["block"], unlink=False)
+                take_device_seconds()
                 outputs = runner.predict(inputs)
                 described, block = shm_tensors.put(outputs)
-                _send(conn, {"kind": "ok", "outputs": described, "block": block.name})
+                reply = {"kind": "ok", "outputs": described, "block": block.name}
+                _send(conn, {**reply, "device_seconds": take_device_seconds()})
             except TorchportError as exc:
                 _send(conn, {"kind": "error", **exc.to_dict()})
             except torch.cuda.OutOfMemoryError as exc:  # the batcher halves its batches
@@ -216,6 +219,7 @@ class WorkerProcess:
             if "traceback" in reply:
                 log.error("worker process %s: %s", self.pid, reply["traceback"].rstrip())
             raise error_for(reply["code"], reply["error"], reply.get("field"))
+        note_device_seconds(reply.get("device_seconds"))  # for the batcher, on this thread
         return shm_tensors.take(reply["outputs"], reply["block"], unlink=True)
 
     def answers_ping(self) -> bool:

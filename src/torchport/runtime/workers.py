@@ -34,6 +34,7 @@ import torch
 
 from torchport.errors import DeadlineExceeded
 from torchport.runtime.runner import Runner
+from torchport.runtime.transfer import take_device_seconds
 from torchport.types import Tensors, batch_size
 
 log = logging.getLogger("torchport.workers")
@@ -105,6 +106,8 @@ class Ran:
     seconds: float
     cpu: float
     wall: float
+    device_seconds: float | None = None
+    """The batch's time on its GPU (CUDA events, `runtime/transfer.py`); None on the CPU."""
 
 
 WIDE_AFTER_S = 0.001
@@ -214,9 +217,9 @@ class WorkerPool:
             # batch on the threads instead of each running alone in turn).
             await asyncio.sleep(0)
             started = time.monotonic()
-            outputs, cpu, wall = self._predict(batch, 1)
+            outputs, cpu, wall, device = self._predict(batch, 1)
             self._inside.note(batch, wall)
-            return Ran(outputs, time.monotonic() - started, cpu, wall)
+            return Ran(outputs, time.monotonic() - started, cpu, wall, device)
         if self._executor is None or self._executor_workers != self.workers:
             old = self._executor
             self._executor = DaemonThreads(self.workers)
@@ -240,7 +243,7 @@ class WorkerPool:
         try:
             # asyncio.timeout rather than wait_for: no task of its own per batch.
             async with asyncio.timeout(self.timeout_s):
-                outputs, cpu, wall = await running
+                outputs, cpu, wall, device = await running
         except TimeoutError:
             if executor is self._executor:
                 self._abandon()
@@ -258,7 +261,7 @@ class WorkerPool:
         seconds = time.monotonic() - started
         self._seconds += (seconds - self._seconds) * 0.2
         self._inside.note(batch, wall)
-        return Ran(outputs, seconds, cpu, wall)
+        return Ran(outputs, seconds, cpu, wall, device)
 
     def _abandon(self) -> None:
         """Stop sending batches to the current threads: the next batch gets new ones."""
@@ -271,11 +274,13 @@ class WorkerPool:
             self._executor.shutdown(wait=False)
             self._executor = None
 
-    def _predict(self, batch: Tensors, threads: int) -> tuple[Tensors, float, float]:
-        """On the worker thread: the outputs, and the thread's CPU and wall time on them."""
+    def _predict(self, batch: Tensors, threads: int) -> tuple[Tensors, float, float, float | None]:
+        """On the worker thread: the outputs, the thread's CPU and wall time on them, and
+        their time on a GPU (None on the CPU)."""
         # torch's thread count is per calling thread once set here.
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+        take_device_seconds()  # nothing left from a batch that failed
         cpu, wall = time.thread_time(), time.monotonic()
         try:
             outputs = self.runner.predict(batch)
@@ -284,7 +289,7 @@ class WorkerPool:
                 # torch also keeps the last count for threads that have not run yet: a
                 # new thread (a load, an upload's check) must not make a team of its own.
                 torch.set_num_threads(self.threads.per_batch)
-        return outputs, time.thread_time() - cpu, time.monotonic() - wall
+        return outputs, time.thread_time() - cpu, time.monotonic() - wall, take_device_seconds()
 
     def close(self) -> None:
         """No new batches; a running one finishes on its thread."""
