@@ -381,7 +381,7 @@ def _load_staged(
         input_names=input_names,
         output_names=[s.name for s in sig.outputs] if sig else None,
         signature=sig,
-        options={"max_batch_size": runtime.max_batch_size},
+        options={"max_batch_size": runtime.batch_size_on("cpu")},  # examples run on the CPU
     )
     return load_handler(handler_entry, model, context)
 

@@ -93,14 +93,15 @@ def build_app(args: dict[str, Any]) -> Application:
     options: dict[str, Any] = {"num_cpus": max(1, threads)}
     if gpus:  # Ray gives the replica its GPU(s): CUDA_VISIBLE_DEVICES names them
         options["num_gpus"] = gpus
+    device = "cuda" if gpus else "cpu"
+    batch = runtime.batch_size_on(device)
     deployment = serve.deployment(
         name=str(args.get("name", "torchport")),
         ray_actor_options=options,
-        max_ongoing_requests=4 * runtime.max_batch_size,
+        max_ongoing_requests=4 * batch,
         # Scale on requests in flight: a replica is busy with one full batch.
-        **scaling.serve_options(target_ongoing=runtime.max_batch_size),
+        **scaling.serve_options(target_ongoing=batch),
     )(Replica)
     limit = args.get("max_request_bytes")
-    device = "cuda" if gpus else "cpu"
     app: Application = deployment.bind(package, threads, int(limit) if limit else None, device)
     return app

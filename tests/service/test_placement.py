@@ -89,3 +89,28 @@ def test_a_device_this_machine_lacks_is_refused_before_it_is_stored(served: InPr
     status, body = config(served, "mlp", {"device": "tpu"})
     assert status == 400
     assert "device" in body["error"]
+
+
+def test_a_batch_size_left_open_is_the_devices_default(served: InProcess) -> None:
+    from torchport.archive import RuntimeDefaults
+
+    # `large` was packaged without a batch size: on this CPU it batches 8 rows at most.
+    loaded = served.registry.acquire_loaded("large", 1)
+    assert loaded is not None
+    served.registry.release(loaded)
+    assert loaded.runner.manifest.runtime.max_batch_size is None
+    assert loaded.batcher.policy.max_batch_size == 8
+    # mlp's package says 32, which holds on any device; a config says more.
+    mlp = served.registry.acquire_loaded("mlp", 1)
+    assert mlp is not None
+    served.registry.release(mlp)
+    assert mlp.batcher.policy.max_batch_size == 32
+    assert config(served, "large", {"max_batch_size": 3})[0] == 200
+    large = served.registry.acquire_loaded("large", 1)
+    assert large is not None
+    served.registry.release(large)
+    assert large.batcher.policy.max_batch_size == 3
+    # On a GPU, the same open setting means 64 rows (what a version placed there gets).
+    assert RuntimeDefaults().batch_size_on("cuda:0") == 64
+    assert RuntimeDefaults().batch_size_on("cpu") == 8
+    assert RuntimeDefaults(max_batch_size=4).batch_size_on("cuda:1") == 4

@@ -43,7 +43,9 @@ def package_cmd(
     extra: Annotated[
         list[Path] | None, Opt("--extra", help="An extra file to ship (repeatable).")
     ] = None,
-    max_batch_size: Annotated[int | None, Opt(help="Default max batch size.")] = None,
+    max_batch_size: Annotated[
+        int | None, Opt(help="Most rows in one batch (default: 8 on the CPU, 64 on a GPU).")
+    ] = None,
     max_batch_delay_ms: Annotated[float | None, Opt(help="Default max batch delay.")] = None,
     workers: Annotated[int | None, Opt(help="Default number of workers.")] = None,
     max_workers: Annotated[

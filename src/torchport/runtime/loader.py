@@ -164,14 +164,14 @@ def import_file(path: Path, builtins: dict[str, Any] | None = None) -> ModuleTyp
     return module
 
 
-def handler_context(manifest: Manifest, files: Path) -> HandlerContext:
+def handler_context(manifest: Manifest, files: Path, device: str = "cpu") -> HandlerContext:
     return HandlerContext(
         name=manifest.name,
         files=files,
         input_names=[s.name for s in manifest.signature.inputs],
         output_names=[s.name for s in manifest.signature.outputs],
         signature=manifest.signature,
-        options={"max_batch_size": manifest.runtime.max_batch_size},
+        options={"max_batch_size": manifest.runtime.batch_size_on(device)},
     )
 
 

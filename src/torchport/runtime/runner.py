@@ -176,7 +176,8 @@ def open_runner(
         size = resident_bytes(model)
         if compiled:
             model = compile_model(model)
-        handler = load_handler(manifest.handler, model, handler_context(manifest, unpacked.files))
+        context = handler_context(manifest, unpacked.files, str(device))
+        handler = load_handler(manifest.handler, model, context)
         runner = LocalRunner(manifest, handler, unpacked, compiled=compiled)
         runner.resident_bytes = size if size is not None else unpacked.size()
         runner.device, runner.precision = device, chosen

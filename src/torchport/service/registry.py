@@ -456,8 +456,13 @@ class Registry:
 
     @staticmethod
     def _settings(info: VersionInfo, runner: Deployment) -> dict[str, Any]:
-        """The package's runtime defaults, overridden by the version's config in the store."""
-        return {**runner.manifest.runtime.model_dump(), **info.config}
+        """The package's runtime defaults, overridden by the version's config in the store;
+        a batch size neither sets is the device's default."""
+        runtime = runner.manifest.runtime
+        settings = {**runtime.model_dump(), **info.config}
+        if settings.get("max_batch_size") is None:
+            settings["max_batch_size"] = runtime.batch_size_on((_where(runner) or CPU_FP32)[0])
+        return settings
 
     def apply_config(self, model: str, version: int) -> None:
         """Apply a version's changed config to live traffic (if it is loaded)."""
