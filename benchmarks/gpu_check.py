@@ -80,7 +80,10 @@ def parity(packages: dict[str, Path], device: str) -> list[dict[str, Any]]:
 
 
 def out_of_memory(mlp: Path, device: str) -> dict[str, Any]:
-    """Ask the device for more than it has through a batcher: 503, then it serves."""
+    """Ask the device for more than it may use, through a batcher: 503, then it serves.
+
+    The process may use 1 GiB of the GPU for this step (`set_per_process_memory_fraction`),
+    and the batch needs 2 GiB there: the host holds it easily, the device refuses it."""
     from torchport.errors import Unavailable
     from torchport.runtime import Batcher, BatchPolicy, open_runner
     from torchport.runtime.devices import Device
@@ -89,18 +92,30 @@ def out_of_memory(mlp: Path, device: str) -> dict[str, Any]:
         return {"ok": True, "skipped": "no GPU"}
     import torch
 
-    runner = open_runner(mlp, device=Device.parse(f"{device}:0" if ":" not in device else device))
-    batcher = Batcher(runner, BatchPolicy(max_batch_size=1 << 30, workers=1))
-    free, _total = torch.cuda.mem_get_info()
-    rows = int(free // (32 * 4)) * 2  # twice what fits
+    placed = Device.parse(f"{device}:0" if ":" not in device else device)
+    index = placed.index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(2**30 / total, index)
     try:
-        asyncio.run(batcher.predict({"input": np.zeros((rows, 32), np.float32)}))
-        refused = False
-    except Unavailable as exc:
-        refused = "ran out of memory" in str(exc)
-    served = asyncio.run(batcher.predict({"input": np.zeros((4, 32), np.float32)}))
-    batcher.close()
-    return {"ok": refused and served["output"].shape[0] == 4, "rows_asked": rows}
+        runner = open_runner(mlp, device=placed)
+        batcher = Batcher(runner, BatchPolicy(max_batch_size=1 << 30, workers=1))
+        rows = 2**31 // (32 * 4)
+        message = ""
+        try:
+            asyncio.run(batcher.predict({"input": np.zeros((rows, 32), np.float32)}))
+            refused = False
+        except Unavailable as exc:
+            message = str(exc)
+            refused = "ran out of memory" in message
+        served = asyncio.run(batcher.predict({"input": np.zeros((4, 32), np.float32)}))
+        batcher.close()
+        runner.close()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+        torch.cuda.empty_cache()
+    ok = refused and served["output"].shape[0] == 4
+    return {"ok": ok, "rows_asked": rows, "answer": message}
 
 
 def best_batch(minilm: Path, device: str) -> dict[str, Any]:
