@@ -3,8 +3,8 @@
 moto checks a conditional write's precondition and then writes, in two steps; S3 does
 both at once. This server serializes writes (PUT, POST, DELETE) so that its conditional
 writes are atomic as S3's are, which is what the racing-replica tests rely on. Reads run
-concurrently. `--slow-blobs BPS` drips package downloads at that many bytes a second (a
-replica killed in the middle of one).
+concurrently. `--slow-blobs BPS` drips the first download of each package at that many
+bytes a second (a replica killed in the middle of one; its retry then runs at full speed).
 
     python tests/s3server.py --port 9000
 """
@@ -26,12 +26,13 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class Serialized:
-    """Writes one at a time; blob reads dripped when asked."""
+    """Writes one at a time; each blob's first read dripped when asked."""
 
     def __init__(self, app: WSGIApp, slow_blobs: int | None) -> None:
         self.app = app
         self.lock = threading.Lock()
         self.slow_blobs = slow_blobs
+        self.dripped: set[str] = set()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         method = environ["REQUEST_METHOD"]
@@ -39,8 +40,13 @@ class Serialized:
             with self.lock:
                 return list(self.app(environ, start_response))
         body = self.app(environ, start_response)
-        if self.slow_blobs and method == "GET" and "/blobs/" in environ.get("PATH_INFO", ""):
-            return self._drip(b"".join(body), self.slow_blobs)
+        path = environ.get("PATH_INFO", "")
+        if self.slow_blobs and method == "GET" and "/blobs/" in path:
+            with self.lock:
+                first = path not in self.dripped
+                self.dripped.add(path)
+            if first:
+                return self._drip(b"".join(body), self.slow_blobs)
         return body
 
     @staticmethod

@@ -129,7 +129,7 @@ def test_a_download_cut_short_leaves_nothing_that_is_served(
             if key.startswith("AWS_"):
                 monkeypatch.setenv(key, value)
         url = f"s3://{slow.bucket('slow-' + os.urandom(4).hex())}/p"
-        payload = os.urandom(2_000_000)  # ten seconds at the drip's pace
+        payload = os.urandom(2_000_000)  # ten seconds at the drip's pace (the first time)
         info = replica(url, tmp_path, "writer").add_version("m", blob(tmp_path, payload))
         cache = tmp_path / "cache-reader"
         code = (
