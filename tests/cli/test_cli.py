@@ -246,3 +246,19 @@ def test_the_management_curl_hint_reads_the_token_where_it_is(source: str, shown
                       Path("/s"), source, [("mlp", 1)], 1.0)  # fmt: skip
     [hint] = [line for line in try_lines(info) if "8082" in line]
     assert f'"Authorization: Bearer {shown}"' in hint
+
+
+def test_models_list_shows_each_gpu_with_its_memory_and_use() -> None:
+    from torchport.cli.models import device_lines
+
+    gib = 2**30
+    h200 = {"index": 0, "name": "NVIDIA H200", "total_bytes": 140 * gib,
+            "used_bytes": 30 * gib, "allocated_bytes": 20 * gib, "reserved_bytes": 24 * gib,
+            "utilization": 0.42}  # fmt: skip
+    assert device_lines([h200, {**h200, "index": 1, "utilization": None}]) == [
+        "cuda:0 NVIDIA H200: 30.0 GiB used of 140.0 GiB (this server: 20.0 GiB allocated, "
+        "24.0 GiB reserved), 42% busy",
+        "cuda:1 NVIDIA H200: 30.0 GiB used of 140.0 GiB (this server: 20.0 GiB allocated, "
+        "24.0 GiB reserved)",
+    ]
+    assert device_lines([]) == []

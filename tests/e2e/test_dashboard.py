@@ -130,7 +130,9 @@ def test_the_page_asks_for_the_token_and_shows_nothing_without_it(watched: Watch
     assert all("401" in e for e in watched.errors), watched.errors
 
 
-def test_the_page_lists_the_example_models_with_no_console_errors(watched: Watched) -> None:
+def test_the_page_lists_the_example_models_with_no_console_errors(
+    watched: Watched, dserver: ServerProcess
+) -> None:
     page = watched.page
     unlock(page)
     models = page.locator("#models li")
@@ -150,6 +152,14 @@ def test_the_page_lists_the_example_models_with_no_console_errors(watched: Watch
     expect(page.locator("#audit tbody tr").first).to_contain_text("upload")
     expect(page.locator("#charts .chart")).to_have_count(5)
     expect(page.locator("#status")).to_contain_text("live")
+    # The GPUs' panel lists what /models reports (nothing, and no heading, without one).
+    listed = httpx.get(f"{dserver.management_url}/models", headers=dserver.auth).json()
+    expect(page.locator("#devices li")).to_have_count(len(listed["devices"]))
+    title = page.locator("#devices-title")
+    if listed["devices"]:
+        expect(title).to_be_visible()
+    else:
+        expect(title).to_be_hidden()
     assert watched.errors == []
     assert watched.foreign == []  # no CDN, no fonts, nothing off this server
 

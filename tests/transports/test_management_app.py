@@ -46,6 +46,19 @@ def snapshot(server: InProcess) -> Any:
     ], len(audit)
 
 
+def test_the_models_list_reports_the_gpus_as_torch_sees_them(mserver: InProcess) -> None:
+    from dataclasses import asdict
+
+    from torchport.runtime.devices import device_figures
+
+    listed = api(mserver, "GET", "/models").json()
+    seen = [asdict(f) for f in device_figures()]
+    assert [d["index"] for d in listed["devices"]] == [d["index"] for d in seen]
+    for got, now in zip(listed["devices"], seen, strict=True):
+        assert (got["name"], got["total_bytes"]) == (now["name"], now["total_bytes"])
+        assert 0 <= got["allocated_bytes"] <= got["reserved_bytes"] <= got["total_bytes"]
+
+
 def test_every_route_needs_the_token(mserver: InProcess) -> None:
     for headers in (
         {},

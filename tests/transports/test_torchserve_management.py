@@ -73,6 +73,9 @@ def test_register_describe_scale_set_default_and_unregister_as_torchserve_answer
     assert [(d["modelVersion"], d["isDefault"]) for d in every] == [("1.0", True), ("2.0", False)]
     two = ts.get("/models/rows/2.0").json()[0]
     assert (two["batchSize"], two["maxBatchDelay"], two["minWorkers"]) == (4, 50, 0)
+    one = ts.get("/models/rows/1.0").json()[0]  # loaded, on this machine's CPU
+    assert (one["batchSize"], one["deviceType"]) == (1, "cpu")
+    assert [w["gpu"] for w in one["workers"]] == [False]
 
     scaled = ts.put("/models/rows/2.0", params={"min_worker": 1, "synchronous": "true"})
     assert scaled.json() == {"status": "Workers scaled to 1 for model: rows, version: 2.0"}

@@ -105,13 +105,32 @@ def list_cmd(
 ) -> None:
     """Every model and version on the server."""
     with _client(url, token, store) as client:
-        models = client.list_models()
+        overview = client.overview()
+    models = overview["models"]
     if as_json:
         print_json(models)
     elif not models:
         out.print("no models yet: torchport models upload PACKAGE.tpa")
     else:
         out.print(_versions_table(models))
+    if not as_json:
+        for line in device_lines(overview["devices"]):
+            out.print(line, markup=False)
+
+
+def device_lines(devices: list[dict[str, Any]]) -> list[str]:
+    """A line per GPU: its memory in use (every process), this server's share of it, and
+    how busy it was (NVML's last sample, where NVML is at hand)."""
+    lines = []
+    for d in devices:
+        busy = "" if d.get("utilization") is None else f", {d['utilization']:.0%} busy"
+        lines.append(
+            f"cuda:{d['index']} {d['name']}: {human_size(d['used_bytes'])} used of "
+            f"{human_size(d['total_bytes'])} (this server: "
+            f"{human_size(d['allocated_bytes'])} allocated, "
+            f"{human_size(d['reserved_bytes'])} reserved){busy}"
+        )
+    return lines
 
 
 @app.command("show")

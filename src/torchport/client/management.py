@@ -61,6 +61,12 @@ class ManagementClient:
     def list_models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/models")["models"])
 
+    def overview(self) -> dict[str, Any]:
+        """Every model (`models`), and the server's GPUs with their memory and use now
+        (`devices`: empty on a machine without one)."""
+        body = self._call("GET", "/models")
+        return {"models": body["models"], "devices": body.get("devices", [])}
+
     def get_model(self, name: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/models/{name}"))
 

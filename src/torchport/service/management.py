@@ -39,7 +39,7 @@ from torchport.errors import (
     out_of_space,
 )
 from torchport.runtime import LocalRunner, check_examples, open_runner
-from torchport.runtime.devices import CPU
+from torchport.runtime.devices import CPU, device_figures
 from torchport.runtime.precision import Precision
 from torchport.scratch import scratch
 from torchport.service.compare import RecentRequests, compare_versions
@@ -508,6 +508,14 @@ class Management:
                 "precision": precision,
             }
         return residents
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The GPUs of a server's machine and their figures now: memory used (every
+        process), allocated and reserved (this server's), NVML utilisation; none on a
+        machine without one, or without a server."""
+        if self.registry is None:
+            return []
+        return [asdict(figures) for figures in device_figures()]
 
     def workers(self, model: str, version: int) -> dict[str, Any] | None:
         """What runs a loaded version's batches (on a server; may ask remote replicas)."""

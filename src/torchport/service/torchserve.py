@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from torchport.archive.manifest import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from torchport.errors import (
     Conflict,
     Forbidden,
@@ -241,6 +242,10 @@ class TorchServeModels:
     ) -> dict[str, Any]:
         config = effective_config(version)
         workers = int(config.get("workers") or 1) if state == "READY" else 0
+        registry = self.management.registry
+        placed = registry.placed(info.name, version.version) if registry is not None else None
+        gpu = placed is not None and placed[0].startswith("cuda")
+        batch = config.get("max_batch_size") or (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE)
         return {
             "modelName": info.name,
             "modelVersion": torchserve_name(version),
@@ -248,9 +253,9 @@ class TorchServeModels:
             "runtime": "python",
             "minWorkers": workers,
             "maxWorkers": workers,
-            "batchSize": config.get("max_batch_size", 1),
+            "batchSize": batch,
             "maxBatchDelay": _whole(config.get("max_batch_delay_ms", 0)),
-            "deviceType": "cpu",
+            "deviceType": "gpu" if gpu else "cpu",
             "loadedAtStartup": False,
             "isDefault": info.default == version.version,
             "workers": [
@@ -259,7 +264,7 @@ class TorchServeModels:
                     "startTime": version.created_at,
                     "status": "READY",
                     "memoryUsage": 0,
-                    "gpu": False,
+                    "gpu": gpu,
                     "gpuUsage": "N/A",
                 }
                 for i in range(workers)

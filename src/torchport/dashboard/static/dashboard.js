@@ -148,6 +148,7 @@ async function refresh() {
         ? wanted : (state.models[0] || {}).name || null;
     }
     renderModels(overview.versions);
+    renderDevices(list.devices || []);
     if (state.model) {
       const model = encodeURIComponent(state.model);
       const [detail, stats, rollout] = await Promise.all([
@@ -202,6 +203,18 @@ function renderModels(latest) {
       `${fmt(rps[m.name] || 0)} req/s`));
   });
   $("models").replaceChildren(...items);
+}
+
+// The server's GPUs (none on a machine without one): memory in use by every process, this
+// server's share, and how busy NVML saw each.
+function renderDevices(devices) {
+  $("devices-title").hidden = devices.length === 0;
+  $("devices").replaceChildren(...devices.map((d) => el("li", {},
+    `cuda:${d.index} ${d.name}`,
+    el("small", {},
+      `${bytes(d.used_bytes)} of ${bytes(d.total_bytes)} used · this server ` +
+      `${bytes(d.allocated_bytes)} allocated, ${bytes(d.reserved_bytes)} reserved` +
+      (d.utilization == null ? "" : ` · ${Math.round(d.utilization * 100)}% busy`)))));
 }
 
 // -- one model ------------------------------------------------------------------------

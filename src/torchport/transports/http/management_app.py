@@ -116,7 +116,10 @@ def build_management_app(
         models = await run_in_threadpool(management.list_models)
         known = await run_in_threadpool(management.states)
         held = management.residents()
-        return json_response({"models": [model_json(m, known, held) for m in models]})
+        devices = await run_in_threadpool(management.devices)  # NVML: not on the loop
+        return json_response(
+            {"models": [model_json(m, known, held) for m in models], "devices": devices}
+        )
 
     async def show_model(request: Request) -> Response:
         model, _ = model_and_version(request)
