@@ -43,8 +43,11 @@ def ensure_venv() -> Path:
     shim = Path(__file__).with_name("torchvision_shim.py")
     installed = site / shim.name
     if not installed.exists() or installed.read_bytes() != shim.read_bytes():
-        (site / shim.name).write_bytes(shim.read_bytes())
-        (site / "torchvision_shim.pth").write_text("import torchvision_shim\n")
+        for name, text in ((shim.name, shim.read_text()),
+                           ("torchvision_shim.pth", "import torchvision_shim\n")):  # fmt: skip
+            staged = site / f".{name}.{os.getpid()}"
+            staged.write_text(text)
+            os.replace(staged, site / name)  # whole, whoever writes it
     return venv
 
 

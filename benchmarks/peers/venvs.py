@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import subprocess
 import sys
@@ -18,17 +19,21 @@ def ensure(venv: Path, packages: list[str], what: str) -> Path:
     made on first use (a minute or two); `what` names it in the one line said meanwhile."""
     stamp = venv / ".ready"
     wanted = "\n".join(sorted(packages))
-    if not stamp.exists() or stamp.read_text() != wanted:
-        print(f"setting up {what} in {venv} …", file=sys.stderr)
-        if not (venv / "bin" / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        _link_shared(venv)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--quiet", *packages],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        stamp.write_text(wanted)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # One maker at a time (test workers may ask at once); the others wait, then find it.
+    with (venv.parent / f".{venv.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists() or stamp.read_text() != wanted:
+            print(f"setting up {what} in {venv} …", file=sys.stderr)
+            if not (venv / "bin" / "python").exists():
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            _link_shared(venv)
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "--quiet", *packages],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            stamp.write_text(wanted)
     return venv
 
 
