@@ -9,8 +9,6 @@ STAMP := $(VENV)/.installed
 STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)
 PYTEST_ARGS ?=
-# Test files run side by side on this many workers (each file whole, on one worker).
-TEST_WORKERS ?= 2
 
 .PHONY: soak install serve test lint typecheck unit bench protos vendor clean
 
@@ -40,7 +38,7 @@ typecheck: install
 unit: install
 	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=25 $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

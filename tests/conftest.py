@@ -17,20 +17,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Files whose tests share something machine-wide (a local Ray, its replicas counted by name)
-# run on one worker, one after the other, when the suite runs on several (`make test`).
-SERIAL_GROUPS = {"tests/e2e/test_ray.py": "ray", "tests/e2e/test_ray_app.py": "ray"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist's `--dist loadgroup`, each file's tests stay together on one
-    worker (its module fixtures, a server, start once), and `SERIAL_GROUPS` share one."""
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(path, path)))
-
-
 EXAMPLES = ROOT / "src" / "torchport" / "examples"
 
 
