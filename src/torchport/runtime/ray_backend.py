@@ -14,9 +14,11 @@ import logging
 import os
 import secrets
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray import serve
@@ -36,6 +38,8 @@ from torchport.runtime.runner import LocalRunner, open_runner
 from torchport.scratch import remove, scratch_dir
 from torchport.settings import Limits
 from torchport.types import Signature, Tensors
+
+T = TypeVar("T")
 
 log = logging.getLogger("torchport.ray")
 
@@ -130,12 +134,14 @@ class RayServeRunner:
         # Batches are already formed by torchport, one per replica at a time. Autoscaled,
         # torchport keeps up to `most` batches in flight: those waiting in Ray's router
         # for a free replica are the load Ray's autoscaler sees (one batch per replica).
-        deployment = serve.deployment(
-            name=self.name,
-            ray_actor_options={"num_cpus": max(1, torch_threads)},
-            max_ongoing_requests=1 if scaling.autoscaled else 2,
-            **scaling.serve_options(target_ongoing=1),
-        )(Replica)
+        deployment = _racing_ray(
+            lambda: serve.deployment(
+                name=self.name,
+                ray_actor_options={"num_cpus": max(1, torch_threads)},
+                max_ongoing_requests=1 if scaling.autoscaled else 2,
+                **scaling.serve_options(target_ongoing=1),
+            )(Replica)
+        )
         app = deployment.bind(package.read_bytes(), torch_threads, compile)
         _deploy(app, self.name, scaling.replicas)
         self._handle = serve.get_app_handle(self.name)
@@ -207,7 +213,7 @@ def _deploy(app: Any, name: str, replicas: int) -> None:
 
     def run() -> None:
         try:
-            serve.run(app, name=name, route_prefix=None)
+            _racing_ray(lambda: serve.run(app, name=name, route_prefix=None))
         except BaseException as exc:  # reported in the caller's thread
             failure.append(exc)
         finally:
@@ -223,6 +229,22 @@ def _deploy(app: Any, name: str, replicas: int) -> None:
         )
     if failure:
         raise ModelLoadError(f"Ray Serve failed to deploy {name}: {_first_line(failure[0])}")
+
+
+def _racing_ray(call: Callable[[], T]) -> T:
+    """`call` into Ray Serve, again when it trips on Ray's own race: building a deployment's
+    config registers a module for pickling by value and unregisters it after, in a set
+    shared by the process's threads, so two builds at once can find it gone (ValueError
+    "... is not registered for pickle by value")."""
+    for attempt in range(5):
+        try:
+            return call()
+        except ValueError as exc:
+            if "registered for pickle by value" not in str(exc) or attempt == 4:
+                raise
+            log.debug("Ray Serve's pickling registry raced; calling again")
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _first_line(exc: BaseException) -> str:
