@@ -23,7 +23,7 @@ import torch
 from torchport.archive import read_package, unpack_package, write_package
 from torchport.errors import InvalidInput, ModelLoadError, TorchportError
 from torchport.export.exporting import ParityFailed, export_device, export_package
-from torchport.export.targets import ExportFailed, Target
+from torchport.export.targets import FIXED_PRECISION, ExportFailed, Target
 from torchport.runtime import LocalRunner, example_inputs, open_runner
 from torchport.runtime.devices import Device
 from torchport.runtime.precision import DTYPES, Precision
@@ -156,7 +156,7 @@ def _prepare(
 ) -> tuple[LocalRunner, float, float | None]:
     """The runner of `runtime` on `device` (exporting first when it is an export), its
     load time, and the export's largest parity error."""
-    if precision != "fp32" and runtime in ("aoti", "onnx"):
+    if precision != "fp32" and runtime in FIXED_PRECISION:
         raise ModelLoadError(f"{runtime} runs in the precision it was exported in (fp32)")
     error: float | None = None
     path = package
@@ -215,7 +215,7 @@ def save_fastest(package: Path, report: BenchReport, work: Path, out: Path) -> s
         settings["compile"] = fastest.runtime == "compiled"
     else:
         source = exported_path(work, fastest.runtime)
-    if fastest.runtime not in ("aoti", "onnx"):
+    if fastest.runtime not in FIXED_PRECISION:
         settings["precision"] = report.precision
     with tempfile.TemporaryDirectory(prefix="torchport-save-") as tmp:
         files_dir = Path(tmp) / "files"

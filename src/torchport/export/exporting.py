@@ -25,7 +25,13 @@ from torchport.archive.hashing import sha256_file
 from torchport.archive.manifest import now, referenced_files
 from torchport.errors import InvalidInput, TorchportError
 from torchport.export.parity import BATCH_SIZES, compare, parity_cases
-from torchport.export.targets import ExportFailed, Target, cause, write_model
+from torchport.export.targets import (
+    FIXED_PRECISION,
+    ExportFailed,
+    Target,
+    cause,
+    write_model,
+)
 from torchport.runtime import LocalRunner, example_inputs, open_runner
 from torchport.runtime.devices import Device, parse_device, place, visible_devices
 from torchport.types import Array, Tensors
@@ -216,8 +222,8 @@ def _export_and_check(
     runtime: dict[str, Any] = {}
     if entry.compiled_for == "cuda":
         runtime["device"] = "cuda"
-    if target in (Target.AOTI, Target.ONNX):
-        runtime["precision"] = "fp32"  # they run in the precision they were exported in
+    if target in FIXED_PRECISION:
+        runtime["precision"] = "fp32"
     placed = manifest.runtime.model_copy(update=runtime)
     update = {"model": entry, "created_at": now(), "export": None, "runtime": placed}
     draft = manifest.model_copy(update=update)

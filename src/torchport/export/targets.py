@@ -35,6 +35,10 @@ class Target(enum.StrEnum):
         return _FILES[self]
 
 
+FIXED_PRECISION = frozenset({Target.AOTI, Target.ONNX})
+"""Targets that run in the precision they were exported in (float32): not torch modules,
+so no weights to cast at load."""
+
 _FILES = {
     Target.TORCHSCRIPT: "model.pt",
     Target.EXPORTED: "model.pt2",
